@@ -1,0 +1,39 @@
+"""``avcall bench``: timed benchmarks that print JSON or a table (warm-up, then percentiles)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmarks (capture studio, models, end-to-end)", description="Benchmarks: warm up, time many runs, report percentiles.")
+    bs = p.add_subparsers(dest="bench_command", metavar="WHAT")
+    bs.required = True
+    c = bs.add_parser(
+        "capture",
+        help="HMC frames/s (3 views + ground truth) and 512x512 dome renders/s",
+        description="Throughput of the synthetic studio: hmc_fps counts HMC frames (all three 192x192 views with "
+        "ground truth) per second; dome_fps counts 512x512 colour renders per second.",
+    )
+    c.add_argument("--identity", default="S1")
+    c.add_argument("--frames", type=int, default=300, help="timed HMC frames (default 300)")
+    c.add_argument("--dome-frames", type=int, default=60, help="timed dome renders (default 60)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=_capture)
+    for mod in _EXTENSIONS:
+        mod.add_bench(bs)
+
+
+def _capture(args: argparse.Namespace) -> int:
+    from capture.bench import bench_capture
+
+    r = bench_capture(args.identity, frames=args.frames, dome_frames=args.dome_frames)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"HMC  {r['hmc_fps']:.1f} frames/s  (p50 {r['hmc_ms']['p50']:.2f} ms, p99 {r['hmc_ms']['p99']:.2f} ms)")
+        print(f"dome {r['dome_fps']:.1f} renders/s (p50 {r['dome_ms']['p50']:.2f} ms, p99 {r['dome_ms']['p99']:.2f} ms)")
+    return 0
+
+
+_EXTENSIONS: list = []

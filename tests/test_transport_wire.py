@@ -1,0 +1,491 @@
+"""Wire format: exact round trips, every hostile kind, fuzzing, and docs/protocol.md parity."""
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from transport.wire import (
+    EXTRAPOLATED,
+    KEYFRAME,
+    PROTOCOL_VERSION,
+    WIRE_ERROR_KINDS,
+    ZMTP_FRAME_OVERHEAD,
+    ClockReply,
+    ClockRequest,
+    FrameMessage,
+    WireError,
+    WireLimits,
+    decode_clock_reply,
+    decode_clock_request,
+    decode_frame,
+    encode_clock_reply,
+    encode_clock_request,
+    encode_frame,
+    kbit_per_s,
+    reference_frame,
+    reference_frame_size,
+)
+
+PROTOCOL_MD = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def make_frame(rng: np.random.Generator, *, dim: int = 256, dtype=np.float16, keypoints: int | None = None, **kw) -> FrameMessage:
+    tc = int(rng.integers(0, 2**62))
+    fields = dict(
+        stream_id="alice",
+        seq=int(rng.integers(0, 2**40)),
+        capture_ts_ns=tc,
+        send_ts_ns=tc + int(rng.integers(0, 50_000_000)),
+        z=rng.standard_normal(dim).astype(dtype),
+        gaze=rng.uniform(-0.5, 0.5, (2, 2)).astype(dtype),
+        flags=int(KEYFRAME),
+        keypoints=None if keypoints is None else rng.uniform(0, 192, (3, keypoints, 2)).astype(dtype),
+    )
+    fields.update(kw)
+    return FrameMessage(**fields)
+
+
+def body(**overrides) -> dict:
+    """A valid frame as a plain dict (wire keys), with fields replaced or removed (value ...)."""
+    z = np.linspace(-1, 1, 8, dtype="<f2")
+    msg = {
+        "v": PROTOCOL_VERSION,
+        "id": "alice",
+        "n": 3,
+        "tc": 10**12,
+        "dt": 1000,
+        "f": 1,
+        "z": {"t": "<f2", "s": [8], "d": z.tobytes()},
+        "g": {"t": "<f4", "s": [2, 2], "d": np.zeros((2, 2), "<f4").tobytes()},
+    }
+    for key, value in overrides.items():
+        if value is ...:
+            msg.pop(key, None)
+        else:
+            msg[key] = value
+    return msg
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def assert_kind(data, kind: str, limits: WireLimits | None = None) -> None:
+    with pytest.raises(WireError) as info:
+        decode_frame(data, limits or WireLimits())
+    assert info.value.kind == kind, str(info.value)
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("keypoints", [None, 5])
+def test_round_trip_is_exact(dtype, keypoints):
+    rng = np.random.default_rng(0)
+    msg = make_frame(rng, dtype=dtype, keypoints=keypoints, flags=int(KEYFRAME | EXTRAPOLATED))
+    msg.stage_ts_ns = {"enc": msg.capture_ts_ns + 7, "fuse": msg.capture_ts_ns + 9}
+    out = decode_frame(encode_frame(msg), WireLimits())
+    for name in ("stream_id", "seq", "capture_ts_ns", "send_ts_ns", "flags", "stage_ts_ns"):
+        assert getattr(out, name) == getattr(msg, name), name
+    assert out.is_keyframe and out.is_extrapolated
+    for name in ("z", "gaze", "keypoints"):
+        a, b = getattr(msg, name), getattr(out, name)
+        if a is None:
+            assert b is None
+            continue
+        assert b.dtype == a.dtype and b.shape == a.shape
+        assert np.array_equal(a, b)
+        assert b.flags.writeable
+
+
+def test_round_trip_extreme_integers_and_big_endian_input():
+    rng = np.random.default_rng(1)
+    msg = make_frame(rng, seq=2**64 - 1, capture_ts_ns=2**64 - 10, send_ts_ns=2**64 - 1, flags=0)
+    msg.z = msg.z.astype(">f2")  # the encoder writes little-endian whatever it is given
+    out = decode_frame(encode_frame(msg))
+    assert (out.seq, out.capture_ts_ns, out.send_ts_ns) == (2**64 - 1, 2**64 - 10, 2**64 - 1)
+    assert np.array_equal(out.z, msg.z) and not out.is_keyframe
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(z=np.array([np.nan, 1.0], np.float16)),
+        dict(z=np.zeros(4, np.float64)),
+        dict(z=np.zeros((2, 2), np.float16)),
+        dict(gaze=np.zeros(2, np.float16)),
+        dict(keypoints=np.zeros((2, 4, 2), np.float16)),
+        dict(stream_id="has space"),
+        dict(stream_id=""),
+        dict(seq=-1),
+        dict(seq=True),
+        dict(send_ts_ns=0),
+        dict(flags=4),
+        dict(stage_ts_ns={"Enc": 10**12}),
+    ],
+)
+def test_encoder_refuses_what_a_receiver_would_reject(change):
+    base = make_frame(np.random.default_rng(2), capture_ts_ns=10**6, send_ts_ns=10**6 + 5)
+    msg = dataclasses.replace(base, **change)
+    with pytest.raises(ValueError):
+        encode_frame(msg)
+
+
+# --------------------------------------------------------------------------- hostile kinds
+
+HUGE_DECLARED = [
+    b"\xc6\xff\xff\xff\xff" + b"\x00" * 16,  # bin32 of 4 GiB
+    b"\xdb\xff\xff\xff\xff" + b"a" * 16,  # str32
+    b"\xdd\xff\xff\xff\xff" + b"\xc0" * 16,  # array32
+    b"\xdf\xff\xff\xff\xff" + b"\xc0" * 16,  # map32
+    b"\x81\xa1z\xc6\x7f\xff\xff\xff",  # bin32 header inside a map, no data
+]
+
+
+@pytest.mark.parametrize(
+    "data, kind",
+    [
+        (b"", "msgpack"),
+        (b"\xc1", "msgpack"),  # never-used msgpack byte
+        (bytes(range(256)) * 3, "msgpack"),
+        (pack(body())[:-5], "msgpack"),  # truncated
+        (pack(body())[:1], "msgpack"),
+        (pack(body()) + b"\x00", "msgpack"),  # trailing bytes
+        (b"\x00" * 65537, "oversize"),
+        *[(h, "msgpack") for h in HUGE_DECLARED],
+        (b"\x91" * 5000 + b"\xc0", "msgpack"),  # nesting
+        (pack({"v": 1, "id": "x" * 300}), "msgpack"),  # string over 256 bytes
+        (pack({str(i): i for i in range(40)}), "msgpack"),  # map too large
+        (pack(body(z=msgpack.ExtType(1, b"\x00" * 8))), "msgpack"),
+        (pack(body(tc=msgpack.Timestamp(1, 2))), "msgpack"),
+        (b"\x82\xa1v\x01\xa1v\x01", "msgpack"),  # duplicate key
+        (b"\x81\xc4\x01v\x01", "msgpack"),  # bin map key
+        (b"\x81\x01\x01", "msgpack"),  # int map key
+        (b"\x81\xa1v\xa2\xff\xfe", "msgpack"),  # invalid UTF-8
+        (pack([1, 2, 3]), "schema"),
+        (pack(42), "schema"),
+        (pack(body(v=2)), "version"),
+        (pack(body(v=0)), "version"),
+        (pack(body(v=...)), "version"),
+        (pack(body(v="1")), "version"),
+        (pack(body(v=True)), "version"),
+        (pack(body(v=1.0)), "version"),
+        (pack(body(extra=1)), "schema"),
+        (pack(body(n=...)), "schema"),
+        (pack(body(n=-1)), "schema"),
+        (pack(body(n=1.5)), "schema"),
+        (pack(body(n=True)), "schema"),
+        (pack(body(n=None)), "schema"),
+        (pack(body(tc="now")), "schema"),
+        (pack(body(tc=2**64 - 1, dt=1)), "schema"),
+        (pack(body(f=4)), "schema"),
+        (pack(body(f=256)), "schema"),
+        (pack(body(id="")), "schema"),
+        (pack(body(id="a/b")), "schema"),
+        (pack(body(id=b"alice")), "schema"),
+        (pack(body(st={"enc": -1})), "schema"),
+        (pack(body(st={"ENC": 1})), "schema"),
+        (pack(body(st=[1])), "schema"),
+        (pack(body(st={f"s{i}": i for i in range(9)})), "schema"),
+        (pack(body(z=[1.0, 2.0])), "schema"),
+        (pack(body(z={"t": "<f2", "s": [1]})), "schema"),
+        (pack(body(z={"t": "<f2", "s": [1], "d": "ab"})), "schema"),
+        (pack(body(z={"t": "|O", "s": [1], "d": b"\x00" * 8})), "dtype"),
+        (pack(body(z={"t": ">f2", "s": [1], "d": b"\x00\x00"})), "dtype"),
+        (pack(body(z={"t": "<f8", "s": [1], "d": b"\x00" * 8})), "dtype"),
+        (pack(body(z={"t": "<i4", "s": [1], "d": b"\x00" * 4})), "dtype"),
+        (pack(body(g={"t": 5, "s": [2, 2], "d": b"\x00" * 8})), "dtype"),
+        (pack(body(kp={"t": "O", "s": [3, 1, 2], "d": b"\x00" * 12})), "dtype"),
+        (pack(body(z={"t": "<f2", "s": [2, 4], "d": b"\x00" * 16})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [0], "d": b""})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [4097], "d": b"\x00" * 8194})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [-1], "d": b""})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [True], "d": b"\x00\x00"})), "shape"),
+        (pack(body(z={"t": "<f2", "s": 8, "d": b"\x00" * 16})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [8], "d": b"\x00" * 15})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [2**40], "d": b"\x00" * 16})), "shape"),
+        (pack(body(g={"t": "<f4", "s": [4], "d": b"\x00" * 16})), "shape"),
+        (pack(body(g={"t": "<f4", "s": [2, 2], "d": b"\x00" * 12})), "shape"),
+        (pack(body(kp={"t": "<f2", "s": [3, 4, 3], "d": b"\x00" * 72})), "shape"),
+        (pack(body(kp={"t": "<f2", "s": [3, 0, 2], "d": b""})), "shape"),
+        (pack(body(kp={"t": "<f2", "s": [3, 257, 2], "d": b"\x00" * 3084})), "shape"),
+        (pack(body(z={"t": "<f2", "s": [2], "d": np.array([1, np.nan], "<f2").tobytes()})), "non_finite"),
+        (pack(body(z={"t": "<f4", "s": [2], "d": np.array([np.inf, 1], "<f4").tobytes()})), "non_finite"),
+        (pack(body(g={"t": "<f4", "s": [2, 2], "d": np.array([0, 0, -np.inf, 0], "<f4").tobytes()})), "non_finite"),
+        (pack(body(kp={"t": "<f2", "s": [3, 1, 2], "d": np.array([0, 0, 0, 0, 0, np.nan], "<f2").tobytes()})), "non_finite"),
+    ],
+)
+def test_hostile_message_rejected_with_its_kind(data, kind):
+    assert_kind(data, kind)
+
+
+def test_limits_size_dim_and_exact_latent_dim():
+    rng = np.random.default_rng(3)
+    data = encode_frame(make_frame(rng, dim=512, dtype=np.float32))
+    assert_kind(data, "oversize", WireLimits(max_bytes=1024))
+    assert_kind(data, "shape", WireLimits(max_latent_dim=256))
+    assert_kind(data, "shape", WireLimits(latent_dim=256))
+    assert decode_frame(data, WireLimits(latent_dim=512)).z.shape == (512,)
+    assert_kind(encode_frame(make_frame(rng, dtype=np.float32)), "dtype", WireLimits(allowed_dtypes=frozenset({"<f2"})))
+    assert_kind(encode_frame(make_frame(rng, keypoints=20)), "shape", WireLimits(max_keypoints=16))
+
+
+def test_non_bytes_input_is_a_wire_error():
+    assert_kind("not bytes", "schema")
+    assert_kind(None, "schema")
+
+
+def test_wire_error_kinds_are_a_closed_set():
+    with pytest.raises(ValueError):
+        WireError("surprise")
+
+
+def _mutations(rng: random.Random, valid: list[bytes]):
+    """Yield hostile byte strings: random, truncated, bit-flipped, spliced, re-structured."""
+    values = [None, True, -1, 2**64 - 1, 1.5, "", "<f2", b"\x00" * 9, [], [1, 2, 3], {}, {"t": "|O"}, [2**63] * 3]
+    while True:
+        base = rng.choice(valid)
+        choice = rng.randrange(7)
+        if choice == 0:
+            yield rng.randbytes(rng.randrange(0, 700))
+        elif choice == 1:
+            yield base[: rng.randrange(len(base))]
+        elif choice == 2:
+            b = bytearray(base)
+            for _ in range(rng.randrange(1, 8)):
+                b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            yield bytes(b)
+        elif choice == 3:
+            b = bytearray(base)
+            i = rng.randrange(len(b))
+            b[i:i] = rng.randbytes(rng.randrange(1, 20))
+            yield bytes(b)
+        elif choice == 4:
+            other = rng.choice(valid)
+            yield base[: rng.randrange(len(base))] + other[rng.randrange(len(other)) :]
+        else:
+            obj = msgpack.unpackb(base)
+            target = obj if choice == 5 else obj[rng.choice(["z", "g"])]
+            key = rng.choice(list(target) + ["x"])
+            target[key] = rng.choice(values)
+            yield pack(obj)
+
+
+def test_fuzz_only_wire_errors():
+    rng = random.Random(1234)
+    nprng = np.random.default_rng(1234)
+    valid = [encode_frame(make_frame(nprng, dim=d, keypoints=k)) for d in (4, 64, 256) for k in (None, 3)]
+    seen = {}
+    n = 4000
+    gen = _mutations(rng, valid)
+    for _ in range(n):
+        data = next(gen)
+        try:
+            decode_frame(data)
+            seen["ok"] = seen.get("ok", 0) + 1
+        except WireError as err:
+            assert err.kind in WIRE_ERROR_KINDS
+            seen[err.kind] = seen.get(err.kind, 0) + 1
+    assert sum(seen.values()) == n
+    assert {"msgpack", "schema"} <= set(seen)
+
+
+# --------------------------------------------------------------------------- clock messages
+
+
+def test_clock_messages_round_trip_and_reject_garbage():
+    req = ClockRequest(request_id=2**64 - 1, t0_ns=123)
+    assert decode_clock_request(encode_clock_request(req)) == req
+    rep = ClockReply(request_id=9, t0_ns=1, t1_ns=2, t2_ns=3)
+    assert decode_clock_reply(encode_clock_reply(rep)) == rep
+    for data, kind in [
+        (b"\x00" * 129, "oversize"),
+        (b"\xc1", "msgpack"),
+        (pack({"v": 2, "q": 1, "t0": 1}), "version"),
+        (pack({"v": 1, "q": 1}), "schema"),
+        (pack({"v": 1, "q": -1, "t0": 1}), "schema"),
+        (pack({"v": 1, "q": 1, "t0": 1, "x": 1}), "schema"),
+    ]:
+        with pytest.raises(WireError) as info:
+            decode_clock_request(data)
+        assert info.value.kind == kind
+    with pytest.raises(WireError):
+        decode_clock_reply(encode_clock_request(req))  # a request is not a reply
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def _doc() -> str:
+    return PROTOCOL_MD.read_text(encoding="utf-8")
+
+
+def _section(doc: str, heading: str) -> str:
+    start = doc.index(heading)
+    nxt = re.search(r"^#{2,3} ", doc[start + len(heading) :], re.M)
+    return doc[start : start + len(heading) + (nxt.start() if nxt else len(doc))]
+
+
+def _table(text: str) -> list[list[str]]:
+    """Rows (without header and rule) of the first markdown table in ``text``."""
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return [r for r in rows[2:]]
+
+
+def _code(cell: str) -> list[str]:
+    return re.findall(r"`([^`]*)`", cell)
+
+
+def _hex_after(doc: str, marker: str) -> bytes:
+    block = re.search(re.escape(marker) + r"\s*```\n(.*?)```", doc, re.S)
+    assert block, marker
+    return bytes.fromhex(block.group(1))
+
+
+class DocumentSpec:
+    """What a client author learns from docs/protocol.md, read from its tables."""
+
+    def __init__(self) -> None:
+        doc = _doc()
+        rows = _table(_section(doc, "### 3.1"))
+        self.required = {_code(r[0])[0] for r in rows if r[1] == "yes"}
+        self.optional = {_code(r[0])[0] for r in rows if r[1] == "no"}
+        self.array_keys = {_code(r[0])[0] for r in _table(_section(doc, "### 3.2"))}
+        self.flags = {r[2]: int(r[1]) for r in _table(_section(doc, "### 3.3")) if r[1].isdigit()}
+        limits = {_code(r[0])[0]: r[1] for r in _table(_section(doc, "### 3.5"))}
+        self.dtypes = set(_code(limits["allowed_dtypes"]))
+        self.max_bytes = int(limits["max_bytes"])
+        self.kinds = {k for r in _table(_section(doc, "### 3.4")) for k in _code(r[1])}
+        self.version = int(re.search(r"must be `(\d+)`", rows[0][3]).group(1))
+
+
+def decode_by_the_document(data: bytes, spec: DocumentSpec) -> dict:
+    """A from-scratch receiver written against docs/protocol.md: msgpack + numpy only."""
+    assert len(data) <= spec.max_bytes
+    obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    assert isinstance(obj, dict)
+    assert obj["v"] == spec.version
+    assert spec.required <= set(obj) <= spec.required | spec.optional
+
+    def array(m: dict) -> np.ndarray:
+        assert set(m) == spec.array_keys
+        assert m["t"] in spec.dtypes
+        a = np.frombuffer(m["d"], dtype=np.dtype(m["t"])).reshape(m["s"])
+        assert np.isfinite(a).all()
+        return a
+
+    tc = obj["tc"]
+    return {
+        "stream_id": obj["id"],
+        "seq": obj["n"],
+        "capture_ts_ns": tc,
+        "send_ts_ns": tc + obj["dt"],
+        "keyframe": bool(obj["f"] & spec.flags["KEYFRAME"]),
+        "extrapolated": bool(obj["f"] & spec.flags["EXTRAPOLATED"]),
+        "z": array(obj["z"]),
+        "gaze": array(obj["g"]),
+        "keypoints": array(obj["kp"]) if "kp" in obj else None,
+        "stage_ts_ns": {k: tc + v for k, v in obj.get("st", {}).items()},
+    }
+
+
+def test_doc_example_bytes_are_what_the_encoder_writes():
+    doc = _doc()
+    example = FrameMessage(
+        stream_id="bob",
+        seq=7,
+        capture_ts_ns=1_000_000_000,
+        send_ts_ns=1_002_500_000,
+        z=np.array([0.5, -1.0, 2.0, 0.0], np.float16),
+        gaze=np.array([[0.25, -0.125], [0.25, -0.125]], np.float16),
+        flags=int(KEYFRAME),
+        stage_ts_ns={"enc": 1_002_000_000},
+    )
+    data = _hex_after(doc, "<!-- example-frame-hex -->")
+    assert encode_frame(example) == data
+    assert f"{len(data)} bytes" in doc
+    got = decode_by_the_document(data, DocumentSpec())
+    assert got["stream_id"] == "bob" and got["seq"] == 7 and got["keyframe"] and not got["extrapolated"]
+    assert got["send_ts_ns"] - got["capture_ts_ns"] == 2_500_000
+    assert got["z"].tolist() == [0.5, -1.0, 2.0, 0.0]
+    assert got["gaze"].tolist() == [[0.25, -0.125], [0.25, -0.125]]
+    assert got["stage_ts_ns"] == {"enc": 1_002_000_000}
+
+    req = _hex_after(doc, "<!-- example-clock-request-hex -->")
+    assert req == encode_clock_request(ClockRequest(42, 1_000_000_000))
+    rep = _hex_after(doc, "<!-- example-clock-reply-hex -->")
+    assert rep == encode_clock_reply(ClockReply(42, 1_000_000_000, 6_000_150_000, 6_000_160_000))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_document_decoder_agrees_with_module(dtype):
+    spec = DocumentSpec()
+    rng = np.random.default_rng(5)
+    msg = make_frame(rng, dtype=dtype, keypoints=6, flags=int(EXTRAPOLATED))
+    msg.stage_ts_ns = {"enc": msg.capture_ts_ns + 3}
+    data = encode_frame(msg)
+    doc_view = decode_by_the_document(data, spec)
+    mod_view = decode_frame(data)
+    assert doc_view["extrapolated"] and not doc_view["keyframe"]
+    for key in ("stream_id", "seq", "capture_ts_ns", "send_ts_ns", "stage_ts_ns"):
+        assert doc_view[key] == getattr(mod_view, key)
+    for key, attr in (("z", "z"), ("gaze", "gaze"), ("keypoints", "keypoints")):
+        assert np.array_equal(doc_view[key], getattr(mod_view, attr))
+        assert doc_view[key].dtype == getattr(mod_view, attr).dtype
+
+
+def test_document_tables_match_the_module():
+    spec = DocumentSpec()
+    assert spec.version == PROTOCOL_VERSION
+    assert spec.flags == {"KEYFRAME": int(KEYFRAME), "EXTRAPOLATED": int(EXTRAPOLATED)}
+    assert spec.dtypes == set(WireLimits().allowed_dtypes)
+    assert spec.max_bytes == WireLimits().max_bytes
+    assert spec.kinds == set(WIRE_ERROR_KINDS)
+    # every documented key is accepted, and nothing else is
+    rng = np.random.default_rng(6)
+    full = msgpack.unpackb(encode_frame(make_frame(rng, keypoints=2, stage_ts_ns={"enc": 2**62 + 1}, capture_ts_ns=2**62, send_ts_ns=2**62 + 5)))
+    assert set(full) == spec.required | spec.optional
+    bare = msgpack.unpackb(encode_frame(make_frame(rng)))
+    assert set(bare) == spec.required
+    assert set(full["z"]) == spec.array_keys
+    for key in spec.optional:
+        reduced = dict(full)
+        del reduced[key]
+        decode_frame(pack(reduced))
+    for key in spec.required:
+        reduced = dict(full)
+        del reduced[key]
+        with pytest.raises(WireError):
+            decode_frame(pack(reduced))
+
+
+def test_bandwidth_budget_as_documented():
+    rows = _table(_doc().split("<!-- budget -->", 1)[1])
+    size = reference_frame_size()
+    assert int(rows[0][1]) == size
+    assert float(rows[0][2]) == round(kbit_per_s(size), 1)
+    assert float(rows[0][3]) == round(kbit_per_s(size, per_message_overhead=ZMTP_FRAME_OVERHEAD), 1)
+    with_mark = reference_frame()
+    with_mark.stage_ts_ns = {"enc": with_mark.send_ts_ns}
+    assert int(rows[1][1]) == len(encode_frame(with_mark))
+    assert int(rows[2][1]) == reference_frame_size(keypoints=4)
+    assert int(rows[3][1]) == reference_frame_size(keypoints=16)
+    # the requirement: a 256-d float16 code plus its header at 30 fps stays within 150 kbit/s,
+    # counting ZeroMQ's own framing too
+    assert kbit_per_s(size, 30, ZMTP_FRAME_OVERHEAD) <= 150.0
+
+
+def test_transport_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, transport; assert 'torch' not in sys.modules, 'transport imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
