@@ -29,12 +29,14 @@ class SyntheticHmcSource:
         live: bool = True,
         session: int | None = None,
         studio: Studio | None = None,
+        with_vertices: bool = True,
     ):
         if fps <= 0:
             raise ValueError("fps must be positive")
         self.fps = float(fps)
         self.seed = int(seed)
         self.ground_truth = ground_truth
+        self.with_vertices = with_vertices
         self.live = live
         self.studio = studio or Studio(identity, session=self.seed if session is None else session)
         self.identity = self.studio.head.params.name
@@ -75,6 +77,8 @@ class SyntheticHmcSource:
                 ts = t0_wall + frame * period_ns
             expr, gaze = self.pose_at(frame)
             views, gt = self.studio.hmc_frame(expr, gaze, t=frame / self.fps, frame_index=frame, ground_truth=self.ground_truth)
+            if gt is not None and not self.with_vertices:
+                del gt["vertices"]
             if gt is not None:
                 gt["frame"] = np.array(frame, np.int64)
             self.delivered += 1

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic performance (default 0)")
     p.add_argument("--no-ground-truth", action="store_true",
                    help="do not store the studio's per-frame ground truth")
+    p.add_argument("--with-vertices", action="store_true",
+                   help="also store the mesh vertices in the ground truth (77 KB/frame; "
+                        "expression, gaze and keypoints are always stored unless --no-ground-truth)")
     p.add_argument("--append", action="store_true",
                    help="continue an existing recording with the same fps and view size")
     p.set_defaults(func=run)
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--fps must be positive, got {args.fps}")
     ground_truth = not args.no_ground_truth
     src = SyntheticHmcSource(identity=args.identity, fps=args.fps, seed=args.seed,
-                             ground_truth=ground_truth, live=True)
+                             ground_truth=ground_truth, live=True, with_vertices=args.with_vertices)
     stats = RecordStats()
     interrupted = False
     try:
