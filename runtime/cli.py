@@ -13,9 +13,12 @@ import sys
 
 # Order is the order shown by ``avcall --help``.
 COMMAND_MODULES = (
+    "runtime.commands.call_cmds",
     "runtime.commands.capture",
     "runtime.commands.record",
     "runtime.commands.replay",
+    "runtime.commands.train",
+    "runtime.commands.eval",
     "runtime.commands.bench",
 )
 

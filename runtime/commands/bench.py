@@ -36,4 +36,6 @@ def _capture(args: argparse.Namespace) -> int:
     return 0
 
 
-_EXTENSIONS: list = []
+from . import call_cmds, decoder_cmds, encoder_cmds  # noqa: E402
+
+_EXTENSIONS: list = [decoder_cmds, encoder_cmds, call_cmds]

@@ -1,0 +1,220 @@
+"""Decoder (VAE) training: KL + reconstruction of geometry, texture and the rendered image.
+
+Checkpoints (``checkpoint.pt``) hold state_dicts plus the configs as plain dicts
+and resume an interrupted run; the finished model directory is written by
+:func:`decoder.export.save_model`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import DecoderConfig, TrainConfig
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    elapsed_s: float
+    final_losses: dict
+    loss_history: list
+    model_dir: Path
+
+
+def init_from_data(model, data: dict) -> None:
+    """PCA geometry basis (decoder) and projection (encoder), and the mean texture, from training data."""
+    import torch
+
+    cfg = model.cfg
+    X = data["vertices"].reshape(len(data["vertices"]), -1).astype(np.float64)
+    mean = X.mean(0)
+    _, S, Vt = np.linalg.svd(X - mean, full_matrices=False)
+    K = min(cfg.geometry_basis, len(S))  # tiny data sets: the rest of the basis starts at zero
+    std = S[:K] / math.sqrt(len(X)) + 1e-8
+    with torch.no_grad():
+        g = model.decoder.geometry
+        g.mean.copy_(torch.from_numpy(mean).float())
+        g.basis.zero_()
+        g.basis[:K] = torch.from_numpy(Vt[:K] * std[:, None]).float()
+        e = model.encoder
+        e.geo_mean.copy_(torch.from_numpy(mean).float())
+        e.geo_proj.zero_()
+        e.geo_proj[:, :K] = torch.from_numpy(Vt[:K].T / std[None]).float()
+        tex = data["texture"].reshape(-1, *data["texture"].shape[-3:])[::7].astype(np.float32).mean(0) / 255.0
+        model.decoder.texture.mean.copy_(torch.from_numpy(tex).permute(2, 0, 1)[None].float())
+    fill_uncovered_texels(model, data["coverage"])
+
+
+#: Learning-rate multipliers: the PCA-initialised geometry (mean, basis; decimetre-scale values)
+#: and the mean texture must move far more slowly than the network weights.
+LR_SCALES = {"decoder.geometry.mean": 0.01, "decoder.geometry.basis": 0.01, "decoder.texture.mean": 0.1}
+
+
+def param_groups(model) -> list[dict]:
+    special = {n: [] for n in LR_SCALES}
+    rest = []
+    for name, p in model.named_parameters():
+        (special[name] if name in special else rest).append(p)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    groups += [{"params": ps, "lr_scale": LR_SCALES[n]} for n, ps in special.items() if ps]
+    return groups
+
+
+def fill_uncovered_texels(model, coverage: np.ndarray, iterations: int = 6) -> None:
+    """Fill the mean texture's texels outside ``coverage`` (T, T) from covered neighbours (in place).
+
+    The texture losses never see those texels, but bilinear sampling at chart borders does:
+    left dark they show up as seams in renders.
+    """
+    import cv2
+    import torch
+
+    mean = model.decoder.texture.mean
+    tex = mean.detach()[0].permute(1, 2, 0).numpy().astype(np.float32).copy()
+    known = coverage.astype(np.float32)
+    for _ in range(iterations):
+        num = cv2.blur(tex * known[..., None], (3, 3), borderType=cv2.BORDER_REPLICATE)
+        den = cv2.blur(known, (3, 3), borderType=cv2.BORDER_REPLICATE)
+        grow = (known == 0) & (den > 0)
+        tex[grow] = num[grow] / den[grow][:, None]
+        known = np.maximum(known, grow.astype(np.float32))
+    with torch.no_grad():
+        mean.copy_(torch.from_numpy(tex).permute(2, 0, 1)[None])
+
+
+def batch_tensors(data: dict, pose_idx: np.ndarray, view_idx: np.ndarray):
+    """Numpy cache -> float tensors: vertices (B,V,3), enc_tex (B,3,t,t), view (B,3), tex (B,3,T,T),
+    image (B,3,S,S), uv (B,S,S,2), mask (B,1,S,S)."""
+    import torch
+
+    f = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    verts = f(data["vertices"][pose_idx])
+    enc = f(data["enc_texture"][pose_idx]).permute(0, 3, 1, 2).float() / 255.0
+    view = f(data["view_direction"][pose_idx, view_idx])
+    tex = f(data["texture"][pose_idx, view_idx]).permute(0, 3, 1, 2).float() / 255.0
+    img = f(data["image"][pose_idx, view_idx]).permute(0, 3, 1, 2).float() / 255.0
+    uvm = f(data["uv_map"][pose_idx, view_idx].astype(np.float32))
+    return verts, enc, view, tex, img, uvm[..., :2], (uvm[..., 2:] > 0.5).permute(0, 3, 1, 2).float()
+
+
+def vae_losses(model, batch, coverage, tcfg: TrainConfig, sample: bool = True) -> dict:
+    """All loss terms (tensors) for one batch; ``total`` is their weighted sum."""
+    import torch
+    from torch.nn import functional as F
+
+    from .model import kl_divergence
+
+    verts, enc, view, tex, img, uv, mask = batch
+    pv, pt, mu, log_std = model(verts, enc, view, sample=sample)
+    geo = (pv - verts).abs().mean()
+    texl = ((pt - tex).abs() * coverage).sum() / (coverage.sum() * 3 * len(pt))
+    seen = F.grid_sample(pt, uv * 2 - 1, mode="bilinear", padding_mode="border", align_corners=False)
+    iml = ((seen.clamp(0, 1) - img).abs() * mask).sum() / (mask.sum() * 3 + 1)
+    kl = kl_divergence(mu, log_std)
+    total = tcfg.geometry_weight * geo + tcfg.texture_weight * texl + tcfg.image_weight * iml + tcfg.kl_weight * kl
+    return {"total": total, "geometry": geo, "texture": texl, "image": iml, "kl": kl}
+
+
+def _save_checkpoint(path: Path, model, opt, step, elapsed, dcfg, tcfg, history) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
+        "decoder_config": dcfg.to_dict(), "train_config": tcfg.to_dict(), "loss_history": history,
+    }, tmp)
+    tmp.replace(path)
+
+
+def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resume: bool = True, progress: bool = True,
+                  export: bool = True, data: dict | None = None) -> TrainResult:
+    """Train the VAE for ``dcfg.identity``; resume from ``out_dir/checkpoint.pt`` if present.
+
+    On resume the architecture, data and loss settings come from the checkpoint; ``steps``,
+    ``time_budget_s`` (total, counting the time already trained), ``checkpoint_every_s`` and
+    ``threads`` come from ``tcfg``, so a finished run can be extended.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .data import load_or_build
+    from .model import CodecAvatarVAE
+
+    torch.set_num_threads(tcfg.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        dcfg = DecoderConfig.from_dict(ckpt["decoder_config"])
+        # Data and loss settings come from the checkpoint; how long to go on comes from the caller.
+        saved = TrainConfig.from_dict(ckpt["train_config"])
+        for k in ("steps", "time_budget_s", "checkpoint_every_s", "threads"):
+            setattr(saved, k, getattr(tcfg, k))
+        tcfg = saved
+    if data is None:
+        cache = Path(tcfg.cache) if tcfg.cache else out_dir / "dataset.npz"
+        data = load_or_build(cache, dcfg.identity, tcfg.num_train_poses, tcfg.train_seed, dcfg, tcfg)
+    dcfg.num_vertices = data["vertices"].shape[1]
+    torch.manual_seed(tcfg.train_seed)
+    model = CodecAvatarVAE(dcfg)
+    opt = torch.optim.Adam(param_groups(model), lr=tcfg.lr)
+    step, elapsed0, history = 0, 0.0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, elapsed0, history = ckpt["step"], ckpt["elapsed_s"], list(ckpt["loss_history"])
+    else:
+        init_from_data(model, data)
+    (out_dir / "train_config.json").write_text(json.dumps({"decoder": dcfg.to_dict(), "train": tcfg.to_dict()}, indent=2))
+    coverage = torch.from_numpy(data["coverage"].astype(np.float32))[None, None]
+    N, K = data["view_direction"].shape[:2]
+    rng = np.random.default_rng(tcfg.train_seed + step)
+    t_start = time.perf_counter()
+    last_ckpt = t_start
+    running: dict[str, float] = {}
+    bar = tqdm(total=tcfg.steps, initial=step, desc=f"train decoder {dcfg.identity}", disable=not progress,
+               mininterval=5.0, dynamic_ncols=True)
+    model.train()
+    while step < tcfg.steps:
+        elapsed = elapsed0 + time.perf_counter() - t_start
+        frac = min(1.0, max(step / tcfg.steps, elapsed / tcfg.time_budget_s))
+        if elapsed >= tcfg.time_budget_s:
+            break
+        lr = tcfg.lr_final + 0.5 * (tcfg.lr - tcfg.lr_final) * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr * g["lr_scale"]
+        pi = rng.integers(0, N, tcfg.batch_size)
+        vi = rng.integers(0, K, tcfg.batch_size)
+        losses = vae_losses(model, batch_tensors(data, pi, vi), coverage, tcfg)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        vals = {k: float(v.detach()) for k, v in losses.items()}
+        running = {k: (0.95 * running.get(k, v) + 0.05 * v) for k, v in vals.items()}
+        if step % 25 == 0 or step == 1:
+            history.append({"step": step, **vals})
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in running.items()}, refresh=False)
+        now = time.perf_counter()
+        if now - last_ckpt >= tcfg.checkpoint_every_s:
+            _save_checkpoint(ckpt_path, model, opt, step, elapsed0 + now - t_start, dcfg, tcfg, history)
+            last_ckpt = now
+    bar.close()
+    elapsed = elapsed0 + time.perf_counter() - t_start
+    _save_checkpoint(ckpt_path, model, opt, step, elapsed, dcfg, tcfg, history)
+    if export:
+        from .export import save_model
+
+        fill_uncovered_texels(model, data["coverage"])
+        save_model(model.decoder, out_dir, studio_identity=dcfg.identity, encoder=model.encoder,
+                   train_info={"steps": step, "elapsed_s": elapsed, "train_config": tcfg.to_dict()})
+    return TrainResult(step, elapsed, running, history, out_dir)

@@ -1,0 +1,222 @@
+"""Encoder architectures as data, and the registry of named ones.
+
+An architecture is a small JSON-able dict, saved next to its weights, from which
+:func:`encoder.model.build_encoder` builds the network. Baselines (EEM and its
+ablations) and, later, searched AVE-NAS architectures use the same format.
+
+A per-view encoder is a stem convolution followed by blocks, each written as a
+short string (the timm habit of ``'er_r2_k3_s2_e4_c48'``)::
+
+    fmb_k3_s2_e4_c48_r2   Fused-MBConv, kernel 3, stride 2, expansion 4, 48 channels, repeated twice
+    conv_k3_s1_c64        plain conv + BN + ReLU
+    skip                  identity (a removed layer; needs stride 1 and unchanged channels)
+
+``s`` applies to the first repeat only; ``e`` defaults to 1, ``k`` to 3, ``s`` to 1,
+``r`` to 1. The view image (``input_size``² uint8) is average-pooled to the
+view's ``resolution`` inside the network, so every exported model takes the raw
+HMC view and the runtime needs no per-model preprocessing.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+
+VIEW_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "mouth")
+"""HMC views in frame order (the studio's ``HMC_VIEWS``)."""
+
+OPS: tuple[str, ...] = ("fmb", "conv", "skip")
+"""Operator vocabulary of a block."""
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One decoded block string."""
+
+    op: str
+    """``fmb`` (Fused-MBConv), ``conv`` (plain conv) or ``skip`` (identity)."""
+    kernel: int = 3
+    stride: int = 1
+    expansion: int = 1
+    """Fused-MBConv expansion (1 or 4 in the search space); ignored by ``conv``."""
+    channels: int = 0
+    """Output channels; 0 = unchanged (``skip``)."""
+    repeats: int = 1
+
+    def to_str(self) -> str:
+        if self.op == "skip":
+            return "skip" + (f"_r{self.repeats}" if self.repeats != 1 else "")
+        s = f"{self.op}_k{self.kernel}_s{self.stride}"
+        if self.op == "fmb":
+            s += f"_e{self.expansion}"
+        s += f"_c{self.channels}"
+        if self.repeats != 1:
+            s += f"_r{self.repeats}"
+        return s
+
+
+_TOKEN = re.compile(r"^([a-z])(\d+)$")
+
+
+def decode_block(s: str) -> BlockSpec:
+    """Parse a block string (see the module docstring) into a :class:`BlockSpec`."""
+    parts = s.strip().split("_")
+    op = parts[0]
+    if op not in OPS:
+        raise ValueError(f"unknown block op {op!r} in {s!r}; expected one of {OPS}")
+    kw: dict[str, int] = {}
+    keys = {"k": "kernel", "s": "stride", "e": "expansion", "c": "channels", "r": "repeats"}
+    for tok in parts[1:]:
+        m = _TOKEN.match(tok)
+        if not m or m.group(1) not in keys:
+            raise ValueError(f"bad token {tok!r} in block {s!r}")
+        kw[keys[m.group(1)]] = int(m.group(2))
+    b = BlockSpec(op, **kw)
+    if b.op != "skip" and b.channels <= 0:
+        raise ValueError(f"block {s!r} needs a channel count (c..)")
+    if b.kernel % 2 == 0 or b.kernel < 1 or b.stride not in (1, 2) or b.repeats < 1 or b.expansion < 1:
+        raise ValueError(f"block {s!r}: kernel must be odd, stride 1 or 2, repeats and expansion >= 1")
+    if b.op == "skip" and b.stride != 1:
+        raise ValueError(f"block {s!r}: a skip cannot change the stride")
+    return b
+
+
+@dataclass
+class ViewArch:
+    """Architecture of one near-sensor per-view encoder."""
+
+    resolution: int = 192
+    """Side of the image the convolutions see (the view is average-pooled from ``input_size``)."""
+    stem: int = 32
+    """Channels of the stride-2 3x3 stem convolution."""
+    blocks: list[str] = field(default_factory=list)
+    """Block strings, in order."""
+    head: int = 256
+    """Channels of the final 1x1 conv before global pooling (0 = none)."""
+    gaze: bool = False
+    """Regress this eye's gaze (yaw, pitch)."""
+    keypoints: bool = True
+    """Regress the view's 2D keypoints."""
+
+    def decoded(self) -> list[BlockSpec]:
+        return [decode_block(b) for b in self.blocks]
+
+
+@dataclass
+class EncoderArch:
+    """A whole HMC encoder: three per-view encoders and the fusion head."""
+
+    name: str
+    views: dict[str, ViewArch]
+    """Per-view architectures keyed by :data:`VIEW_NAMES`."""
+    feature_dim: int = 128
+    """Per-view feature size; the fusion head sees ``3 * feature_dim``."""
+    fusion_hidden: tuple[int, ...] = (512,)
+    """Hidden widths of the fusion MLP."""
+    latent_dim: int = 256
+    """Size of the decoder's latent code z."""
+    num_keypoints: int = 9
+    """Keypoints per view."""
+    input_size: int = 192
+    """Side of the raw HMC view fed to every per-view model."""
+
+    def __post_init__(self):
+        self.views = {k: (v if isinstance(v, ViewArch) else ViewArch(**v)) for k, v in self.views.items()}
+        self.fusion_hidden = tuple(self.fusion_hidden)
+        if tuple(self.views) != VIEW_NAMES:
+            raise ValueError(f"architecture {self.name!r} must define views {VIEW_NAMES} in that order")
+        for k, v in self.views.items():
+            v.decoded()
+            if self.input_size % v.resolution:
+                raise ValueError(f"{self.name}/{k}: resolution {v.resolution} must divide input size {self.input_size}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["fusion_hidden"] = list(self.fusion_hidden)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderArch":
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "EncoderArch":
+        return cls.from_dict(json.loads(s))
+
+
+# ---------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, callable] = {}
+
+
+def register_arch(name: str):
+    """Decorator: register a zero-argument function returning an :class:`EncoderArch`."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise ValueError(f"architecture {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_archs() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_arch(name: str) -> EncoderArch:
+    """A fresh copy of the registered architecture ``name``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown encoder architecture {name!r}; registered: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]()
+
+
+def _scale(c: int, f: float) -> int:
+    return max(8, int(c * f / 8 + 0.5) * 8)
+
+
+def eem_view(width: float = 1.0, resolution: int = 192, *, gaze: bool) -> ViewArch:
+    """The hand-designed EEM per-view encoder (a plain-conv VGG-like stack, as in the Codec
+    Avatar HMC encoder): a stride-2 stem and four stride-2 stages of two 3x3 convs."""
+    c = [_scale(x, width) for x in (48, 72, 96, 128, 160)]
+    blocks = [f"conv_k3_s1_c{c[0]}"]
+    for ch in c[1:]:
+        blocks += [f"conv_k3_s2_c{ch}", f"conv_k3_s1_c{ch}"]
+    return ViewArch(resolution=resolution, stem=c[0], blocks=blocks, head=_scale(256, width), gaze=gaze, keypoints=True)
+
+
+def _eem(name: str, width: float = 1.0, resolution: int = 192) -> EncoderArch:
+    return EncoderArch(
+        name=name,
+        views={v: eem_view(width, resolution, gaze=v != "mouth") for v in VIEW_NAMES},
+    )
+
+
+@register_arch("EEM")
+def eem() -> EncoderArch:
+    """Hand-designed baseline, ~1 GFLOP per view at 192x192 (~3 GFLOPs for the three views)."""
+    return _eem("EEM")
+
+
+@register_arch("EEM-ch50")
+def eem_ch50() -> EncoderArch:
+    """EEM with half the channels in every layer."""
+    return _eem("EEM-ch50", width=0.5)
+
+
+@register_arch("EEM-res50")
+def eem_res50() -> EncoderArch:
+    """EEM at half the input resolution (96x96)."""
+    return _eem("EEM-res50", resolution=96)
+
+
+@register_arch("tiny")
+def tiny() -> EncoderArch:
+    """A few-kFLOP architecture for tests: every operator once, 32x32 input."""
+    view = lambda g: ViewArch(resolution=16, stem=8, blocks=["fmb_k3_s2_e4_c16", "skip", "fmb_k3_s1_e1_c16", "conv_k3_s2_c16"],
+                              head=16, gaze=g, keypoints=True)
+    return EncoderArch(name="tiny", views={v: view(v != "mouth") for v in VIEW_NAMES}, feature_dim=16,
+                       fusion_hidden=(32,), latent_dim=8, num_keypoints=9, input_size=32)

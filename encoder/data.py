@@ -1,0 +1,171 @@
+"""HMC training and test data for the encoders, rendered by the studio and cached as .npz.
+
+Training frames come from many HMC sessions (each a different headset slip and
+exposure) over the *train* segments of their performances; test frames are the
+held-out *test* segments of performances recorded in held-out sessions.
+
+Arrays of a cache (N frames; S = HMC view size, R = render-loss size, t = VAE texture size):
+
+- ``views`` (N, 3, S, S) uint8: left eye, right eye, mouth
+- ``gaze`` (N, 2, 2) float32, ``expression`` (N, E) float32
+- ``keypoints`` (N, 3, 9, 2) float32 pixel (x, y); ``keypoints_visible`` (N, 3, 9) bool
+- ``vertices`` (N, V, 3) float16, head frame (dm): the true mesh
+- ``enc_texture`` (N, t, t, 3) uint8: front-view texture, the VAE encoder's input (ground-truth code)
+- ``view_direction`` (N, 3) float32: one dome view direction per frame for the texture/render losses
+- ``texture`` (N, R, R, 3) uint8: the true view-dependent texture for that direction, downsampled to R
+- ``image`` (N, R, R, 3) uint8: the studio render from that direction
+- ``uv_map`` (N, R, R, 3) float16: (u, v, face) of the true mesh from that direction
+- ``coverage`` (R, R) bool: texels covered by the mesh
+- ``test``, ``extreme`` (N,) bool; ``session`` (N,) int32; ``frame`` (N,) int32
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class HmcDataConfig:
+    """What frames an encoder dataset holds."""
+
+    identity: str = "S1"
+    train_sessions: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
+    """Studio sessions (headset slip + exposure) rendered for training; 0 = the headset as designed."""
+    test_sessions: tuple[int, ...] = (101, 102)
+    """Held-out sessions whose held-out segments form the test set."""
+    seconds_per_session: float = 16.0
+    """Length of each training session's performance."""
+    test_seconds_per_session: float = 40.0
+    """Length of each held-out session's performance (only its test segments are kept)."""
+    test_extreme_probability: float = 0.35
+    """Chance that a held-out performance segment is extreme (training keeps the studio's rare 0.12),
+    so the extreme subset of the test set is large enough to measure."""
+    fps: float = 30.0
+    """Performance frame rate (lower = more distinct expressions per frame rendered)."""
+    render_size: int = 64
+    """R: resolution of the texture and rendering losses."""
+    enc_texture_size: int = 64
+    """t: texture resolution the decoder's VAE encoder takes."""
+    seed: int = 0
+
+    def key(self) -> str:
+        return repr(sorted(asdict(self).items()))
+
+
+_DOME = ("front", "left", "right")
+
+
+def _to_u8(x):
+    return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
+
+
+def render_session(identity: str, session: int, perf_seed: int, seconds: float, fps: float, split: str, cfg: HmcDataConfig,
+                   progress: bool = False, hmc_size: int = 192, extreme_probability: float | None = None) -> dict:
+    """Frames of ``split`` ("train"/"test") of one session's performance, with every target.
+
+    ``hmc_size`` other than 192 renders smaller HMC views (tests)."""
+    import cv2
+    from tqdm import tqdm
+
+    from capture.performance import PerformanceConfig, generate_performance
+    from capture.rig import HmcRigConfig, view_direction
+    from capture.studio import Studio
+    from decoder.data import make_rasterizer
+
+    pcfg = PerformanceConfig(fps=fps)
+    if extreme_probability is not None:
+        pcfg.extreme_probability = extreme_probability
+    perf = generate_performance(perf_seed, seconds, pcfg)
+    idx = perf.split(split)
+    studio = Studio(identity, session=session, dome_size=2 * cfg.render_size, rig=HmcRigConfig(size=hmc_size))
+    rast = make_rasterizer(studio, size=cfg.render_size)
+    R, t = cfg.render_size, cfg.enc_texture_size
+    n, V = len(idx), studio.head.num_vertices
+    S = studio.rig_config.size
+    out = {
+        "views": np.zeros((n, 3, S, S), np.uint8), "gaze": perf.gaze[idx].astype(np.float32),
+        "expression": perf.expression[idx].astype(np.float32),
+        "keypoints": np.zeros((n, 3, 9, 2), np.float32), "keypoints_visible": np.zeros((n, 3, 9), bool),
+        "vertices": np.zeros((n, V, 3), np.float16), "enc_texture": np.zeros((n, t, t, 3), np.uint8),
+        "view_direction": np.zeros((n, 3), np.float32), "texture": np.zeros((n, R, R, 3), np.uint8),
+        "image": np.zeros((n, R, R, 3), np.uint8), "uv_map": np.zeros((n, R, R, 3), np.float16),
+        "test": perf.test[idx].copy(), "extreme": perf.extreme[idx].copy(),
+        "session": np.full(n, session, np.int32), "frame": idx.astype(np.int32),
+    }
+    coverage = np.zeros((R, R), bool)
+    rng = np.random.default_rng(perf_seed * 7 + session)
+    for j, i in enumerate(tqdm(idx, desc=f"{identity} session {session} ({split})", disable=not progress, leave=False)):
+        e, g = perf.expression[i], perf.gaze[i]
+        views, gt = studio.hmc_frame(e, g, t=float(perf.t[i]), frame_index=int(i))
+        out["views"][j] = views
+        out["keypoints"][j] = gt["keypoints"]
+        out["keypoints_visible"][j] = gt["keypoints_visible"]
+        out["vertices"][j] = gt["vertices"]
+        tex, cov = studio.render_texture(e, g, "front")
+        out["enc_texture"][j] = _to_u8(cv2.resize(tex, (t, t), interpolation=cv2.INTER_AREA))
+        d = view_direction(_DOME[j % 3]) if split == "test" else view_direction(_DOME[rng.integers(0, 3)])
+        out["view_direction"][j] = d
+        tex_d, cov_d = studio.render_texture(e, g, d)
+        out["texture"][j] = _to_u8(cv2.resize(tex_d, (R, R), interpolation=cv2.INTER_AREA))
+        coverage |= cv2.resize(cov_d.astype(np.uint8), (R, R), interpolation=cv2.INTER_NEAREST).astype(bool)
+        out["image"][j] = studio.render_view(e, g, d, size=R)
+        out["uv_map"][j] = rast.render_uv(gt["vertices"], g, d, R)
+    out["coverage"] = coverage
+    rast.release()
+    studio.release()
+    return out
+
+
+def _concat(parts: list[dict]) -> dict:
+    out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "coverage"}
+    out["coverage"] = np.logical_or.reduce([p["coverage"] for p in parts])
+    return out
+
+
+def _job(args):
+    identity, session, perf_seed, seconds, fps, split, cfg_dict = args
+    cfg = HmcDataConfig(**cfg_dict)
+    xp = cfg.test_extreme_probability if split == "test" else None
+    return render_session(identity, session, perf_seed, seconds, fps, split, cfg, extreme_probability=xp)
+
+
+def build_hmc_data(cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True, splits=("train", "test")) -> tuple[dict, dict]:
+    """(train, test) dicts of arrays (see the module docstring); a split not in ``splits`` comes back None."""
+    from tqdm import tqdm
+
+    jobs = []
+    d = asdict(cfg)
+    for k, s in enumerate(cfg.train_sessions if "train" in splits else ()):
+        jobs.append((cfg.identity, s, cfg.seed * 1000 + k + 1, cfg.seconds_per_session, cfg.fps, "train", d))
+    for k, s in enumerate(cfg.test_sessions if "test" in splits else ()):
+        jobs.append((cfg.identity, s, cfg.seed * 1000 + 500 + k, cfg.test_seconds_per_session, cfg.fps, "test", d))
+    if workers > 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = list(tqdm(pool.imap(_job, jobs), total=len(jobs), desc=f"HMC data {cfg.identity}", unit="session",
+                              disable=not progress))
+    else:
+        parts = [_job(j) for j in tqdm(jobs, desc=f"HMC data {cfg.identity}", unit="session", disable=not progress)]
+    ntrain = len(cfg.train_sessions) if "train" in splits else 0
+    return (_concat(parts[:ntrain]) if ntrain else None), (_concat(parts[ntrain:]) if "test" in splits else None)
+
+
+def load_or_build_hmc_data(path: str | Path, cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True) -> tuple[dict, dict]:
+    """Load ``path`` (``<path>`` holds train_*, test_* arrays) if it was built with ``cfg``, else build and save it."""
+    path = Path(path)
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["key"]) == cfg.key():
+                train = {k[6:]: z[k] for k in z.files if k.startswith("train_")}
+                test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+                return train, test
+    train, test = build_hmc_data(cfg, workers=workers, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, key=np.array(cfg.key()), **{f"train_{k}": v for k, v in train.items()},
+             **{f"test_{k}": v for k, v in test.items()})
+    tmp.replace(path)
+    return train, test

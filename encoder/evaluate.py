@@ -1,0 +1,143 @@
+"""Encoder evaluation: code/gaze/keypoint errors, and the Auto-CARD rendered-avatar MSE.
+
+Rendered MSE (Auto-CARD Table 1): for each test frame, the avatar is decoded from the
+predicted code (and predicted gaze for the explicit eyes) and from the ground-truth
+code (the VAE mean of the true frame, with the true gaze), rasterised from the
+front, left and right dome views at ``size``² and compared: mean squared error over
+all pixels and channels, on the 0..255 scale. Predicted codes come from the exported
+ONNX models through :class:`encoder.runtime.HmcEncoder`, i.e. what the sender runs.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+EVAL_VIEWS: tuple[str, ...] = ("front", "left", "right")
+
+
+def code_errors(model, data: dict, z_std: np.ndarray, batch: int = 32) -> dict:
+    """Torch model on (unaugmented) test frames -> latent MSE (standardised), gaze MAE (deg),
+    keypoint MAE (px, visible only), overall and on the extreme subset."""
+    import torch
+
+    zs, gs, ks = [], [], []
+    with torch.no_grad():
+        for a in range(0, len(data["views"]), batch):
+            o = model(torch.from_numpy(data["views"][a : a + batch]))
+            zs.append(o["z"].numpy())
+            gs.append(o["gaze"].numpy())
+            ks.append(o["keypoints"].numpy())
+    z, g, k = np.concatenate(zs), np.concatenate(gs), np.concatenate(ks)
+    lat = (((z - data["z_gt"]) / z_std) ** 2).mean(1)
+    gz = np.degrees(np.abs(g - data["gaze"])).reshape(len(g), -1).mean(1)
+    vis = data["keypoints_visible"][..., None]
+    kp = (np.abs(k - data["keypoints"]) * vis).reshape(len(k), -1).sum(1) / np.maximum(2 * vis.reshape(len(k), -1).sum(1), 1)
+    ex = data["extreme"]
+    r = {"frames": int(len(z)), "latent_mse": float(lat.mean()), "gaze_mae_deg": float(gz.mean()), "keypoint_mae_px": float(kp.mean())}
+    if ex.any():
+        r |= {"latent_mse_extreme": float(lat[ex].mean()), "gaze_mae_deg_extreme": float(gz[ex].mean())}
+    return r
+
+
+def predict_codes(model_dir, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exported encoder in onnxruntime on frames (N, 3, S, S) uint8 -> z (N, Z), gaze (N, 2, 2)."""
+    from .runtime import HmcEncoder
+
+    enc = HmcEncoder(model_dir)
+    zs, gs = [], []
+    for v in views:
+        r = enc.encode(v)
+        zs.append(r.z)
+        gs.append(r.gaze)
+    return np.stack(zs), np.stack(gs)
+
+
+def rendered_mse(identity: str, vae, z_pred: np.ndarray, gaze_pred: np.ndarray, z_gt: np.ndarray, gaze_gt: np.ndarray,
+                 *, size: int = 256, views: tuple[str, ...] = EVAL_VIEWS, batch: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
+    """Per-frame MSE (0..255 scale) between avatars from predicted and ground-truth codes, per view: {view: (N,)}."""
+    import torch
+    from tqdm import tqdm
+
+    from capture.rig import view_direction
+    from capture.studio import Studio
+    from decoder.data import make_rasterizer
+
+    studio = Studio(identity, dome_size=64)
+    rast = make_rasterizer(studio, size=size, texture_size=vae.cfg.texture_size)
+    out = {v: np.zeros(len(z_pred)) for v in views}
+    dirs = {v: torch.from_numpy(view_direction(v).astype(np.float32)) for v in views}
+    with torch.no_grad():
+        for a in tqdm(range(0, len(z_pred), batch), desc=f"render {identity}", disable=not progress):
+            zp = torch.from_numpy(np.asarray(z_pred[a : a + batch], np.float32))
+            zg = torch.from_numpy(np.asarray(z_gt[a : a + batch], np.float32))
+            B = len(zp)
+            for v in views:
+                d = dirs[v].expand(B, 3)
+                vp, tp = vae.decoder(zp, d)
+                vg, tg = vae.decoder(zg, d)
+                for i in range(B):
+                    ip = rast.render(vp[i].numpy(), tp[i].clamp(0, 1).numpy(), gaze_pred[a + i], dirs[v].numpy()).astype(np.float32)
+                    ig = rast.render(vg[i].numpy(), tg[i].clamp(0, 1).numpy(), gaze_gt[a + i], dirs[v].numpy()).astype(np.float32)
+                    out[v][a + i] = float(((ip - ig) ** 2).mean())
+    rast.release()
+    studio.release()
+    return out
+
+
+def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int = 256, max_frames: int | None = None,
+                       progress: bool = False) -> dict:
+    """Rendered MSE per view and on the extreme subset for one exported encoder on one identity's test set."""
+    from .train import attach_codes
+
+    attach_codes(test, vae)
+    n = len(test["views"]) if max_frames is None else min(max_frames, len(test["views"]))
+    sel = np.linspace(0, len(test["views"]) - 1, n).astype(int) if n < len(test["views"]) else np.arange(n)
+    z_pred, g_pred = predict_codes(model_dir, test["views"][sel])
+    per = rendered_mse(identity, vae, z_pred, g_pred, test["z_gt"][sel], test["gaze"][sel], size=size, progress=progress)
+    ex = test["extreme"][sel]
+    allv = np.mean([per[v] for v in EVAL_VIEWS], 0)
+    gz = np.degrees(np.abs(g_pred - test["gaze"][sel])).reshape(n, -1).mean(1)
+    return {
+        "frames": int(n),
+        "extreme_frames": int(ex.sum()),
+        "mse": {v: float(per[v].mean()) for v in EVAL_VIEWS},
+        "mse_mean": float(allv.mean()),
+        "mse_extreme": float(allv[ex].mean()) if ex.any() else None,
+        "gaze_mae_deg": float(gz.mean()),
+    }
+
+
+def _fingerprint(model_dir, vae, identity: str, test: dict, size: int, max_frames: int | None) -> str:
+    """Hash of everything an evaluation depends on: the ONNX models, the decoder weights, the test frames, settings."""
+    import hashlib
+    from pathlib import Path
+
+    h = hashlib.sha1()
+    for name in ("left_eye", "right_eye", "mouth", "fusion"):
+        h.update((Path(model_dir) / f"{name}.onnx").read_bytes())
+    for t in vae.state_dict().values():
+        h.update(t.detach().float().numpy().tobytes()[:4096])
+        h.update(repr(float(t.float().sum())).encode())
+    h.update(test["views"][:: max(1, len(test["views"]) // 16)].tobytes())
+    h.update(f"{identity}|{len(test['views'])}|{size}|{max_frames}".encode())
+    return h.hexdigest()
+
+
+def cached_evaluation(model_dir, identity: str, test: dict, vae, *, size: int = 256, max_frames: int | None = None,
+                      progress: bool = False) -> dict:
+    """:func:`evaluate_model_dir`, remembered in ``model_dir/eval_IDENTITY.json`` under a fingerprint of the
+    models, decoder, test data and settings, so re-running a table re-uses unchanged results."""
+    import json
+    from pathlib import Path
+
+    from .train import attach_codes
+
+    attach_codes(test, vae)
+    path = Path(model_dir) / f"eval_{identity}.json"
+    fp = _fingerprint(model_dir, vae, identity, test, size, max_frames)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("fingerprint") == fp:
+            return old["result"]
+    r = evaluate_model_dir(model_dir, identity, test, vae, size=size, max_frames=max_frames, progress=progress)
+    path.write_text(json.dumps({"fingerprint": fp, "result": r}, indent=2))
+    return r

@@ -1,0 +1,168 @@
+"""The encoder evaluation table in the shape of Auto-CARD Table 1.
+
+Per model: MFLOPs (analytic, all three views + fusion), onnxruntime latency on this
+CPU (one thread, median, three views + fusion); per identity and view the rendered
+MSE between avatars from predicted and ground-truth codes on held-out test
+segments; and the same MSE on the extreme-expression test frames.
+
+``table1.json``::
+
+    {"machine": str, "command": str, "models": {NAME: {"mflops": x, "latency_ms": x,
+      "mse": {IDENTITY: {"front": x, "left": x, "right": x}}, "mse_extreme": {IDENTITY: x}, ...}}}
+
+Rows already in an existing ``table1.json`` whose model is not re-evaluated are kept,
+so later issues add rows to the same table.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .evaluate import EVAL_VIEWS
+
+
+def find_model_dir(identity: str, name: str, runs_root: Path) -> Path | None:
+    """A trained model for (identity, model name): a run under ``runs_root``, else the embedded one."""
+    from .runtime import default_model_dir
+    from .train import default_run_dir
+
+    for d in (default_run_dir(identity, name, runs_root), default_model_dir(identity, name)):
+        if (d / "arch.json").exists() and (d / "fusion.onnx").exists():
+            return d
+    return None
+
+
+def build_table(identities: list[str], models: list[str], out_dir: str | Path, *, command: str, runs_root: str | Path,
+                max_frames: int | None = 240, render_size: int = 256, bench_runs: int = 200, progress: bool = True) -> dict:
+    """Evaluate every (model, identity) pair, write ``table1.json`` and ``table1.md``; return the table."""
+    from .arch import get_arch
+    from .bench import bench_arch, bench_model_dir, machine_description
+    from .codec import load_vae
+    from .evaluate import cached_evaluation
+    from .flops import analytic_flops
+    from .train import load_identity_data, parse_model_name
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_root = Path(runs_root)
+    json_path = out_dir / "table1.json"
+    table = json.loads(json_path.read_text()) if json_path.exists() else {"models": {}}
+    table["machine"] = machine_description()
+    table["command"] = command
+    missing = []
+    # Latency and FLOPs per model.
+    rows = {}
+    for name in models:
+        arch_name, reweight = parse_model_name(name)
+        arch = get_arch(arch_name)
+        d = next((find_model_dir(i, name, runs_root) for i in identities if find_model_dir(i, name, runs_root)), None)
+        lat = bench_model_dir(d, runs=bench_runs) if d else bench_arch(arch_name, runs=bench_runs)
+        rows[name] = {"arch": arch_name, "reweight": reweight, "mflops": analytic_flops(arch)["total"] / 1e6,
+                      "latency_ms": lat["encode_ms_p50"]["total"], "latency_ms_per_stage": lat["encode_ms_p50"],
+                      "mse": {}, "mse_extreme": {}, "mse_mean": {}, "gaze_mae_deg": {}, "test_frames": {}, "extreme_frames": {},
+                      "train_steps": {}}
+    # Rendered MSE per identity.
+    for ident in identities:
+        dirs = {name: find_model_dir(ident, name, runs_root) for name in models}
+        if not any(dirs.values()):
+            missing += [f"{ident}/{n}" for n in models]
+            continue
+        vae = load_vae(ident)
+        _, test = load_identity_data(ident, progress=progress)
+        for name in models:
+            if dirs[name] is None:
+                missing.append(f"{ident}/{name}")
+                continue
+            r = cached_evaluation(dirs[name], ident, test, vae, size=render_size, max_frames=max_frames, progress=progress)
+            row = rows[name]
+            row["mse"][ident] = r["mse"]
+            row["mse_extreme"][ident] = r["mse_extreme"]
+            row["mse_mean"][ident] = r["mse_mean"]
+            row["gaze_mae_deg"][ident] = r["gaze_mae_deg"]
+            row["test_frames"][ident] = r["frames"]
+            row["extreme_frames"][ident] = r["extreme_frames"]
+            meta_path = dirs[name] / "meta.json"
+            if meta_path.exists():
+                row["train_steps"][ident] = json.loads(meta_path.read_text()).get("train", {}).get("steps")
+    for name, row in rows.items():
+        old = table["models"].get(name, {})
+        for k in ("mse", "mse_extreme", "mse_mean", "gaze_mae_deg", "test_frames", "extreme_frames", "train_steps"):
+            row[k] = {**old.get(k, {}), **row[k]}
+        table["models"][name] = row
+    table["missing"] = missing
+    table["notes"] = (
+        "MSE on the 0..255 scale over all pixels of 256x256 renders (front/left/right) of the avatar decoded from the "
+        "predicted code + predicted gaze vs from the ground-truth code (VAE mean) + true gaze, on test segments of "
+        "held-out HMC sessions; mse_extreme averages the three views over the extreme-expression test frames. "
+        "latency_ms: onnxruntime, one intra-op thread, median of many runs, left eye + right eye + mouth + fusion. "
+        "mflops: 2 x multiply-accumulates of conv/linear layers, all three views + fusion."
+    )
+    json_path.write_text(json.dumps(table, indent=2))
+    (out_dir / "table1.md").write_text(render_markdown(table))
+    plot_table(table, out_dir / "table1.png")
+    return table
+
+
+def plot_table(table: dict, path: Path) -> None:
+    """Average rendered MSE (all identities, views) against latency and MFLOPs, one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for name, r in table["models"].items():
+        vals = [sum(m.values()) / len(m) for m in r.get("mse", {}).values()]
+        if not vals:
+            continue
+        y = sum(vals) / len(vals)
+        for ax, x in zip(axes, (r["latency_ms"], r["mflops"])):
+            ax.scatter([x], [y])
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes[0].set_xlabel("latency, ms (onnxruntime, 1 thread, 3 views + fusion)")
+    axes[1].set_xlabel("MFLOPs (3 views + fusion)")
+    for ax in axes:
+        ax.set_ylabel("avg rendered MSE (0..255)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _f(x, nd=2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def render_markdown(table: dict) -> str:
+    models = table["models"]
+    idents = sorted({i for r in models.values() for i in r.get("mse", {})})
+    lines = ["# Encoder evaluation (Auto-CARD Table 1 shape)", "", f"Machine: {table['machine']}", "",
+             f"Command: `{table['command']}`", ""]
+    head = ["model", "MFLOPs", "latency ms"]
+    for i in idents:
+        head += [f"{i} {v}" for v in EVAL_VIEWS] + [f"{i} extreme"]
+    head += ["avg MSE", "avg extreme"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in models.items():
+        cells = [name, _f(r["mflops"], 0), _f(r["latency_ms"])]
+        allv, allx = [], []
+        for i in idents:
+            m = r.get("mse", {}).get(i)
+            cells += [_f(m[v]) if m else "–" for v in EVAL_VIEWS]
+            x = r.get("mse_extreme", {}).get(i)
+            cells.append(_f(x))
+            if m:
+                allv.append(sum(m.values()) / 3)
+            if x is not None and not math.isnan(x):
+                allx.append(x)
+        cells += [_f(sum(allv) / len(allv)) if allv else "–", _f(sum(allx) / len(allx)) if allx else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    steps = [f"{n}: " + ", ".join(f"{i} {st}" for i, st in r.get("train_steps", {}).items()) for n, r in models.items()
+             if r.get("train_steps")]
+    if steps:
+        lines += ["", "Training steps (batch 8) per identity: " + "; ".join(steps) + "."]
+    lines += ["", table.get("notes", "")]
+    if table.get("missing"):
+        lines += ["", "Not evaluated (no trained model): " + ", ".join(table["missing"])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,314 @@
+"""Encoder training with the Auto-CARD objective (see :mod:`encoder.losses`).
+
+The decoder is frozen; the encoder regresses its ground-truth codes, gaze and
+keypoints from HMC frames, with online HMC augmentation (headset slip as a small
+random similarity warp per view, exposure as random gain and gamma) on top of
+the many rendered headset sessions in the data.
+
+``checkpoint.pt`` in the output directory (state_dicts + the architecture and
+config as plain dicts, never pickled objects) resumes an interrupted run; the
+finished model directory is written by :func:`encoder.export.save_model`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .arch import EncoderArch
+from .losses import LossWeights
+
+
+@dataclass
+class EncoderTrainConfig:
+    """Optimisation, augmentation and re-weighting settings of one encoder training run."""
+
+    identity: str = "S1"
+    batch_size: int = 16
+    lr: float = 1e-3
+    lr_final: float = 3e-5
+    """Cosine decay target."""
+    weight_decay: float = 1e-5
+    steps: int = 4000
+    time_budget_s: float = 1800.0
+    """Wall-clock budget; the schedule runs to whichever of steps / budget comes first."""
+    reweight: bool = True
+    """Extreme-expression-aware re-weighting exp(||g - g_bar|| / tau) (off for the ablation)."""
+    tau: float = 0.25
+    """Temperature of the re-weighting (radians of gaze)."""
+    momentum: float = 0.99
+    """EMA momentum of the mean gaze g_bar (per step)."""
+    augment: bool = True
+    """Online HMC augmentation (slip warp, exposure gain/gamma)."""
+    slip_rotation_deg: float = 3.0
+    slip_translation: float = 0.04
+    """Max random shift, fraction of the view size."""
+    slip_scale: float = 0.05
+    exposure_gain: tuple[float, float] = (0.7, 1.4)
+    exposure_gamma: tuple[float, float] = (0.8, 1.25)
+    weights: dict = field(default_factory=lambda: LossWeights().to_dict())
+    """Loss weights (see :class:`encoder.losses.LossWeights`)."""
+    threads: int = 2
+    checkpoint_every_s: float = 120.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["exposure_gain"], d["exposure_gamma"] = list(self.exposure_gain), list(self.exposure_gamma)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderTrainConfig":
+        names = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in names}
+        for k in ("exposure_gain", "exposure_gamma"):
+            if k in kw:
+                kw[k] = tuple(kw[k])
+        return cls(**kw)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    elapsed_s: float
+    final_losses: dict
+    loss_history: list
+    model_dir: Path
+    meta: dict
+
+
+def augment_hmc(views, keypoints, gen, cfg: EncoderTrainConfig):
+    """views (B, 3, S, S) float 0..255, keypoints (B, 3, K, 2) px -> augmented copies.
+
+    Slip: per view a random similarity (rotation, scale, shift) applied to the image and
+    its keypoints. Exposure: per view a random gain and gamma.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    B, V, S, _ = views.shape
+    n = B * V
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=gen)
+    ang = torch.deg2rad(u(-cfg.slip_rotation_deg, cfg.slip_rotation_deg))
+    sc = u(1 - cfg.slip_scale, 1 + cfg.slip_scale)
+    tx, ty = u(-cfg.slip_translation, cfg.slip_translation) * 2, u(-cfg.slip_translation, cfg.slip_translation) * 2
+    # Output -> input normalised coords: p_in = A p_out + b (grid_sample convention).
+    cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+    A = torch.stack([torch.stack([cos, -sin], 1), torch.stack([sin, cos], 1)], 1)  # (n, 2, 2)
+    b = torch.stack([tx, ty], 1)
+    theta = torch.cat([A, b[:, :, None]], 2)
+    x = views.reshape(n, 1, S, S)
+    grid = F.affine_grid(theta, (n, 1, S, S), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    gain = u(*cfg.exposure_gain).view(n, 1, 1, 1)
+    gamma = u(*cfg.exposure_gamma).view(n, 1, 1, 1)
+    x = (255.0 * (x.clamp(0, 255) / 255.0).pow(gamma) * gain).clamp(0, 255)
+    K = keypoints.shape[2]
+    p = keypoints.reshape(n, K, 2) * (2.0 / S) - 1.0
+    p_out = torch.linalg.solve(A, (p - b[:, None, :]).transpose(1, 2)).transpose(1, 2)
+    kp = ((p_out + 1.0) * (S / 2.0)).reshape(B, V, K, 2)
+    return x.reshape(B, V, S, S), kp
+
+
+def batch_tensors(data: dict, idx: np.ndarray) -> dict:
+    """Numpy arrays of the HMC data (with ``z_gt``) -> float tensors for :func:`encoder.losses.autocard_loss`."""
+    import torch
+
+    f = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+    return {
+        "views": f(data["views"][idx]).float(),
+        "z_gt": f(data["z_gt"][idx]),
+        "gaze": f(data["gaze"][idx]),
+        "keypoints": f(data["keypoints"][idx]),
+        "keypoints_visible": f(data["keypoints_visible"][idx]),
+        "vertices": f(data["vertices"][idx]).float(),
+        "view_direction": f(data["view_direction"][idx]),
+        "texture": f(data["texture"][idx]).permute(0, 3, 1, 2).float() / 255.0,
+        "image": f(data["image"][idx]).permute(0, 3, 1, 2).float() / 255.0,
+        "uv_map": f(data["uv_map"][idx]).float(),
+    }
+
+
+def _save_checkpoint(path: Path, model, opt, reweight, step, elapsed, arch, tcfg, history, z_std) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "reweighting": reweight.state_dict(), "step": step,
+        "elapsed_s": elapsed, "arch": arch.to_dict(), "train_config": tcfg.to_dict(), "loss_history": history,
+        "z_std": torch.from_numpy(z_std),
+    }, tmp)
+    tmp.replace(path)
+
+
+def attach_codes(data: dict, vae) -> dict:
+    """Add ``z_gt`` (the VAE means) to an HMC data dict (in place) and return it."""
+    from .codec import ground_truth_codes
+
+    if "z_gt" not in data:
+        data["z_gt"] = ground_truth_codes(vae.encoder, data["vertices"], data["enc_texture"])
+    return data
+
+
+def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConfig, *, data: dict, vae, resume: bool = True,
+                  progress: bool = True, export: bool = True, test_data: dict | None = None) -> TrainResult:
+    """Train ``arch`` on ``data`` (HMC arrays, see :mod:`encoder.data`) against the frozen ``vae``.
+
+    Resumes from ``out_dir/checkpoint.pt`` when present (its arch and config win).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from .losses import GazeReweighting, autocard_loss
+    from .model import build_encoder
+
+    torch.set_num_threads(tcfg.threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt = None
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        arch = EncoderArch.from_dict(ckpt["arch"])
+        tcfg = EncoderTrainConfig.from_dict(ckpt["train_config"])
+    attach_codes(data, vae)
+    z_std = np.maximum(data["z_gt"].std(0), 1e-2).astype(np.float32) if ckpt is None else ckpt["z_std"].numpy()
+    torch.manual_seed(tcfg.seed)
+    model = build_encoder(arch).to(memory_format=torch.channels_last)  # ~1.5x faster convs on CPU
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+    reweight = GazeReweighting(tcfg.tau, tcfg.momentum, tcfg.reweight)
+    step, elapsed0, history = 0, 0.0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        reweight.load_state_dict(ckpt["reweighting"])
+        step, elapsed0, history = ckpt["step"], ckpt["elapsed_s"], list(ckpt["loss_history"])
+    (out_dir / "train_config.json").write_text(json.dumps({"arch": arch.to_dict(), "train": tcfg.to_dict()}, indent=2))
+    decoder = vae.decoder
+    weights = LossWeights(**tcfg.weights)
+    zs = torch.from_numpy(z_std)
+    coverage = torch.from_numpy(data["coverage"])
+    N = len(data["views"])
+    S = float(arch.input_size)
+    rng = np.random.default_rng(tcfg.seed * 7919 + step)
+    gen = torch.Generator().manual_seed(tcfg.seed * 104729 + step)
+    t_start = time.perf_counter()
+    last_ckpt = t_start
+    running: dict[str, float] = {}
+    bar = tqdm(total=tcfg.steps, initial=step, desc=f"train encoder {arch.name} {tcfg.identity}", disable=not progress,
+               mininterval=5.0, dynamic_ncols=True)
+    model.train()
+    while step < tcfg.steps:
+        elapsed = elapsed0 + time.perf_counter() - t_start
+        if elapsed >= tcfg.time_budget_s:
+            break
+        frac = min(1.0, max(step / tcfg.steps, elapsed / tcfg.time_budget_s))
+        lr = tcfg.lr_final + 0.5 * (tcfg.lr - tcfg.lr_final) * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        b = batch_tensors(data, rng.integers(0, N, tcfg.batch_size))
+        if tcfg.augment:
+            b["views"], b["keypoints"] = augment_hmc(b["views"], b["keypoints"], gen, tcfg)
+        out = model(b["views"])
+        sw = reweight(b["gaze"])
+        losses = autocard_loss(out, b, decoder, zs, coverage, S, weights, sw)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
+        opt.step()
+        step += 1
+        vals = {k: float(v.detach()) for k, v in losses.items()}
+        running = {k: (0.95 * running.get(k, v) + 0.05 * v) for k, v in vals.items()}
+        if step % 20 == 0 or step == 1:
+            history.append({"step": step, "lr": lr, **vals})
+        bar.update(1)
+        bar.set_postfix({k: f"{running[k]:.4g}" for k in ("total", "latent", "gaze", "rendering")}, refresh=False)
+        now = time.perf_counter()
+        if now - last_ckpt >= tcfg.checkpoint_every_s:
+            _save_checkpoint(ckpt_path, model, opt, reweight, step, elapsed0 + now - t_start, arch, tcfg, history, z_std)
+            last_ckpt = now
+    bar.close()
+    elapsed = elapsed0 + time.perf_counter() - t_start
+    _save_checkpoint(ckpt_path, model, opt, reweight, step, elapsed, arch, tcfg, history, z_std)
+    (out_dir / "loss_history.json").write_text(json.dumps(history))
+    info = {"steps": step, "elapsed_s": round(elapsed, 1), "train_frames": N, "final_losses": running,
+            "config": tcfg.to_dict()}
+    if test_data is not None:
+        from .evaluate import code_errors
+
+        model.eval()
+        attach_codes(test_data, vae)
+        sel = np.linspace(0, len(test_data["views"]) - 1, min(96, len(test_data["views"]))).astype(int)
+        info["test"] = code_errors(model, {k: v[sel] if k != "coverage" else v for k, v in test_data.items()}, z_std)
+    meta = {}
+    if export:
+        from .export import save_model
+
+        meta = save_model(model, out_dir, identity=tcfg.identity, train_info=info)
+    return TrainResult(step, elapsed, running, history, out_dir, meta)
+
+
+# ---------------------------------------------------------------------------- the `avcall train encoder` job
+RUNS_ROOT = Path("runs") / "encoder"
+"""Default root of encoder runs and data caches (git-ignored)."""
+ABLATION_SUFFIX = "-noRW"
+"""Model-name suffix of a run trained without the extreme-expression-aware re-weighting."""
+
+
+def model_name(arch: str, reweight: bool) -> str:
+    return arch if reweight else arch + ABLATION_SUFFIX
+
+
+def parse_model_name(name: str) -> tuple[str, bool]:
+    """"EEM-noRW" -> ("EEM", False); "EEM" -> ("EEM", True)."""
+    if name.endswith(ABLATION_SUFFIX):
+        return name[: -len(ABLATION_SUFFIX)], False
+    return name, True
+
+
+def default_data_path(identity: str, root: Path = RUNS_ROOT) -> Path:
+    return Path(root) / f"data_{identity}.npz"
+
+
+def default_run_dir(identity: str, name: str, root: Path = RUNS_ROOT) -> Path:
+    return Path(root) / identity / name
+
+
+def load_identity_data(identity: str, data_path: str | Path | None = None, *, workers: int = 1, progress: bool = True):
+    """(train, test) HMC data of ``identity``, rendered on first use and cached."""
+    from .data import HmcDataConfig, load_or_build_hmc_data
+
+    path = Path(data_path) if data_path else default_data_path(identity)
+    return load_or_build_hmc_data(path, HmcDataConfig(identity=identity), workers=workers, progress=progress)
+
+
+def install_embedded(run_dir: str | Path, identity: str, arch: str) -> Path:
+    """Re-save a finished run as a compact model (float16 weights, parity-checked ONNX) in
+    ``encoder/models/<identity>/<arch>/``, the default the sender loads."""
+    from .export import load_model, save_model
+    from .runtime import default_model_dir
+
+    model, meta = load_model(run_dir)
+    dst = default_model_dir(identity, arch)
+    save_model(model, dst, identity=identity, train_info=meta.get("train"), compact=True)
+    return dst
+
+
+def run_training(identity: str, arch_name: str, *, out_dir: str | Path | None = None, data_path: str | Path | None = None,
+                 tcfg: EncoderTrainConfig | None = None, resume: bool = True, progress: bool = True, workers: int = 1,
+                 decoder_dir: str | Path | None = None) -> TrainResult:
+    """Load (or render) the identity's data and its trained VAE, then :func:`train_encoder`."""
+    from .arch import get_arch
+    from .codec import load_vae
+
+    tcfg = tcfg or EncoderTrainConfig()
+    tcfg.identity = identity
+    out_dir = Path(out_dir) if out_dir else default_run_dir(identity, model_name(arch_name, tcfg.reweight))
+    vae = load_vae(identity, decoder_dir)
+    train, test = load_identity_data(identity, data_path, workers=workers, progress=progress)
+    return train_encoder(out_dir, get_arch(arch_name), tcfg, data=train, vae=vae, resume=resume, progress=progress,
+                         test_data=test)

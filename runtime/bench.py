@@ -1,0 +1,208 @@
+"""``avcall bench e2e``: capture-to-present latency, per-stage times, overhead, bandwidth, fps, drops.
+
+Runs real processes over loopback TCP: one sender (or two, ``two_way``) and
+its receiver, for ``seconds``, with the configured models. The default HMC
+source is a replay of a short synthetic recording made once beforehand, so the
+studio's rendering does not compete with the pipeline for the CPU (the replay
+is paced at the recorded rate, like a camera). Warm-up frames (the first
+``warmup_s``) are left out of the statistics.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import ReceiverConfig, SenderConfig, SourceConfig
+from .launch import Worker, wait_quiet
+from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir
+from .telemetry import STAGES, Telemetry, percentiles
+
+
+@dataclass
+class E2EBenchConfig:
+    """What ``bench e2e`` runs."""
+
+    seconds: float = 20.0
+    """Streaming time per run."""
+    warmup_s: float = 2.0
+    """Leading seconds excluded from the statistics."""
+    fps: float = 30.0
+    """Headset rate."""
+    source: str = "replay"
+    """``replay`` (a pre-recorded synthetic session, cheap to produce) or ``synthetic`` (live studio)."""
+    two_way: bool = False
+    """Two streams (a call) instead of one."""
+    video: bool = False
+    """Receivers also write mp4 (a presenter thread competing for the CPU)."""
+    encoder_dir: str = ""
+    avatar_dir: str = ""
+    size: int = 512
+    """Rendered view size."""
+    out_dir: str = ""
+    """Where logs and raw reports go (default: a temporary directory)."""
+    floor_s: float = 0.0
+    """If > 0, first measure this long the bare floor of the machine: a timestamp sent PUB -> SUB
+    between two processes at ``fps`` with no pipeline around it (``transport_floor_ms_*``)."""
+
+
+def _recording(fps: float, seconds: float = 4.0) -> Path:
+    """A short synthetic HMC session for the replay source, recorded once (not live: no frames dropped)."""
+    path = cache_dir() / f"bench_S1_{fps:g}fps.hmc"
+    if path.is_file():
+        return path
+    from capture.recording import HmcWriter
+    from capture.source import SyntheticHmcSource
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    src = SyntheticHmcSource("S1", fps=fps, seed=0, ground_truth=False, live=False)
+    try:
+        with HmcWriter(tmp, fps=fps) as w:
+            for views, ts, _ in src.frames(seconds=seconds):
+                w.append(views, ts)
+    finally:
+        src.close()
+    tmp.replace(path)
+    return path
+
+
+def bench_e2e(cfg: E2EBenchConfig) -> dict:
+    import tempfile
+
+    out = Path(cfg.out_dir or tempfile.mkdtemp(prefix="avcall-bench-"))
+    floor = transport_floor(cfg.floor_s, cfg.fps) if cfg.floor_s > 0 else None
+    enc = str(ensure_encoder_dir(cfg.encoder_dir))
+    av = str(ensure_avatar_dir(cfg.avatar_dir))
+    src = SourceConfig(kind=cfg.source, fps=cfg.fps, loop=True,
+                       path=str(_recording(cfg.fps)) if cfg.source == "replay" else "")
+    names = ["alice", "bob"] if cfg.two_way else ["alice"]
+    receivers, senders = {}, {}
+    try:
+        for k, name in enumerate(names):
+            rc = ReceiverConfig(stream_id=name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
+                                bind=True, avatar_dir=av, size=cfg.size, report_path=str(out / f"{name}_rx.json"),
+                                video_path=str(out / f"{name}.mp4") if cfg.video else "")
+            receivers[name] = Worker(f"{name}_rx", rc, out).start()
+        for name, w in receivers.items():
+            st = w.wait_status(lambda s: bool(s.get("endpoint")), 120)
+            sc = SenderConfig(stream_id=name, endpoint=st["endpoint"], clock_endpoint=st["clock_endpoint"],
+                              source=SourceConfig(**{**src.__dict__, "seed": len(senders)}), encoder_dir=enc,
+                              seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"))
+            senders[name] = Worker(f"{name}_tx", sc, out).start()
+        for name, w in senders.items():
+            if w.wait(cfg.seconds + cfg.warmup_s + 120) != 0:
+                raise RuntimeError(f"sender {name} failed:\n{w.log_tail()}")
+        for w in receivers.values():
+            wait_quiet(w)
+            w.stop()
+    finally:
+        for w in [*senders.values(), *receivers.values()]:
+            w.kill()
+    result = summarise(out, names, cfg)
+    if floor is not None:
+        result.update({f"transport_floor_ms_{k}": v for k, v in floor.items() if k in ("p50", "p95", "p99")})
+    return result
+
+
+def transport_floor(seconds: float, fps: float) -> dict:
+    """Latency percentiles (ms) of a bare PUB -> SUB hop between this process and a child at ``fps``:
+    what the machine's scheduler and loopback cost without any pipeline."""
+    import subprocess
+    import sys
+
+    import zmq
+
+    from transport.clock import now_ns
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.bind("tcp://127.0.0.1:*")
+    endpoint = sub.getsockopt_string(zmq.LAST_ENDPOINT)
+    child = subprocess.Popen([sys.executable, "-m", "runtime.bench", "floor-pub", endpoint, str(seconds), str(fps)])
+    lat = []
+    try:
+        while child.poll() is None or sub.poll(0):
+            if sub.poll(100):
+                lat.append((now_ns() - int(sub.recv())) / 1e6)
+    finally:
+        child.kill()
+        child.wait()
+        sub.close(linger=0)
+        ctx.term()
+    return percentiles(lat[int(fps):])  # the first second is connection set-up
+
+
+def _floor_pub(endpoint: str, seconds: float, fps: float) -> None:
+    import time as _time
+
+    import zmq
+
+    from transport.clock import now_ns
+
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.linger = 0
+    pub.connect(endpoint)
+    t0 = _time.monotonic() + 0.5  # let the subscription arrive
+    for i in range(int((seconds + 1) * fps)):
+        wait = t0 + i / fps - _time.monotonic()
+        if wait > 0:
+            _time.sleep(wait)
+        pub.send(str(now_ns()).encode())
+    pub.close(linger=0)
+    ctx.term()
+
+
+if __name__ == "__main__":  # python -m runtime.bench floor-pub ENDPOINT SECONDS FPS (used by transport_floor)
+    import sys
+
+    if len(sys.argv) == 5 and sys.argv[1] == "floor-pub":
+        _floor_pub(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+
+
+def summarise(out: Path, names: list[str], cfg: E2EBenchConfig) -> dict:
+    result: dict = {"seconds": cfg.seconds, "fps_target": cfg.fps, "source": cfg.source, "two_way": cfg.two_way,
+                    "bandwidth_kbps": {}, "streams": {}}
+    all_tables = []
+    fps, dropped = [], 0
+    for name in names:
+        rx = json.loads((out / f"{name}_rx.json").read_text())
+        tx = json.loads((out / f"{name}_tx.json").read_text())
+        rows = rx.get("frames", [])
+        if rows:
+            t_first = rows[0][7]
+            rows = [r for r in rows if r[7] - t_first >= cfg.warmup_s * 1e9]
+        tel = Telemetry.from_rows(name, rows)
+        table = tel.stage_table()
+        all_tables.append(table)
+        summ = tel.summary()
+        fps.append(summ.get("fps", float("nan")))
+        d = rx["dropped"]
+        n_drop = d["stale"] + d["lost_in_network"] + d["presenter"] + tx["source_dropped"]
+        dropped += n_drop
+        result["bandwidth_kbps"][name] = rx["streams"].get(name, {}).get("kbit_per_s")
+        result["streams"][name] = {"frames": summ["frames"], "fps": summ.get("fps"), "drift": summ.get("drift"),
+                                   "dropped": {**d, "camera_late": tx["source_dropped"]},
+                                   "bad_messages": sum(d["bad_messages"].values())}
+    cat = {k: np.concatenate([t[k] for t in all_tables]) for k in all_tables[0]} if all_tables else {}
+    e2e = percentiles(cat.get("e2e", []))
+    result["e2e_ms_p50"] = e2e["p50"]
+    result["e2e_ms_p95"] = e2e["p95"]
+    result["e2e_ms_p99"] = e2e["p99"]
+    for s in (*STAGES, "compute"):
+        result[f"{s}_ms_p50"] = percentiles(cat.get(s, []))["p50"]
+    ov = percentiles(cat.get("overhead", []))
+    result["runtime_overhead_ms_p50"] = ov["p50"]
+    result["runtime_overhead_ms_p99"] = ov["p99"]
+    ratios = [st["drift"]["ratio"] for st in result["streams"].values() if st.get("drift")]
+    result["latency_drift_ratio"] = float(max(ratios)) if ratios else float("nan")
+    # e2e p99 of the last 10 s over that of the first 10 s (worst stream): ~1 when latency does not grow
+    result["fps"] = float(np.nanmean(fps)) if fps else float("nan")
+    result["dropped"] = dropped
+    result["out_dir"] = str(out)
+    return result

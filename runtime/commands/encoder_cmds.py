@@ -1,0 +1,173 @@
+"""``avcall train|eval|bench encoder`` and ``avcall eval table``: HMC encoder jobs.
+
+Each ``add_*`` receives the second-level subparsers of its top-level command.
+Handlers parse nothing themselves and call one library function in ``encoder/``;
+heavy imports (torch) happen inside the handlers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+
+
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "encoder",
+        help="train an HMC encoder (EEM family) against an identity's trained decoder",
+        description="Train a view-decoupled HMC encoder with the Auto-CARD loss (latent, gaze, geometry, texture, "
+        "keypoints, rendering) and the extreme-expression-aware re-weighting. Renders and caches the identity's HMC "
+        "data on first use; resumes from DIR/checkpoint.pt; writes arch.json, encoder.pt and one ONNX model per view "
+        "plus fusion into DIR.",
+    )
+    p.add_argument("--arch", default="EEM", help="registered architecture (EEM, EEM-ch50, EEM-res50, tiny)")
+    p.add_argument("--identity", default="S1")
+    p.add_argument("--out", default=None, help="run directory (default runs/encoder/IDENTITY/ARCH[-noRW])")
+    p.add_argument("--data", default=None, help="HMC data cache .npz (default runs/encoder/data_IDENTITY.npz)")
+    p.add_argument("--decoder-dir", default=None, help="trained decoder directory (default decoder/models/IDENTITY)")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--time-budget", type=float, default=1800.0, help="wall-clock seconds (default 1800)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--no-reweight", action="store_true", help="ablation: no extreme-expression-aware re-weighting")
+    p.add_argument("--tau", type=float, default=0.25, help="re-weighting temperature (rad)")
+    p.add_argument("--momentum", type=float, default=0.99, help="EMA momentum of the mean gaze")
+    p.add_argument("--no-augment", action="store_true", help="no online slip/exposure augmentation")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="processes that render the data on first use")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--install", action="store_true", help="copy the result to encoder/models/IDENTITY/ARCH (embedded default)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_train)
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "encoder",
+        help="rendered-avatar MSE of a trained encoder on held-out test segments",
+        description="Run an exported encoder (onnxruntime) on the identity's held-out test frames, decode predicted and "
+        "ground-truth codes and compare the rendered avatars from the front, left and right (MSE, 0..255).",
+    )
+    p.add_argument("--arch", default="EEM", help="model name (ARCH or ARCH-noRW) when --model-dir is not given")
+    p.add_argument("--identity", default="S1")
+    p.add_argument("--model-dir", default=None, help="exported encoder (default: the run, else the embedded model)")
+    p.add_argument("--runs", default="runs/encoder", help="root of encoder runs")
+    p.add_argument("--frames", type=int, default=240, help="test frames evaluated (evenly spaced; default 240)")
+    p.add_argument("--size", type=int, default=256, help="render size (default 256)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_eval)
+
+    t = sub.add_parser(
+        "table",
+        help="the Auto-CARD Table 1: MFLOPs, latency and rendered MSE per model and identity",
+        description="Evaluate trained encoders of several identities and write OUT/table1.md and OUT/table1.json "
+        "(rows of other models already in table1.json are kept).",
+    )
+    t.add_argument("--identities", default="S1,S2,S3")
+    t.add_argument("--models", default="EEM,EEM-ch50,EEM-res50", help="model names: ARCH or ARCH-noRW (ablation)")
+    t.add_argument("--out", default="docs/results/")
+    t.add_argument("--runs", default="runs/encoder", help="root of encoder runs")
+    t.add_argument("--frames", type=int, default=240, help="test frames per identity (default 240)")
+    t.add_argument("--size", type=int, default=256)
+    t.add_argument("--bench-runs", type=int, default=200)
+    t.set_defaults(func=_table)
+
+
+def add_bench(sub) -> None:
+    p = sub.add_parser(
+        "encoder",
+        help="onnxruntime latency of an encoder's three view models and fusion",
+        description="One intra-op thread, warm-up, then many timed runs of each exported model; prints p50 per stage.",
+    )
+    p.add_argument("--arch", default="EEM")
+    p.add_argument("--model-dir", default=None, help="exported encoder (default: the embedded model if it matches "
+                   "--arch, else the architecture with random weights)")
+    p.add_argument("--runs", type=int, default=200)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from encoder.train import EncoderTrainConfig, install_embedded, run_training
+
+    tcfg = EncoderTrainConfig(identity=args.identity, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
+                              time_budget_s=args.time_budget, reweight=not args.no_reweight, tau=args.tau,
+                              momentum=args.momentum, augment=not args.no_augment, threads=args.threads, seed=args.seed)
+    r = run_training(args.identity, args.arch, out_dir=args.out, data_path=args.data, tcfg=tcfg, resume=not args.fresh,
+                     workers=args.workers, decoder_dir=args.decoder_dir)
+    summary = {"model_dir": str(r.model_dir), "steps": r.steps, "elapsed_s": round(r.elapsed_s, 1),
+               "final_losses": r.final_losses, "test": r.meta.get("train", {}).get("test")}
+    if args.install:
+        summary["installed"] = str(install_embedded(r.model_dir, args.identity, args.arch))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"trained {args.arch} for {args.identity}: {r.steps} steps in {r.elapsed_s:.0f} s -> {r.model_dir}")
+        print("  final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in r.final_losses.items()))
+        if summary["test"]:
+            print("  test: " + ", ".join(f"{k} {v:.4g}" for k, v in summary["test"].items()))
+        if args.install:
+            print(f"  installed as the embedded default: {summary['installed']}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from encoder.codec import load_vae
+    from encoder.evaluate import cached_evaluation
+    from encoder.table import find_model_dir
+    from encoder.train import load_identity_data
+
+    d = Path(args.model_dir) if args.model_dir else find_model_dir(args.identity, args.arch, Path(args.runs))
+    if d is None:
+        raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
+    _, test = load_identity_data(args.identity)
+    r = cached_evaluation(d, args.identity, test, load_vae(args.identity), size=args.size, max_frames=args.frames,
+                           progress=not args.json)
+    r["model_dir"] = str(d)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{d}: {r['frames']} test frames ({r['extreme_frames']} extreme)")
+        print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())
+              + ("; extreme " + (f"{r['mse_extreme']:.2f}" if r["mse_extreme"] is not None else "n/a"))
+            + f"; gaze MAE {r['gaze_mae_deg']:.2f} deg")
+    return 0
+
+
+def _table(args: argparse.Namespace) -> int:
+    from encoder.table import build_table
+
+    argv = sys.argv[1:]
+    command = ("avcall " + " ".join(shlex.quote(a) for a in argv)) if "table" in argv else \
+        f"avcall eval table --identities {args.identities} --models {args.models} --out {args.out}"
+    t = build_table(args.identities.split(","), args.models.split(","), args.out, command=command, runs_root=args.runs,
+                    max_frames=args.frames, render_size=args.size, bench_runs=args.bench_runs)
+    from encoder.table import render_markdown
+
+    print(render_markdown(t))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from encoder.bench import bench_arch, bench_model_dir
+    from encoder.runtime import default_model_dir
+
+    d = Path(args.model_dir) if args.model_dir else default_model_dir("S1", args.arch)
+    if args.model_dir or (d / "fusion.onnx").exists():
+        r = bench_model_dir(d, runs=args.runs, warmup=args.warmup, threads=args.threads)
+    else:
+        r = bench_arch(args.arch, runs=args.runs, warmup=args.warmup, threads=args.threads)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"{r['arch']} ({r['threads']} thread, {r['runs']} runs, p50 ms): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["encode_ms_p50"].items()))
+    return 0

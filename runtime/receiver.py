@@ -1,0 +1,271 @@
+"""The receiver pipeline: SUB -> validate -> decode -> rasterize -> present.
+
+The main loop takes the newest valid frame off the socket (every queued
+message is validated and counted; older valid ones are dropped as stale), so a
+receiver that renders slower than the sender sends shows the latest face and
+never builds a backlog. The avatar is decoded and rendered for the viewer's
+direction of that moment (a scripted orbit by default), then handed to the
+presenters. Every presented frame's stage times go into the telemetry.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now_ns
+
+from .config import ReceiverConfig, ViewerConfig, clock_endpoint_for
+from .models import Avatar, ensure_avatar_dir
+from .presenters import PngPresenter, Presenter, VideoPresenter, WindowPresenter
+from .telemetry import FrameRecord, Telemetry, format_summary, latency_histogram, write_json
+
+log = logging.getLogger(__name__)
+
+
+def viewer_direction(cfg: ViewerConfig, t_s: float) -> np.ndarray:
+    """Unit vector head -> viewer at ``t_s`` seconds into the call (yaw orbit, +z = in front of the face)."""
+    yaw = math.radians(cfg.yaw_deg) * math.sin(2 * math.pi * t_s / cfg.period_s) if cfg.period_s > 0 else 0.0
+    pitch = math.radians(cfg.pitch_deg)
+    return np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)], np.float32)
+
+
+def _curve(cfg: ReceiverConfig) -> CurveConfig | None:
+    if not cfg.secure.enabled:
+        return None
+    if not cfg.secure.allowed_dir:
+        raise ValueError("--secure receiver needs a directory of allowed sender keys (--allow DIR)")
+    return CurveConfig.server(cfg.secure.secret_key, cfg.secure.allowed_dir)
+
+
+class ClockThread:
+    """Runs the clock exchange on its own thread, which alone uses the DEALER socket.
+
+    Replies are stamped (``t3``) as soon as they arrive instead of when the
+    render loop gets around to them; a late ``t3`` inflates the sample's delay
+    and makes the offset asymmetric. Starts with a quick burst so the offset is
+    good from the first frames.
+    """
+
+    def __init__(self, client: ClockClient, interval_s: float = 0.25, burst: int = 8) -> None:
+        import threading
+
+        self.client = client
+        self.interval_s = interval_s
+        self.burst = burst
+        self.offset_ns: int | None = None
+        """Sender clock - receiver clock from the best recent sample (None before the first)."""
+        self.uncertainty_ns: int | None = None
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="avcall-clock-client", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        try:
+            sent = 0
+            while not self._stop.is_set():
+                if self.client.request():
+                    sent += 1
+                wait = 0.02 if sent <= self.burst else self.interval_s
+                deadline = time.monotonic() + wait
+                while not self._stop.is_set():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    if self.client.poll(timeout_ms=max(1, int(remaining * 1000))):
+                        est = self.client.estimator  # read here only: the deque is not shared across threads
+                        self.offset_ns, self.uncertainty_ns, self.samples = est.offset_ns, est.uncertainty_ns, len(est)
+        except zmq.ZMQError as exc:  # pragma: no cover - teardown races
+            log.debug("clock thread stopping: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.client.close()
+
+
+def _presenters(cfg: ReceiverConfig) -> list[Presenter]:
+    out: list[Presenter] = []
+    if cfg.video_path:
+        out.append(VideoPresenter(cfg.video_path, cfg.video_fps))
+    if cfg.png_dir:
+        out.append(PngPresenter(cfg.png_dir))
+    if cfg.window:
+        out.append(WindowPresenter(f"avcall {cfg.stream_id or 'receiver'}"))
+    return out
+
+
+class Receiver:
+    """Owns the sockets, the avatar and the presenters of one receiver process."""
+
+    def __init__(self, cfg: ReceiverConfig) -> None:
+        self.cfg = cfg
+        self.avatar = Avatar(ensure_avatar_dir(cfg.avatar_dir), size=cfg.size, threads=cfg.threads)
+        self.avatar.warm_up()  # GL context, shaders, ONNX first run: before any frame is waiting
+        latent_dim = cfg.latent_dim or self.avatar.latent_dim
+        if latent_dim != self.avatar.latent_dim:
+            raise ValueError(f"latent_dim {latent_dim} does not match the decoder's {self.avatar.latent_dim}")
+        curve = _curve(cfg)
+        self.clock: ClockThread | None = None
+        self.clock_client: ClockClient | None = None
+        self.clock_endpoint = ""
+        self.presenters: list[Presenter] = []
+        try:
+            self.sub = FrameSubscriber(cfg.endpoint, bind=cfg.bind, curve=curve,
+                                       limits=WireLimits(latent_dim=latent_dim), stream_id=cfg.stream_id or None)
+        except BaseException:
+            self.avatar.close()
+            raise
+        try:
+            # A CURVE server owns a private context per socket (its ZAP allowlist is per context).
+            self.clock_client = ClockClient(cfg.clock_endpoint or clock_endpoint_for(cfg.endpoint), bind=cfg.bind,
+                                            curve=curve)
+            self.clock_endpoint = self.clock_client.endpoint
+            self.clock = ClockThread(self.clock_client)
+            self.presenters = _presenters(cfg)
+        except BaseException:
+            self.close()
+            raise
+        self.telemetry = Telemetry()
+        self.presented = 0
+        self.first_frame_s: float | None = None
+        self.last_frame_s: float | None = None
+
+    # ------------------------------------------------------------------ loop
+
+    def step(self, t_call_s: float, timeout_ms: int = 20) -> bool:
+        """Wait up to ``timeout_ms`` for a frame; decode, render and present the newest. True if one was presented."""
+        frame = self.sub.recv_latest(timeout_ms=timeout_ms)
+        if frame is None:
+            return False
+        t_recv = now_ns()
+        offset = self.clock.offset_ns or 0  # sender clock - receiver clock (0 until the first exchange)
+        view = viewer_direction(self.cfg.viewer, t_call_s)
+        vertices, texture = self.avatar.decode(frame.z.astype(np.float32), view)
+        t_dec = now_ns()
+        image = self.avatar.render(vertices, texture, frame.gaze.astype(np.float32), view)
+        t_ren = now_ns()
+        for p in self.presenters:
+            p.present(image, t_ren, frame.seq)
+        t_pres = now_ns()
+        enc = frame.stage_ts_ns.get("enc", frame.capture_ts_ns)
+        self.telemetry.add(FrameRecord(
+            stream_id=frame.stream_id, seq=frame.seq, capture=frame.capture_ts_ns - offset, enc=enc - offset,
+            send=frame.send_ts_ns - offset, recv=t_recv, dec=t_dec, ren=t_ren, pres=t_pres, flags=frame.flags))
+        self.presented += 1
+        return True
+
+    def window_closed(self) -> bool:
+        return any(getattr(p, "closed", False) for p in self.presenters)
+
+    def status(self) -> dict:
+        return {
+            "pid": os.getpid(),
+            "role": "receiver",
+            "torch_loaded": "torch" in sys.modules,  # the runtime path must never import torch
+            "endpoint": self.sub.endpoint,
+            "clock_endpoint": self.clock_endpoint,
+            "presented": self.presented,
+            "clock_offset_ns": self.clock.offset_ns if self.clock is not None else None,
+            "transport": self.sub.stats.snapshot(),
+        }
+
+    def report(self) -> dict:
+        """The receiver's telemetry: per-stage percentiles, drops by reason, bandwidth per stream."""
+        s = self.telemetry.summary()
+        tstats = self.sub.stats.snapshot()
+        streams = {}
+        for sid, st in tstats["streams"].items():
+            recs = [r for r in self.telemetry.records if r.stream_id == sid]
+            span = (recs[-1].recv - recs[0].recv) / 1e9 if len(recs) > 1 else 0.0
+            # Bytes of this stream's valid frames since the start. StreamStats publishes only a windowed
+            # rate, so the total is read from its per-stream meter (transport/ is not ours to change).
+            track = self.sub.stats._streams.get(sid)  # noqa: SLF001
+            total = track.bandwidth.total_bytes if track is not None else 0
+            streams[sid] = {
+                "frames_received": st["frames"],
+                "bytes": total,
+                "kbit_per_s": total * 8 / 1000 / span if span else None,
+                "kbit_per_s_window": st["kbit_per_s"],
+            }
+        presenter_drops = sum(getattr(p, "dropped", 0) for p in self.presenters)
+        return {
+            "presented": self.presented,
+            "latency": s,
+            "dropped": {
+                "stale": tstats["dropped_stale"],
+                "lost_in_network": tstats["lost"],
+                "bad_messages": tstats["bad"],
+                "presenter": presenter_drops,
+            },
+            "dropped_total": tstats["dropped_stale"] + tstats["lost"] + presenter_drops,
+            "streams": streams,
+            "transport": tstats,
+            "clock": {
+                "offset_ns": self.clock.offset_ns if self.clock else None,
+                "uncertainty_ns": self.clock.uncertainty_ns if self.clock else None,
+                "samples": self.clock.samples if self.clock else 0,
+            },
+            "frames": [[r.seq, r.capture, r.enc, r.send, r.recv, r.dec, r.ren, r.pres] for r in self.telemetry.records],
+            "frames_columns": ["seq", "capture", "enc", "send", "recv", "dec", "ren", "pres"],
+        }
+
+    def close(self) -> None:
+        for p in self.presenters:
+            p.close()
+        if self.clock is not None:
+            self.clock.close()
+        elif self.clock_client is not None:
+            self.clock_client.close()
+        self.sub.close()
+        self.avatar.close()
+
+
+def run_receiver(cfg: ReceiverConfig, should_stop: Callable[[], bool] = lambda: False) -> dict:
+    """Run until ``cfg.seconds``, idle timeout, window closed or ``should_stop()``; writes and returns the report."""
+    rx = Receiver(cfg)
+    print(f"receiver: frames on {rx.sub.endpoint}, clock on {rx.clock_endpoint}"
+          + (" (bound)" if cfg.bind else " (connected)"), file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    status_due = 0.0
+    try:
+        while not should_stop():
+            now = time.monotonic()
+            if rx.step(now - t0):
+                rx.last_frame_s = now
+                if rx.first_frame_s is None:
+                    rx.first_frame_s = now
+            if cfg.status_path and now >= status_due:
+                status_due = now + 0.25
+                write_json(cfg.status_path, rx.status())
+            if cfg.seconds and now - t0 >= cfg.seconds:
+                break
+            if cfg.stop_after_idle_s and rx.last_frame_s is not None and now - rx.last_frame_s > cfg.stop_after_idle_s:
+                break
+            if rx.window_closed():
+                break
+    finally:
+        for p in rx.presenters:
+            p.close()
+        report = rx.report()
+        video = next((p for p in rx.presenters if isinstance(p, VideoPresenter)), None)
+        if video is not None:
+            report["video"] = {"path": str(video.path), "fps": video.fps, "frame_seqs": video.frame_seqs}
+        if cfg.status_path:
+            write_json(cfg.status_path, {**rx.status(), "done": True})
+        rx.presenters = []
+        rx.close()
+    if cfg.report_path:
+        write_json(cfg.report_path, report)
+    if cfg.histogram_path and rx.telemetry.records:
+        latency_histogram({cfg.stream_id or "stream": rx.telemetry.stage_table()}, cfg.histogram_path)
+    log.info("%s", format_summary(cfg.stream_id or "receiver", report["latency"]))
+    return report

@@ -1,0 +1,183 @@
+"""Per-frame timestamps through every stage, and the latency report built from them.
+
+A presented frame's record holds its stage times on the **receiver's clock**
+(sender times are mapped with the clock-exchange offset)::
+
+    capture --encode--> enc --send--> send --network--> recv --decode--> dec --render--> ren --present--> pres
+
+* ``encode``  = enc - capture: per-view encoders + fusion (sender)
+* ``send``    = send - enc: message built and handed to ZeroMQ (sender)
+* ``network`` = recv - send: wire, ZeroMQ queues and the wait until the
+  receiver's loop took the frame off its socket (clock offset corrected)
+* ``decode``  = dec - recv: validation already done; the ONNX decoder
+* ``render``  = ren - dec: rasterizer (GL draw + read-back)
+* ``present`` = pres - ren: frame handed to the presenters
+* ``e2e``     = pres - capture
+* ``compute`` = encode + decode + render (model and render compute of that frame)
+* ``overhead``= e2e - compute: what the runtime itself adds
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STAGES = ("encode", "send", "network", "decode", "render", "present")
+"""Stage names, in pipeline order."""
+
+
+@dataclass
+class FrameRecord:
+    """Stage times (ns, receiver clock) of one presented frame."""
+
+    stream_id: str
+    seq: int
+    capture: int
+    enc: int
+    send: int
+    recv: int
+    dec: int
+    ren: int
+    pres: int
+    flags: int = 0
+
+    def stage_ms(self) -> dict[str, float]:
+        t = (self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres)
+        d = {name: (t[i + 1] - t[i]) / 1e6 for i, name in enumerate(STAGES)}
+        d["e2e"] = (self.pres - self.capture) / 1e6
+        d["compute"] = d["encode"] + d["decode"] + d["render"]
+        d["overhead"] = d["e2e"] - d["compute"]
+        return d
+
+
+def percentiles(values, ps=(50, 95, 99)) -> dict[str, float]:
+    """``{"p50": .., "p95": .., "p99": .., "mean": .., "max": ..}`` of ``values`` (NaN when empty)."""
+    a = np.asarray(values, np.float64)
+    if a.size == 0:
+        return {**{f"p{p}": math.nan for p in ps}, "mean": math.nan, "max": math.nan}
+    out = {f"p{p}": float(np.percentile(a, p)) for p in ps}
+    out["mean"] = float(a.mean())
+    out["max"] = float(a.max())
+    return out
+
+
+class Telemetry:
+    """Collects :class:`FrameRecord` s (bounded) and builds the report."""
+
+    MAX_RECORDS = 200_000
+    """About 1.8 hours at 30 fps; older records are discarded beyond it."""
+
+    def __init__(self) -> None:
+        self.records: deque[FrameRecord] = deque(maxlen=self.MAX_RECORDS)
+        self.discarded = 0
+
+    @classmethod
+    def from_rows(cls, stream_id: str, rows) -> "Telemetry":
+        """Rebuild from a report's ``frames`` rows ``[seq, capture, enc, send, recv, dec, ren, pres]``."""
+        t = cls()
+        for r in rows:
+            t.add(FrameRecord(stream_id, *(int(x) for x in r[:8])))
+        return t
+
+    def add(self, rec: FrameRecord) -> None:
+        if len(self.records) == self.MAX_RECORDS:
+            self.discarded += 1  # the deque drops the oldest
+        self.records.append(rec)
+
+    def stage_table(self) -> dict[str, np.ndarray]:
+        """Stage name (plus e2e, compute, overhead) -> (N,) float64 ms."""
+        rows = [r.stage_ms() for r in self.records]
+        keys = (*STAGES, "e2e", "compute", "overhead")
+        return {k: np.array([row[k] for row in rows], np.float64) for k in keys}
+
+    def summary(self, window_s: float = 10.0) -> dict[str, Any]:
+        """Percentiles per stage, e2e and overhead, and the e2e p99 of the first and last ``window_s``."""
+        table = self.stage_table()
+        out: dict[str, Any] = {"frames": len(self.records)}
+        out["stages_ms"] = {k: percentiles(v) for k, v in table.items()}
+        if self.records:
+            pres = np.array([r.pres for r in self.records], np.float64) / 1e9
+            span = pres[-1] - pres[0]
+            out["duration_s"] = float(span)
+            out["fps"] = float((len(pres) - 1) / span) if span > 0 else math.nan
+            e2e = table["e2e"]
+            first = e2e[pres <= pres[0] + window_s]
+            last = e2e[pres >= pres[-1] - window_s]
+            out["drift"] = {
+                "window_s": window_s,
+                "first_p99_ms": percentiles(first)["p99"],
+                "last_p99_ms": percentiles(last)["p99"],
+                "ratio": percentiles(last)["p99"] / percentiles(first)["p99"] if first.size and last.size else math.nan,
+            }
+        return out
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (NaN written as null)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(json_safe(obj), indent=1))
+    tmp.replace(path)
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN/Inf as None and numpy scalars as Python numbers (strict JSON)."""
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return json_safe(obj.item())
+    return obj
+
+
+def latency_histogram(tables: dict[str, dict[str, np.ndarray]], path: str | Path, title: str = "") -> None:
+    """Histogram PNG of capture-to-present latency (one series per stream) with a per-stage p50 bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    for name, table in tables.items():
+        e2e = table.get("e2e", np.zeros(0))
+        if e2e.size:
+            p = percentiles(e2e)
+            ax.hist(e2e, bins=60, alpha=0.6, label=f"{name}: p50 {p['p50']:.1f} / p99 {p['p99']:.1f} ms")
+    ax.set_xlabel("capture-to-present latency (ms)")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=8)
+    ax.set_title(title or "capture to present")
+    width = 0.8 / max(1, len(tables))
+    for k, (name, table) in enumerate(tables.items()):
+        p50 = [float(np.median(table[s])) if table[s].size else 0.0 for s in STAGES]
+        bx.bar(np.arange(len(STAGES)) + k * width, p50, width=width, label=name)
+    bx.set_xticks(np.arange(len(STAGES)) + 0.4 - width / 2)
+    bx.set_xticklabels(STAGES, rotation=30, fontsize=8)
+    bx.set_ylabel("p50 (ms)")
+    bx.set_title("per stage")
+    bx.legend(fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def format_summary(name: str, s: dict[str, Any]) -> str:
+    """A few human lines for stdout."""
+    st = s.get("stages_ms", {})
+    if not s.get("frames"):
+        return f"{name}: no frames presented"
+    e2e, ov = st["e2e"], st["overhead"]
+    parts = " ".join(f"{k} {st[k]['p50']:.1f}" for k in STAGES)
+    return (f"{name}: {s['frames']} frames, {s.get('fps', float('nan')):.1f} fps; capture->present p50 {e2e['p50']:.1f} "
+            f"p95 {e2e['p95']:.1f} p99 {e2e['p99']:.1f} ms; runtime overhead p99 {ov['p99']:.2f} ms\n"
+            f"  stage p50 (ms): {parts}")

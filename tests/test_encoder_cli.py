@@ -1,0 +1,53 @@
+"""The encoder subcommands, on a parser built the way ``avcall`` builds its own."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from runtime.commands import encoder_cmds
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avcall")
+    sub = parser.add_subparsers(dest="command")
+    for top, add in (("train", encoder_cmds.add_train), ("eval", encoder_cmds.add_eval), ("bench", encoder_cmds.add_bench)):
+        p = sub.add_parser(top)
+        s = p.add_subparsers(dest=f"{top}_command")
+        add(s)
+    return parser
+
+
+def test_subcommands_parse_with_defaults():
+    p = _parser()
+    a = p.parse_args(["train", "encoder", "--arch", "EEM-ch50", "--identity", "S2", "--no-reweight", "--steps", "10"])
+    assert a.arch == "EEM-ch50" and a.identity == "S2" and a.no_reweight and a.steps == 10 and callable(a.func)
+    a = p.parse_args(["eval", "table", "--identities", "S1,S2,S3", "--models", "EEM,EEM-ch50,EEM-res50", "--out", "x/"])
+    assert a.identities == "S1,S2,S3" and a.out == "x/" and callable(a.func)
+    a = p.parse_args(["eval", "encoder", "--arch", "EEM"])
+    assert a.frames > 0 and callable(a.func)
+
+
+def test_bench_encoder_json_reports_every_stage(capsys):
+    a = _parser().parse_args(["bench", "encoder", "--arch", "tiny", "--runs", "5", "--warmup", "1", "--json"])
+    assert a.func(a) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["encode_ms_p50"]) == {"left_eye", "right_eye", "mouth", "fusion", "total"}
+    assert all(v > 0 for v in r["encode_ms_p50"].values())
+    assert r["threads"] == 1 and r["machine"]
+
+
+def test_table_markdown_and_plot_from_a_table_dict(tmp_path):
+    from encoder.table import plot_table, render_markdown
+
+    table = {"machine": "test cpu", "command": "avcall eval table --identities S1", "notes": "n", "missing": ["S2/EEM"],
+             "models": {
+                 "EEM": {"mflops": 3069.4, "latency_ms": 16.8, "mse": {"S1": {"front": 10.0, "left": 11.0, "right": 12.0}},
+                         "mse_extreme": {"S1": 20.0}},
+                 "EEM-res50": {"mflops": 768.0, "latency_ms": 4.5, "mse": {}, "mse_extreme": {}},
+             }}
+    md = render_markdown(table)
+    assert "| EEM | 3069 | 16.80 | 10.00 | 11.00 | 12.00 | 20.00 | 11.00 | 20.00 |" in md
+    assert "| EEM-res50 | 768 | 4.50 | – | – | – | – | – | – |" in md
+    assert "test cpu" in md and "S2/EEM" in md
+    plot_table(table, tmp_path / "t.png")
+    assert (tmp_path / "t.png").stat().st_size > 1000

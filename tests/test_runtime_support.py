@@ -1,0 +1,79 @@
+"""Shared fixtures and helpers of the runtime tests (imported by the other ``test_runtime_*`` modules).
+
+Models are the tiny stand-ins of ``tests/tiny_models.py`` (real ONNX graphs run
+by onnxruntime, real GL); HMC input is a small .hmc recording of a moving
+pattern, replayed at its native rate by the senders.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.config import ReceiverConfig, SenderConfig, SourceConfig
+from runtime.launch import Worker
+
+ANY = "tcp://127.0.0.1:*"
+
+
+def make_pattern_recording(path: Path, frames: int = 60, fps: float = 30.0, size: int = 192) -> Path:
+    """A recording whose views change every frame (a moving bar per view), so codes change too."""
+    from capture.recording import HmcWriter
+
+    yy, xx = np.mgrid[0:size, 0:size]
+    with HmcWriter(path, fps=fps, size=(size, size)) as w:
+        for i in range(frames):
+            views = np.stack([(((xx + yy * (v + 1) + 7 * i * (v + 1)) % 64) * 4).astype(np.uint8) for v in range(3)])
+            w.append(views, i * int(1e9 / fps))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """(encoder_dir, avatar_dir) of the tiny stand-in models, latent_dim 256."""
+    from tiny_models import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture(scope="session")
+def pattern_hmc(tmp_path_factory):
+    return make_pattern_recording(tmp_path_factory.mktemp("hmc") / "pattern.hmc")
+
+
+@pytest.fixture
+def workers():
+    """Kills (SIGKILL) every worker a test started, whatever happened."""
+    started: list[Worker] = []
+
+    def start(name, cfg, workdir):
+        w = Worker(name, cfg, workdir).start()
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.kill()
+
+
+def receiver_config(tiny_models, tmp: Path, name: str = "rx", **kw) -> ReceiverConfig:
+    kw.setdefault("endpoint", ANY)
+    kw.setdefault("clock_endpoint", ANY)
+    return ReceiverConfig(stream_id=kw.pop("stream_id", "alice"), bind=True, avatar_dir=str(tiny_models[1]), size=128,
+                          report_path=str(tmp / f"{name}.report.json"), **kw)
+
+
+def sender_config(tiny_models, hmc: Path, tmp: Path, rx_status: dict, name: str = "tx", **kw) -> SenderConfig:
+    return SenderConfig(stream_id=kw.pop("stream_id", "alice"), endpoint=rx_status["endpoint"],
+                        clock_endpoint=rx_status["clock_endpoint"], bind=False,
+                        source=SourceConfig(kind="replay", path=str(hmc), loop=True, fps=30.0),
+                        encoder_dir=str(tiny_models[0]), report_path=str(tmp / f"{name}.report.json"), **kw)
+
+
+def presented(st: dict) -> int:
+    return int(st.get("presented", 0))
+
+
+def bad_total(st: dict) -> int:
+    return sum(st.get("transport", {}).get("bad", {}).values())

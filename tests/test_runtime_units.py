@@ -1,0 +1,197 @@
+"""Runtime pieces in one process: configs, models, telemetry, presenters, composition, CLI parsing."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+import pytest
+
+from runtime.config import (
+    ReceiverConfig,
+    SecureConfig,
+    SenderConfig,
+    SourceConfig,
+    ViewerConfig,
+    clock_endpoint_for,
+    load_config,
+    save_config,
+)
+from runtime.receiver import viewer_direction
+from runtime.telemetry import FrameRecord, Telemetry, latency_histogram, percentiles
+from test_runtime_support import make_pattern_recording, pattern_hmc, tiny_models  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_configs_round_trip_through_json(tmp_path):
+    s = SenderConfig(stream_id="bob", source=SourceConfig(kind="camera", camera_ids=(0, 1, 2)),
+                     secure=SecureConfig(secret_key="a", server_key="b"))
+    r = ReceiverConfig(viewer=ViewerConfig(yaw_deg=10.0), seconds=3.0)
+    for cfg in (s, r):
+        save_config(cfg, tmp_path / "c.json")
+        assert load_config(tmp_path / "c.json") == cfg
+    with pytest.raises(ValueError):
+        from runtime.config import from_dict
+
+        from_dict(SenderConfig, {"nope": 1})
+
+
+def test_clock_endpoint_next_to_frames_endpoint():
+    assert clock_endpoint_for("tcp://10.0.0.2:5555") == "tcp://10.0.0.2:5556"
+    assert clock_endpoint_for("tcp://127.0.0.1:*") == "tcp://127.0.0.1:*"
+    assert clock_endpoint_for("ipc:///tmp/a") == "ipc:///tmp/a.clock"
+
+
+def test_viewer_orbit_is_unit_and_within_amplitude():
+    cfg = ViewerConfig(yaw_deg=30.0, period_s=8.0)
+    yaws = []
+    for t in np.linspace(0, 8, 81):
+        d = viewer_direction(cfg, float(t))
+        assert abs(np.linalg.norm(d) - 1) < 1e-6
+        yaws.append(math.degrees(math.atan2(d[0], d[2])))
+    assert max(yaws) == pytest.approx(30.0, abs=0.5) and min(yaws) == pytest.approx(-30.0, abs=0.5)
+    np.testing.assert_allclose(viewer_direction(ViewerConfig(yaw_deg=0.0), 1.3), [0, 0, 1], atol=1e-7)
+
+
+def test_tiny_models_run_in_onnxruntime_and_render(tiny_models):
+    from runtime.models import Avatar, load_encoder
+
+    enc = load_encoder(tiny_models[0])
+    views = np.random.default_rng(0).integers(0, 255, (3, 192, 192), np.uint8)
+    r = enc.encode(views)
+    assert r.z.shape == (256,) and r.gaze.shape == (2, 2) and np.isfinite(r.z).all()
+    r2 = enc.encode(255 - views)
+    assert np.abs(r2.z - r.z).max() > 1e-3  # the code follows the input
+    av = Avatar(tiny_models[1], size=96)
+    try:
+        v, t = av.decode(r.z, np.array([0, 0, 1.0]))
+        assert v.shape == (576, 3) and t.shape == (64, 64, 3)
+        img = av.render(v, t, r.gaze, np.array([0, 0, 1.0]))
+        assert img.shape == (96, 96, 3) and img.dtype == np.uint8
+        assert (img.sum(-1) > 0).mean() > 0.2  # the avatar covers a good part of the frame
+        side = av.render(v, t, r.gaze, viewer_direction(ViewerConfig(), 2.0))
+        assert np.abs(side.astype(int) - img.astype(int)).mean() > 1  # another viewpoint, another image
+    finally:
+        av.close()
+
+
+def _record(seq, capture, stages_ms):
+    t = [capture]
+    for ms in stages_ms:
+        t.append(t[-1] + int(ms * 1e6))
+    return FrameRecord("alice", seq, *t)
+
+
+def test_telemetry_stage_math_and_drift_windows(tmp_path):
+    tel = Telemetry()
+    for i in range(300):  # 30 s at 10 fps; e2e = 1 + 0.5 + 2 + 3 + 4 + 0.5 = 11 ms
+        tel.add(_record(i, i * 100_000_000, [1, 0.5, 2, 3, 4, 0.5]))
+    st = tel.stage_table()
+    np.testing.assert_allclose(st["e2e"], 11.0)
+    np.testing.assert_allclose(st["compute"], 8.0)
+    np.testing.assert_allclose(st["overhead"], 3.0)
+    s = tel.summary()
+    assert s["frames"] == 300 and s["fps"] == pytest.approx(10.0)
+    assert s["drift"]["ratio"] == pytest.approx(1.0)
+    assert s["stages_ms"]["network"]["p50"] == pytest.approx(2.0)
+    rows = [[r.seq, r.capture, r.enc, r.send, r.recv, r.dec, r.ren, r.pres] for r in tel.records]
+    again = Telemetry.from_rows("alice", rows)
+    np.testing.assert_allclose(again.stage_table()["e2e"], st["e2e"])
+    latency_histogram({"alice": st}, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 1000
+    assert math.isnan(percentiles([])["p50"])
+
+
+def test_video_presenter_places_frames_at_presentation_times(tmp_path):
+    import cv2
+
+    from runtime.presenters import VideoPresenter
+
+    vp = VideoPresenter(tmp_path / "v.mp4", fps=10.0)
+    img = np.zeros((64, 64, 3), np.uint8)
+    t0 = 1_000_000_000
+    for seq, dt_ms in [(0, 0), (1, 100), (2, 400), (3, 500)]:  # a 200 ms gap after seq 1
+        vp.present(img + seq * 50, t0 + dt_ms * 1_000_000, seq)
+    vp.close()
+    assert vp.frame_seqs == [0, 1, 1, 1, 2, 3]
+    cap = cv2.VideoCapture(str(tmp_path / "v.mp4"))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 6
+
+
+def test_compose_puts_the_matching_hmc_frame_beside_the_render(tmp_path):
+    import cv2
+
+    from capture.recording import HmcReader
+    from runtime.compose import compose_call_video
+
+    hmc = make_pattern_recording(tmp_path / "tap.hmc", frames=5)
+    src = tmp_path / "r.mp4"
+    w = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 10, (96, 96))
+    for _ in range(4):
+        w.write(np.full((96, 96, 3), 128, np.uint8))
+    w.release()
+    n = compose_call_video(src, [-1, 0, 3, 4], hmc, tmp_path / "out.mp4", fps=10, title="t", input_title="in")
+    assert n == 4
+    cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    frames = []
+    while True:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    assert frames[0].shape == (96, 96 + 32, 3)
+    with HmcReader(hmc) as r:
+        want = cv2.resize(r[3].views[1], (32, 32), interpolation=cv2.INTER_AREA)
+    got = frames[2][32:64, 96:, 1]
+    assert np.abs(got.astype(int) - want.astype(int)).mean() < 12  # mp4 is lossy
+    assert frames[0][:80, 100:].mean() < 10  # no input before the first frame (seq -1): black
+
+
+def _parser():
+    from runtime.commands import bench, call_cmds
+
+    p = argparse.ArgumentParser(prog="avcall")
+    sub = p.add_subparsers(dest="command")
+    call_cmds.register(sub)
+    b = sub.add_parser("bench")
+    call_cmds.add_bench(b.add_subparsers(dest="bench_command"))
+    del bench
+    return p
+
+
+def test_cli_parses_every_command(tmp_path):
+    p = _parser()
+    a = p.parse_args(["send", "--source", "replay", "x.hmc", "--connect", "tcp://h:5555", "--seconds", "2"])
+    assert a.source == ["replay", "x.hmc"] and a.connect == "tcp://h:5555"
+    a = p.parse_args(["receive", "--bind", "tcp://127.0.0.1:*", "--out", "v.mp4"])
+    assert a.bind and a.out == "v.mp4"
+    for cmd in (["call", "--seconds", "3"], ["demo"], ["bench", "e2e", "--json"], ["keys", "new", "--name", "a"]):
+        assert callable(p.parse_args(cmd).func)
+    with pytest.raises(SystemExit):
+        p.parse_args(["send", "--source", "synthetic"])  # needs --connect or --bind
+    a = p.parse_args(["send", "--source", "replay", "--connect", "tcp://h:1"])
+    with pytest.raises(ValueError, match="exactly one"):
+        a.func(a)
+    a = p.parse_args(["keys", "new", "--name", "carol", "--dir", str(tmp_path)])
+    assert a.func(a) == 0
+    assert (tmp_path / "carol.key").is_file() and (tmp_path / "carol.key_secret").stat().st_mode & 0o077 == 0
+
+
+def test_replay_source_stamps_on_the_runtime_clock(pattern_hmc):
+    from runtime.sources import open_source
+    from transport.clock import now_ns
+
+    src = open_source(SourceConfig(kind="replay", path=str(pattern_hmc), loop=False))
+    try:
+        before = now_ns()
+        caps = [c for _, c in zip(range(4), src)]
+        after = now_ns()
+    finally:
+        src.close()
+    ts = [c.capture_ts_ns for c in caps]
+    assert before <= ts[0] and ts[-1] <= after and ts == sorted(ts)
+    assert caps[0].views.shape == (3, 192, 192) and caps[0].views.dtype == np.uint8
