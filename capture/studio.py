@@ -22,7 +22,7 @@ import numpy as np
 
 from .cameras import Camera
 from .eyes import eyeball_mesh, posed_eyeballs
-from .head import HeadModel, HeadState, vertex_normals
+from .head import HeadModel, HeadState, VertexNormals
 from .identity import IdentityParams, make_identity
 from .rig import HMC_VIEWS, HmcRigConfig, HmcSession, dome_camera, hmc_cameras, view_direction
 from .texture import paint_eyeball, paint_face
@@ -178,6 +178,7 @@ class Studio:
         self.vbo_pos = ctx.buffer(reserve=V * 12)
         self.vbo_nrm = ctx.buffer(reserve=V * 12)
         self.vbo_uv = ctx.buffer(head.uvs.tobytes())
+        self._normals = VertexNormals(head.triangles, V)
         self.ibo_all = ctx.buffer(head.triangles.tobytes())
         self.vao_all = self._vao(self.vbo_pos, self.vbo_nrm, self.vbo_uv, self.ibo_all)
         # Eyeballs.
@@ -225,8 +226,10 @@ class Studio:
 
     # ------------------------------------------------------------------ setup helpers
     def _texture(self, img: np.ndarray):
+        # 8-bit texels: llvmpipe filters them several times faster than float32 ones.
         h, w, c = img.shape
-        tex = self.ctx.texture((w, h), c, np.ascontiguousarray(img, np.float32).tobytes(), dtype="f4")
+        texels = np.clip(np.rint(np.asarray(img, np.float32) * 255.0), 0, 255).astype(np.uint8)
+        tex = self.ctx.texture((w, h), c, np.ascontiguousarray(texels).tobytes())
         tex.filter = (self._moderngl.LINEAR_MIPMAP_LINEAR, self._moderngl.LINEAR)
         tex.build_mipmaps()
         tex.repeat_x = False
@@ -269,7 +272,7 @@ class Studio:
         if key == self._state_key:
             return self.state
         st = self.head.state(expr, gaze)
-        nrm = vertex_normals(st.vertices, self.head.triangles)
+        nrm = self._normals(st.vertices)
         self.vbo_pos.write(st.vertices.tobytes())
         self.vbo_nrm.write(nrm.tobytes())
         ev, en = posed_eyeballs(self._eye_local, self._eye_nrm_local, self.head.eye_centres, st.eye_rotations)

@@ -76,7 +76,9 @@ def _full_loss(model, data, tcfg):
     cov = torch.from_numpy(data["coverage"].astype(np.float32))[None, None]
     n = len(data["vertices"])
     with torch.no_grad():
-        return float(vae_losses(model, batch_tensors(data, np.arange(n), np.zeros(n, int)), cov, tcfg, sample=False)["total"])
+        losses = vae_losses(model, batch_tensors(data, np.arange(n), np.zeros(n, int)), cov, tcfg, sample=False)
+    # Reconstruction only: the KL term starts at ~0 from the data-driven init and may rise while it learns.
+    return float(losses["geometry"] + losses["texture"] + losses["image"])
 
 
 def test_training_loss_falls_and_resumes(tmp_path, tiny_data):
@@ -95,7 +97,7 @@ def test_training_loss_falls_and_resumes(tmp_path, tiny_data):
     model1 = CodecAvatarVAE(DecoderConfig.from_dict(ck["decoder_config"]))
     model1.load_state_dict(ck["model"])
     after = _full_loss(model1, tiny_data, tcfg)
-    assert after < 0.98 * before, (before, after)
+    assert after < 0.9 * before, (before, after)  # measured: 0.096 -> 0.080
 
     # Resume: a second call with a larger step budget continues from step 40.
     r2 = train_decoder(tmp_path, dcfg, tiny_train_config(steps=50), progress=False, export=False, data=tiny_data)
