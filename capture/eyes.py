@@ -14,7 +14,6 @@ def eyeball_mesh(radius: float, rings: int = 14, segments: int = 24):
 
     v = polar angle / π measured from the pupil (+z), u = azimuth / 2π.
     """
-    pol = np.linspace(0, np.pi, rings + 1)
     # Denser near the front so the iris and pupil are round.
     pol = np.pi * (np.linspace(0, 1, rings + 1) ** 1.6)
     azi = np.linspace(0, 2 * np.pi, segments + 1)

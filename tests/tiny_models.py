@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from capture.eyes import eyeball_mesh
+
 OPSET = 17
 IR_VERSION = 8
 """IR version written (onnxruntime >= 1.18 reads it; newer onnx defaults to IRs older runtimes refuse)."""
@@ -114,20 +116,6 @@ def decoder_graph(mean_vertices: np.ndarray, basis: np.ndarray, texture: np.ndar
     return model
 
 
-def _sphere(radius: float, rings: int = 10, segments: int = 16):
-    """Eyeball mesh around +z: vertices, normals, uvs, triangles (same convention as the studio's)."""
-    pol = np.pi * np.linspace(0, 1, rings + 1) ** 1.6
-    azi = np.linspace(0, 2 * np.pi, segments + 1)
-    P, A = np.meshgrid(pol, azi, indexing="ij")
-    n = np.stack([np.sin(P) * np.cos(A), np.sin(P) * np.sin(A), np.cos(P)], -1).reshape(-1, 3)
-    uv = np.stack([A / (2 * np.pi), P / np.pi], -1).reshape(-1, 2)
-    r, c = np.meshgrid(np.arange(rings), np.arange(segments), indexing="ij")
-    a = (r * (segments + 1) + c).ravel()
-    s1 = segments + 1
-    tris = np.concatenate([np.stack([a, a + s1, a + s1 + 1], 1), np.stack([a, a + s1 + 1, a + 1], 1)])
-    return (n * radius).astype(np.float32), n.astype(np.float32), uv.astype(np.float32), tris.astype(np.uint32)
-
-
 def _eye_texture(size: int = 64) -> np.ndarray:
     v = np.linspace(0, 1, size)[:, None] * np.ones((1, size))
     tex = np.ones((size, size, 3), np.float32) * np.array([0.92, 0.9, 0.88], np.float32)
@@ -193,7 +181,7 @@ def build_tiny(out_dir: str | Path, *, latent_dim: int = 256, size: int = 192, p
     uu, vv = np.meshgrid(np.linspace(0, 1, texture_size), np.linspace(0, 1, texture_size))
     tex *= (0.75 + 0.25 * np.cos(6 * uu) * np.cos(6 * vv))[None]
     dec = decoder_graph(mean, basis, tex, rng.normal(0, 0.02, (latent_dim, 3)), 0.05 * np.eye(3))
-    eye = _sphere(0.12)
+    eye = eyeball_mesh(0.12, rings=10, segments=16)
     centres = np.array([[0.33, 0.15, 0.9], [-0.33, 0.15, 0.9]])
     _write_avatar(av_dir, dec, uvs, tris, eye, centres, 0.12, _eye_texture(), {"kind": "tiny", "seed": seed})
     return enc_dir, av_dir
