@@ -179,8 +179,9 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     t_start = time.perf_counter()
     last_ckpt = t_start
     running: dict[str, float] = {}
-    bar = tqdm(total=tcfg.steps, initial=step, desc=f"train decoder {dcfg.identity}", disable=not progress,
-               mininterval=5.0, dynamic_ncols=True)
+    # Progress is whichever limit is nearer (steps or the time budget), in per mille, so the ETA is real.
+    bar = tqdm(total=1000, desc=f"train decoder {dcfg.identity}", unit="‰", disable=not progress,
+               mininterval=5.0, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
     model.train()
     while step < tcfg.steps:
         elapsed = elapsed0 + time.perf_counter() - t_start
@@ -202,8 +203,8 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         running = {k: (0.95 * running.get(k, v) + 0.05 * v) for k, v in vals.items()}
         if step % 25 == 0 or step == 1:
             history.append({"step": step, **vals})
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in running.items()}, refresh=False)
+        bar.update(int(1000 * frac) - bar.n)
+        bar.set_postfix({"step": step, **{k: f"{v:.4g}" for k, v in running.items()}}, refresh=False)
         now = time.perf_counter()
         if now - last_ckpt >= tcfg.checkpoint_every_s:
             _save_checkpoint(ckpt_path, model, opt, step, elapsed0 + now - t_start, dcfg, tcfg, history)
