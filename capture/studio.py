@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cameras import Camera
+from .expression import INDEX, NAMED_POSES
 from .eyes import eyeball_mesh, posed_eyeballs
 from .head import HeadModel, HeadState, VertexNormals
 from .identity import IdentityParams, make_identity
@@ -250,8 +251,6 @@ class Studio:
         """Triangles ``cam`` can see over the range of expressions: inside the image (small
         margin) and facing the camera in some pose. Mouth-interior triangles, seen from
         inside, are kept whenever they are in the image."""
-        from .expression import NAMED_POSES
-
         tris = self.head.triangles
         interior = tris[:, 0] >= self.head.num_grid_vertices
         keep = np.zeros(len(tris), bool)
@@ -279,8 +278,6 @@ class Studio:
         self.vbo_eye_pos.write(ev.tobytes())
         self.vbo_eye_nrm.write(en.tobytes())
         e = np.asarray(expr, np.float32)
-        from .expression import INDEX
-
         self.prog["u_brow_l"] = float(np.clip(e[INDEX["brow_raise_left"]], 0, 1))
         self.prog["u_brow_r"] = float(np.clip(e[INDEX["brow_raise_right"]], 0, 1))
         self._state_key, self.state = key, st

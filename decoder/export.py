@@ -36,7 +36,7 @@ def round_to_float16(module) -> None:
                 t.copy_(t.half().float())
 
 
-def _compress_initializers(model, min_size: int = 1024):
+def compress_initializers(model, min_size: int = 1024):
     """Store float32 initialisers larger than ``min_size`` as float16 + a Cast node (halves the file)."""
     import onnx
     from onnx import helper, numpy_helper
@@ -92,7 +92,7 @@ def export_onnx(decoder, path: Path, *, atol: dict | None = None, seed: int = 0,
                       dynamic_axes={n: {0: "batch"} for n in INPUT_NAMES + OUTPUT_NAMES}, opset_version=17, dynamo=False)
     model = onnx.load(str(tmp))
     if float16_weights:
-        model = _compress_initializers(model)
+        model = compress_initializers(model)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
     tmp.unlink()

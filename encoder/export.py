@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from decoder.export import compress_initializers, round_to_float16
+
 from .arch import VIEW_NAMES, EncoderArch
 
 ONNX_OPSET = 17
@@ -65,28 +67,11 @@ def _export(module, args, path: Path, input_names, output_names) -> None:
         )
 
 
-def compress_initializers(path: Path, min_size: int = 1024) -> None:
-    """Rewrite an ONNX file so float32 initialisers of ``min_size`` or more elements are stored as
-    float16 and cast back to float32 by the graph (onnxruntime folds the casts at load time)."""
+def _compress_file(path: Path) -> None:
+    """Store the ONNX file's large float32 initialisers as float16 (see ``decoder.export.compress_initializers``)."""
     import onnx
-    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(path))
-    g = model.graph
-    keep, casts = [], []
-    for init in g.initializer:
-        a = numpy_helper.to_array(init)
-        if a.dtype == np.float32 and a.size >= min_size:
-            keep.append(numpy_helper.from_array(a.astype(np.float16), init.name + "__f16"))
-            casts.append(helper.make_node("Cast", [init.name + "__f16"], [init.name], to=onnx.TensorProto.FLOAT))
-        else:
-            keep.append(init)
-    del g.initializer[:]
-    g.initializer.extend(keep)
-    nodes = list(g.node)
-    del g.node[:]
-    g.node.extend(casts + nodes)
-    onnx.save(model, str(path))
+    onnx.save(compress_initializers(onnx.load(str(path))), str(path))
 
 
 def _check_parity(path: Path, feeds: dict, expected: list[np.ndarray], names: list[str], atol: float = PARITY_ATOL) -> float:
@@ -134,27 +119,17 @@ def export_onnx(model, out_dir: str | Path, *, batch: int = 2, seed: int = 0, co
             path = out_dir / f"{v}.onnx"
             _export(w, (x,), path, ["image"], names)
             if compact:
-                compress_initializers(path)
+                _compress_file(path)
             expected = [t.numpy() for t in w(x)]
             errors[v] = _check_parity(path, {"image": x.numpy()}, expected, names, atol)
         f = torch.randn(batch, 3 * arch.feature_dim, generator=g)
         path = out_dir / "fusion.onnx"
         _export(model.fusion, (f,), path, ["features"], ["z"])
         if compact:
-            compress_initializers(path)
+            _compress_file(path)
         errors["fusion"] = _check_parity(path, {"features": f.numpy()}, [model.fusion(f).numpy()], ["z"], atol)
     model.train(was_training)
     return errors
-
-
-def round_to_float16(model) -> None:
-    """Round every floating parameter and buffer to float16 precision, in place (kept float32)."""
-    import torch
-
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            if t.is_floating_point():
-                t.copy_(t.half().float())
 
 
 def save_model(model, out_dir: str | Path, *, identity: str = "", train_info: dict | None = None, onnx: bool = True,

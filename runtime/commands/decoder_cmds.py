@@ -132,12 +132,3 @@ def run_bench(args) -> int:
     res = bench_decoder(_model_dir(args), iters=args.iters, size=args.size)
     _emit(res, args)
     return 0
-
-
-def register(subparsers) -> None:
-    """Standalone wiring (``avcall train|eval|bench decoder``) for a CLI without those parents yet."""
-    for name, add in (("train", add_train), ("eval", add_eval), ("bench", add_bench)):
-        p = subparsers.add_parser(name, help=f"{name} a component")
-        s = p.add_subparsers(dest=f"{name}_what", metavar="WHAT")
-        s.required = True
-        add(s)
