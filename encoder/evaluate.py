@@ -51,35 +51,52 @@ def predict_codes(model_dir, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.stack(zs), np.stack(gs)
 
 
+class AvatarRenders:
+    """Decode codes with the frozen VAE decoder and rasterise them from a dome view (torch + GL).
+
+    ``images(z (B, Z), gaze (B, 2, 2), view)`` -> (B, size, size, 3) float32 on 0..255. ``close()`` frees GL."""
+
+    def __init__(self, identity: str, vae, size: int = 256):
+        from capture.studio import Studio
+        from decoder.data import make_rasterizer
+
+        self.vae = vae
+        self.studio = Studio(identity, dome_size=64)
+        self.rast = make_rasterizer(self.studio, size=size, texture_size=vae.cfg.texture_size)
+
+    def images(self, z: np.ndarray, gaze: np.ndarray, view: str) -> np.ndarray:
+        import torch
+
+        from capture.rig import view_direction
+
+        d = view_direction(view).astype(np.float32)
+        with torch.no_grad():
+            zt = torch.from_numpy(np.asarray(z, np.float32))
+            verts, tex = self.vae.decoder(zt, torch.from_numpy(d).expand(len(zt), 3))
+        return np.stack([self.rast.render(verts[i].numpy(), tex[i].clamp(0, 1).numpy(), gaze[i], d).astype(np.float32)
+                         for i in range(len(zt))])
+
+    def close(self) -> None:
+        self.rast.release()
+        self.studio.release()
+
+
 def rendered_mse(identity: str, vae, z_pred: np.ndarray, gaze_pred: np.ndarray, z_gt: np.ndarray, gaze_gt: np.ndarray,
                  *, size: int = 256, views: tuple[str, ...] = EVAL_VIEWS, batch: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
     """Per-frame MSE (0..255 scale) between avatars from predicted and ground-truth codes, per view: {view: (N,)}."""
-    import torch
     from tqdm import tqdm
 
-    from capture.rig import view_direction
-    from capture.studio import Studio
-    from decoder.data import make_rasterizer
-
-    studio = Studio(identity, dome_size=64)
-    rast = make_rasterizer(studio, size=size, texture_size=vae.cfg.texture_size)
+    r = AvatarRenders(identity, vae, size)
     out = {v: np.zeros(len(z_pred)) for v in views}
-    dirs = {v: torch.from_numpy(view_direction(v).astype(np.float32)) for v in views}
-    with torch.no_grad():
+    try:
         for a in tqdm(range(0, len(z_pred), batch), desc=f"render {identity}", disable=not progress):
-            zp = torch.from_numpy(np.asarray(z_pred[a : a + batch], np.float32))
-            zg = torch.from_numpy(np.asarray(z_gt[a : a + batch], np.float32))
-            B = len(zp)
+            s = slice(a, a + batch)
             for v in views:
-                d = dirs[v].expand(B, 3)
-                vp, tp = vae.decoder(zp, d)
-                vg, tg = vae.decoder(zg, d)
-                for i in range(B):
-                    ip = rast.render(vp[i].numpy(), tp[i].clamp(0, 1).numpy(), gaze_pred[a + i], dirs[v].numpy()).astype(np.float32)
-                    ig = rast.render(vg[i].numpy(), tg[i].clamp(0, 1).numpy(), gaze_gt[a + i], dirs[v].numpy()).astype(np.float32)
-                    out[v][a + i] = float(((ip - ig) ** 2).mean())
-    rast.release()
-    studio.release()
+                ip = r.images(z_pred[s], gaze_pred[s], v)
+                ig = r.images(z_gt[s], gaze_gt[s], v)
+                out[v][s] = ((ip - ig) ** 2).reshape(len(ip), -1).mean(1)
+    finally:
+        r.close()
     return out
 
 

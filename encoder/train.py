@@ -53,6 +53,9 @@ class EncoderTrainConfig:
     weights: dict = field(default_factory=lambda: LossWeights().to_dict())
     """Loss weights (see :class:`encoder.losses.LossWeights`)."""
     threads: int = 2
+    bf16: bool = False
+    """Run the encoder forward in bfloat16 autocast (losses and the frozen decoder stay float32):
+    about 1.4x faster steps on CPUs with AVX512-BF16, where oneDNN has bf16 convolutions."""
     checkpoint_every_s: float = 120.0
     seed: int = 0
 
@@ -214,7 +217,9 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
         b = batch_tensors(data, rng.integers(0, N, tcfg.batch_size))
         if tcfg.augment:
             b["views"], b["keypoints"] = augment_hmc(b["views"], b["keypoints"], gen, tcfg)
-        out = model(b["views"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tcfg.bf16):
+            out = model(b["views"])
+        out = {k: v.float() for k, v in out.items()}
         sw = reweight(b["gaze"])
         losses = autocard_loss(out, b, decoder, zs, coverage, S, weights, sw)
         opt.zero_grad(set_to_none=True)

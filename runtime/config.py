@@ -81,6 +81,17 @@ class SenderConfig:
     """Stop after this long (0 = until SIGINT/SIGTERM)."""
     threads: int = 1
     """onnxruntime intra-op threads for the encoders."""
+    latex: bool = False
+    """Skip encoder runs on redundant frames with LATEX (needs ``early.onnx`` + ``latex.json`` in the
+    encoder directory: ``avcall train latex``); skipped frames carry extrapolated codes."""
+    latex_threshold: float = -1.0
+    """LATEX gate threshold; negative = the threshold calibrated for ``latex_skip_ratio``."""
+    latex_skip_ratio: float = 0.3
+    """Target share of skipped frames (calibrated on training sequences) when no threshold is given."""
+    latex_history: int = 3
+    """T: past codes the extrapolation uses."""
+    latex_max_skips: int = 4
+    """Most frames skipped in a row before a keyframe is forced."""
     tap_path: str = ""
     """If set, every sent HMC frame is also appended to this .hmc recording, its
     frame index equal to the frame's sequence number (to show the input beside

@@ -76,6 +76,16 @@ def register(sub) -> None:
     p.add_argument("--server-key", default="", metavar="FILE.key", help="--secure: the receiver's public key")
     p.add_argument("--tap", default="", metavar="FILE.hmc", help="also record every sent HMC frame (index = seq)")
     p.add_argument("--f32", action="store_true", help="send float32 codes (default float16)")
+    p.add_argument("--latex", action="store_true",
+                   help="skip encoder runs on redundant frames (LATEX gate; the encoder directory needs early.onnx "
+                   "and latex.json from 'avcall train latex'); skipped frames carry extrapolated codes")
+    p.add_argument("--latex-skip-ratio", type=float, default=0.3, metavar="R",
+                   help="--latex: target share of skipped frames, via the calibrated threshold (default 0.3)")
+    p.add_argument("--latex-threshold", type=float, default=-1.0, metavar="D",
+                   help="--latex: gate threshold (overrides --latex-skip-ratio)")
+    p.add_argument("--latex-history", type=int, default=3, metavar="T", help="--latex: codes extrapolated from (default 3)")
+    p.add_argument("--latex-max-skips", type=int, default=4, metavar="N",
+                   help="--latex: most frames skipped in a row (default 4)")
     _endpoint_args(p)
     p.set_defaults(func=_send)
 
@@ -178,10 +188,13 @@ def _send(args) -> int:
     cfg = SenderConfig(stream_id=args.stream_id or "alice", endpoint=args.bind or args.connect, bind=bool(args.bind),
                        clock_endpoint=args.clock, source=src, encoder_dir=args.encoder,
                        latent_dtype="<f4" if args.f32 else "<f2", seconds=args.seconds, tap_path=args.tap,
-                       report_path=args.report, secure=_secure(args, "sender"))
+                       report_path=args.report, secure=_secure(args, "sender"), latex=args.latex,
+                       latex_threshold=args.latex_threshold, latex_skip_ratio=args.latex_skip_ratio,
+                       latex_history=args.latex_history, latex_max_skips=args.latex_max_skips)
     rep = run_config(cfg)
     print(f"sent {rep['frames_sent']} frames in {rep['elapsed_s']:.1f} s ({rep['fps']:.1f} fps, "
-          f"{rep['kbit_per_s']:.1f} kbit/s); encode p50 {rep['encode_ms']['p50']:.2f} ms; "
+          f"{rep['kbit_per_s']:.1f} kbit/s); encode p50 {rep['encode_ms']['p50']:.2f} ms; encoder compute "
+          f"{rep['encoder_compute_ms']['mean']:.2f} ms/frame; skipped {rep['skip_ratio']:.1%}; "
           f"camera frames dropped {rep['source_dropped']}")
     return 0
 

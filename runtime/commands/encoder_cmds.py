@@ -35,6 +35,8 @@ def add_train(sub) -> None:
     p.add_argument("--momentum", type=float, default=0.99, help="EMA momentum of the mean gaze")
     p.add_argument("--no-augment", action="store_true", help="no online slip/exposure augmentation")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true",
+                   help="encoder forward in bfloat16 autocast (~1.4x faster on CPUs with AVX512-BF16)")
     p.add_argument("--workers", type=int, default=1, help="processes that render the data on first use")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
@@ -96,7 +98,8 @@ def _train(args: argparse.Namespace) -> int:
 
     tcfg = EncoderTrainConfig(identity=args.identity, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                               time_budget_s=args.time_budget, reweight=not args.no_reweight, tau=args.tau,
-                              momentum=args.momentum, augment=not args.no_augment, threads=args.threads, seed=args.seed)
+                              momentum=args.momentum, augment=not args.no_augment, threads=args.threads, seed=args.seed,
+                              bf16=args.bf16)
     r = run_training(args.identity, args.arch, out_dir=args.out, data_path=args.data, tcfg=tcfg, resume=not args.fresh,
                      workers=args.workers, decoder_dir=args.decoder_dir)
     summary = {"model_dir": str(r.model_dir), "steps": r.steps, "elapsed_s": round(r.elapsed_s, 1),
