@@ -257,6 +257,14 @@ def plot_latex(result: dict, out_dir: Path) -> list[Path]:
     ax[0].axhline(result["mse_front_no_skip"] * 1.05, color="gray", lw=0.8, ls=":", label="no skipping + 5%")
     for r in e:
         ax[0].annotate(f"k={r['k']}", (r["skip_ratio"], r["mse_front"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    # Keep the interesting range readable; points beyond it are written at the top edge.
+    base = result["mse_front_no_skip"]
+    top = base * 1.6
+    ax[0].set_ylim(base * 0.9, top)
+    for r in [*s, *e]:
+        if r["mse_front"] > top:
+            ax[0].annotate(f"{r['mse_front']:.0f} (off scale)", (r["skip_ratio"], top), fontsize=7, ha="center",
+                           xytext=(0, -10), textcoords="offset points")
     ax[0].set_xlabel("skip ratio")
     ax[0].set_ylabel("front-view MSE (0..255)")
     ax[0].legend(fontsize=8)
