@@ -39,6 +39,9 @@ class HmcDataConfig:
     """Length of each training session's performance."""
     test_seconds_per_session: float = 40.0
     """Length of each held-out session's performance (only its test segments are kept)."""
+    train_extreme_probability: float | None = None
+    """Chance that a training segment is extreme (None = the studio's 0.12). A range-of-motion style
+    capture (more extremes in training) is what lets encoders generalise to held-out extremes."""
     test_extreme_probability: float = 0.35
     """Chance that a held-out performance segment is extreme (training keeps the studio's rare 0.12),
     so the extreme subset of the test set is large enough to measure."""
@@ -51,7 +54,8 @@ class HmcDataConfig:
     seed: int = 0
 
     def key(self) -> str:
-        return repr(sorted(asdict(self).items()))
+        # Unset optional fields stay out of the key, so caches built before they existed stay valid.
+        return repr(sorted((k, v) for k, v in asdict(self).items() if v is not None))
 
 
 _DOME = ("front", "left", "right")
@@ -127,7 +131,7 @@ def _concat(parts: list[dict]) -> dict:
 def _job(args):
     identity, session, perf_seed, seconds, fps, split, cfg_dict = args
     cfg = HmcDataConfig(**cfg_dict)
-    xp = cfg.test_extreme_probability if split == "test" else None
+    xp = cfg.test_extreme_probability if split == "test" else cfg.train_extreme_probability
     return render_session(identity, session, perf_seed, seconds, fps, split, cfg, extreme_probability=xp)
 
 

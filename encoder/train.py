@@ -158,7 +158,8 @@ def attach_codes(data: dict, vae) -> dict:
 
 
 def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConfig, *, data: dict, vae, resume: bool = True,
-                  progress: bool = True, export: bool = True, test_data: dict | None = None) -> TrainResult:
+                  progress: bool = True, export: bool = True, test_data: dict | None = None,
+                  data_info: dict | None = None) -> TrainResult:
     """Train ``arch`` on ``data`` (HMC arrays, see :mod:`encoder.data`) against the frozen ``vae``.
 
     Resumes from ``out_dir/checkpoint.pt`` when present (its arch and config win).
@@ -243,6 +244,8 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
     (out_dir / "loss_history.json").write_text(json.dumps(history))
     info = {"steps": step, "elapsed_s": round(elapsed, 1), "train_frames": N, "final_losses": running,
             "config": tcfg.to_dict()}
+    if data_info is not None:
+        info["data"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_info.items()}
     if test_data is not None:
         from .evaluate import code_errors
 
@@ -284,12 +287,16 @@ def default_run_dir(identity: str, name: str, root: Path = RUNS_ROOT) -> Path:
     return Path(root) / identity / name
 
 
-def load_identity_data(identity: str, data_path: str | Path | None = None, *, workers: int = 1, progress: bool = True):
-    """(train, test) HMC data of ``identity``, rendered on first use and cached."""
+def load_identity_data(identity: str, data_path: str | Path | None = None, *, workers: int = 1, progress: bool = True,
+                       data_cfg=None):
+    """(train, test) HMC data of ``identity`` (``data_cfg``: an :class:`encoder.data.HmcDataConfig`, default
+    settings if None), rendered on first use and cached. The test frames depend only on the test settings,
+    so every training-data variant is evaluated on the same held-out frames."""
     from .data import HmcDataConfig, load_or_build_hmc_data
 
     path = Path(data_path) if data_path else default_data_path(identity)
-    return load_or_build_hmc_data(path, HmcDataConfig(identity=identity), workers=workers, progress=progress)
+    cfg = data_cfg or HmcDataConfig(identity=identity)
+    return load_or_build_hmc_data(path, cfg, workers=workers, progress=progress)
 
 
 def install_embedded(run_dir: str | Path, identity: str, arch: str) -> Path:
@@ -306,7 +313,7 @@ def install_embedded(run_dir: str | Path, identity: str, arch: str) -> Path:
 
 def run_training(identity: str, arch_name: str, *, out_dir: str | Path | None = None, data_path: str | Path | None = None,
                  tcfg: EncoderTrainConfig | None = None, resume: bool = True, progress: bool = True, workers: int = 1,
-                 decoder_dir: str | Path | None = None) -> TrainResult:
+                 decoder_dir: str | Path | None = None, data_cfg=None) -> TrainResult:
     """Load (or render) the identity's data and its trained VAE, then :func:`train_encoder`."""
     from .arch import get_arch
     from .codec import load_vae
@@ -315,6 +322,6 @@ def run_training(identity: str, arch_name: str, *, out_dir: str | Path | None = 
     tcfg.identity = identity
     out_dir = Path(out_dir) if out_dir else default_run_dir(identity, model_name(arch_name, tcfg.reweight))
     vae = load_vae(identity, decoder_dir)
-    train, test = load_identity_data(identity, data_path, workers=workers, progress=progress)
+    train, test = load_identity_data(identity, data_path, workers=workers, progress=progress, data_cfg=data_cfg)
     return train_encoder(out_dir, get_arch(arch_name), tcfg, data=train, vae=vae, resume=resume, progress=progress,
-                         test_data=test)
+                         test_data=test, data_info=None if data_cfg is None else data_cfg.__dict__ | {"path": str(data_path or "")})

@@ -26,6 +26,11 @@ def add_train(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/encoder/IDENTITY/ARCH[-noRW])")
     p.add_argument("--data", default=None, help="HMC data cache .npz (default runs/encoder/data_IDENTITY.npz)")
     p.add_argument("--decoder-dir", default=None, help="trained decoder directory (default decoder/models/IDENTITY)")
+    p.add_argument("--train-sessions", type=int, default=8,
+                   help="headset sessions rendered for training, 16 s each (default 8; other values need their own --data)")
+    p.add_argument("--train-extreme-probability", type=float, default=None, metavar="P",
+                   help="share of extreme-expression segments in training performances (default: the studio's 0.12; "
+                   "needs its own --data)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--time-budget", type=float, default=1800.0, help="wall-clock seconds (default 1800)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -100,8 +105,17 @@ def _train(args: argparse.Namespace) -> int:
                               time_budget_s=args.time_budget, reweight=not args.no_reweight, tau=args.tau,
                               momentum=args.momentum, augment=not args.no_augment, threads=args.threads, seed=args.seed,
                               bf16=args.bf16)
+    data_cfg = None
+    if args.train_sessions != 8 or args.train_extreme_probability is not None:
+        from encoder.data import HmcDataConfig
+
+        if not args.data:
+            raise ValueError("--train-sessions / --train-extreme-probability build a different dataset: give it its "
+                             "own cache with --data FILE.npz")
+        data_cfg = HmcDataConfig(identity=args.identity, train_sessions=tuple(range(args.train_sessions)),
+                                 train_extreme_probability=args.train_extreme_probability)
     r = run_training(args.identity, args.arch, out_dir=args.out, data_path=args.data, tcfg=tcfg, resume=not args.fresh,
-                     workers=args.workers, decoder_dir=args.decoder_dir)
+                     workers=args.workers, decoder_dir=args.decoder_dir, data_cfg=data_cfg)
     summary = {"model_dir": str(r.model_dir), "steps": r.steps, "elapsed_s": round(r.elapsed_s, 1),
                "final_losses": r.final_losses, "test": r.meta.get("train", {}).get("test")}
     if args.install:
