@@ -61,7 +61,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
         rows[name] = {"arch": arch_name, "reweight": reweight, "mflops": analytic_flops(arch)["total"] / 1e6,
                       "latency_ms": lat["encode_ms_p50"]["total"], "latency_ms_per_stage": lat["encode_ms_p50"],
                       "mse": {}, "mse_extreme": {}, "mse_mean": {}, "gaze_mae_deg": {}, "test_frames": {}, "extreme_frames": {},
-                      "train_steps": {}}
+                      "train_steps": {}, "train_data": {}}
     # Rendered MSE per identity.
     for ident in identities:
         dirs = {name: find_model_dir(ident, name, runs_root) for name in models}
@@ -84,10 +84,18 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
             row["extreme_frames"][ident] = r["extreme_frames"]
             meta_path = dirs[name] / "meta.json"
             if meta_path.exists():
-                row["train_steps"][ident] = json.loads(meta_path.read_text()).get("train", {}).get("steps")
+                tr = json.loads(meta_path.read_text()).get("train", {})
+                row["train_steps"][ident] = tr.get("steps")
+                data = tr.get("data") or {}
+                row["train_data"][ident] = {
+                    "frames": tr.get("train_frames"),
+                    "sessions": len(data.get("train_sessions", range(8))),
+                    "extreme_probability": data.get("train_extreme_probability") or 0.12,
+                }
     for name, row in rows.items():
         old = table["models"].get(name, {})
-        for k in ("mse", "mse_extreme", "mse_mean", "gaze_mae_deg", "test_frames", "extreme_frames", "train_steps"):
+        for k in ("mse", "mse_extreme", "mse_mean", "gaze_mae_deg", "test_frames", "extreme_frames", "train_steps",
+                  "train_data"):
             row[k] = {**old.get(k, {}), **row[k]}
         table["models"][name] = row
     table["missing"] = missing
@@ -158,7 +166,13 @@ def render_markdown(table: dict) -> str:
                 allx.append(x)
         cells += [_f(sum(allv) / len(allv)) if allv else "–", _f(sum(allx) / len(allx)) if allx else "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    steps = [f"{n}: " + ", ".join(f"{i} {st}" for i, st in r.get("train_steps", {}).items()) for n, r in models.items()
+    def trained(r, i, st):
+        d = r.get("train_data", {}).get(i)
+        if not d or not d.get("frames"):
+            return f"{i} {st}"
+        return f"{i} {st} on {d['frames']} frames ({d['sessions']} sessions, {d['extreme_probability']:.0%} extreme segments)"
+
+    steps = [f"{n}: " + ", ".join(trained(r, i, st) for i, st in r.get("train_steps", {}).items()) for n, r in models.items()
              if r.get("train_steps")]
     if steps:
         lines += ["", "Training steps (batch 8) per identity: " + "; ".join(steps) + "."]

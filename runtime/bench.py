@@ -43,6 +43,9 @@ class E2EBenchConfig:
     """Rendered view size."""
     out_dir: str = ""
     """Where logs and raw reports go (default: a temporary directory)."""
+    latex: bool = False
+    """Senders skip encoder runs with LATEX (at ``latex_skip_ratio``)."""
+    latex_skip_ratio: float = 0.3
     floor_s: float = 0.0
     """If > 0, first measure this long the bare floor of the machine: a timestamp sent PUB -> SUB
     between two processes at ``fps`` with no pipeline around it (``transport_floor_ms_*``)."""
@@ -90,7 +93,8 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
             st = w.wait_status(lambda s: bool(s.get("endpoint")), 120)
             sc = SenderConfig(stream_id=name, endpoint=st["endpoint"], clock_endpoint=st["clock_endpoint"],
                               source=SourceConfig(**{**src.__dict__, "seed": len(senders)}), encoder_dir=enc,
-                              seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"))
+                              seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"),
+                              latex=cfg.latex, latex_skip_ratio=cfg.latex_skip_ratio)
             senders[name] = Worker(f"{name}_tx", sc, out).start()
         for name, w in senders.items():
             if w.wait(cfg.seconds + cfg.warmup_s + 120) != 0:
@@ -167,6 +171,7 @@ if __name__ == "__main__":  # python -m runtime.bench floor-pub ENDPOINT SECONDS
 
 def summarise(out: Path, names: list[str], cfg: E2EBenchConfig) -> dict:
     result: dict = {"seconds": cfg.seconds, "fps_target": cfg.fps, "source": cfg.source, "two_way": cfg.two_way,
+                    "latex": cfg.latex,
                     "bandwidth_kbps": {}, "streams": {}}
     all_tables = []
     fps, dropped = [], 0
@@ -188,7 +193,9 @@ def summarise(out: Path, names: list[str], cfg: E2EBenchConfig) -> dict:
         result["bandwidth_kbps"][name] = rx["streams"].get(name, {}).get("kbit_per_s")
         result["streams"][name] = {"frames": summ["frames"], "fps": summ.get("fps"), "drift": summ.get("drift"),
                                    "dropped": {**d, "camera_late": tx["source_dropped"]},
-                                   "bad_messages": sum(d["bad_messages"].values())}
+                                   "bad_messages": sum(d["bad_messages"].values()),
+                                   "sender_skip_ratio": tx.get("skip_ratio", 0.0),
+                                   "encoder_compute_ms_mean": tx.get("encoder_compute_ms", {}).get("mean")}
     cat = {k: np.concatenate([t[k] for t in all_tables]) for k in all_tables[0]} if all_tables else {}
     e2e = percentiles(cat.get("e2e", []))
     result["e2e_ms_p50"] = e2e["p50"]

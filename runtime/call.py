@@ -50,6 +50,8 @@ class CallConfig:
         default_factory=lambda: (PartyConfig("alice", "S1", 0), PartyConfig("bob", "S1", 1)))
     """The two participants."""
     encoder_dir: str = ""
+    latex: bool = False
+    """Senders skip encoder runs on redundant frames with LATEX (default target skip ratio)."""
     """Encoder models (empty = the embedded default)."""
     avatar_dir: str = ""
     """Avatar decoder (empty = the embedded default). Both parties use it."""
@@ -116,7 +118,7 @@ def run_call(cfg: CallConfig) -> dict:
             sc = SenderConfig(
                 stream_id=speaker.name, endpoint=st["endpoint"], clock_endpoint=st["clock_endpoint"], bind=False,
                 source=src, encoder_dir=encoder_dir, seconds=cfg.seconds, tap_path=str(raw / f"{speaker.name}_hmc.hmc"),
-                report_path=str(raw / f"{speaker.name}_sender.json"), secure=sec)
+                report_path=str(raw / f"{speaker.name}_sender.json"), secure=sec, latex=cfg.latex)
             senders[speaker.name] = Worker(f"{speaker.name}_sender", sc, out / "logs").start()
         # Senders stop by themselves after cfg.seconds; a generous deadline covers start-up.
         deadline = time.monotonic() + cfg.seconds + cfg.startup_timeout_s
@@ -162,6 +164,8 @@ def _finish(cfg: CallConfig, out: Path, raw: Path, links, wall_s: float, models:
             "source_dropped": tx["source_dropped"],
             "kbit_per_s": stream.get("kbit_per_s"),
             "sender_kbit_per_s": tx["kbit_per_s"],
+            "sender_skip_ratio": tx.get("skip_ratio", 0.0),
+            "encoder_compute_ms": tx.get("encoder_compute_ms"),
             "transport": {k: rx["transport"][k] for k in ("received", "bad", "lost", "restarts", "events")},
         }
         video = rx.get("video")

@@ -136,6 +136,7 @@ def _call_args(c: argparse.ArgumentParser, default_seconds: float, default_out: 
     c.add_argument("--window", action="store_true", help="also show each party's view in a window")
     c.add_argument("--secure", action="store_true", help="CurveZMQ with fresh keys and allowlists")
     c.add_argument("--encoder", default="", metavar="DIR", help="encoder models (default: installed)")
+    c.add_argument("--latex", action="store_true", help="senders skip encoder runs on redundant frames (LATEX, ~30%%)")
     c.add_argument("--avatar", default="", metavar="DIR", help="avatar decoder (default: installed)")
     c.add_argument("--size", type=int, default=512, help="rendered view size (default 512)")
     c.add_argument("--replay-a", default="", metavar="FILE.hmc", help="party A's headset: this recording")
@@ -157,6 +158,8 @@ def add_bench(bench_sub) -> None:
     e.add_argument("--two-way", action="store_true", help="two streams, as in a call")
     e.add_argument("--video", action="store_true", help="receivers also write mp4")
     e.add_argument("--encoder", default="", metavar="DIR")
+    e.add_argument("--latex", action="store_true", help="senders skip encoder runs with LATEX")
+    e.add_argument("--latex-skip-ratio", type=float, default=0.3, metavar="R", help="--latex target skip ratio (default 0.3)")
     e.add_argument("--avatar", default="", metavar="DIR")
     e.add_argument("--size", type=int, default=512)
     e.add_argument("--out", default="", metavar="DIR", help="keep logs and raw reports here")
@@ -237,7 +240,7 @@ def _call(args) -> int:
 
         if not has_display():
             raise ValueError("--window needs a display (DISPLAY is unset); the call is recorded to video anyway")
-    cfg = CallConfig(out_dir=args.out, seconds=args.seconds, fps=args.fps, encoder_dir=args.encoder,
+    cfg = CallConfig(out_dir=args.out, seconds=args.seconds, fps=args.fps, encoder_dir=args.encoder, latex=args.latex,
                      avatar_dir=args.avatar, size=args.size, window=args.window, secure=args.secure,
                      parties=(PartyConfig("alice", "S1", 0, args.replay_a), PartyConfig("bob", "S1", 1, args.replay_b)))
     print(f"calling: alice <-> bob for {args.seconds:g} s on this machine ...", file=sys.stderr)
@@ -269,7 +272,8 @@ def _bench_e2e(args) -> int:
 
     r = bench_e2e(E2EBenchConfig(seconds=args.seconds, fps=args.fps, source=args.source, two_way=args.two_way,
                                  video=args.video, encoder_dir=args.encoder, avatar_dir=args.avatar, size=args.size,
-                                 out_dir=args.out, floor_s=args.floor_seconds))
+                                 out_dir=args.out, floor_s=args.floor_seconds, latex=args.latex,
+                                 latex_skip_ratio=args.latex_skip_ratio))
     if args.json:
         from runtime.telemetry import json_safe
 
