@@ -299,3 +299,12 @@ def test_rendered_mse_is_zero_for_true_codes_and_grows_with_code_error(tiny_setu
     r1 = cached_evaluation(tmp_path, "S1", test, vae, size=64)
     assert (tmp_path / "eval_S1.json").exists() and r1["frames"] == 4 and set(r1["mse"]) == {"front", "left", "right"}
     assert cached_evaluation(tmp_path, "S1", test, vae, size=64) == r1
+
+
+def test_data_config_key_ignores_unset_options_and_tracks_set_ones():
+    from encoder.data import HmcDataConfig
+
+    base = HmcDataConfig(identity="S1")
+    assert "train_extreme_probability" not in base.key()  # caches built before the option existed stay valid
+    rom = HmcDataConfig(identity="S1", train_sessions=tuple(range(16)), train_extreme_probability=0.35)
+    assert rom.key() != base.key() and "train_extreme_probability" in rom.key()
