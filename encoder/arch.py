@@ -81,6 +81,9 @@ def decode_block(s: str) -> BlockSpec:
     return b
 
 
+POOLS = ("mean", "flatten")
+
+
 @dataclass
 class ViewArch:
     """Architecture of one near-sensor per-view encoder."""
@@ -97,6 +100,9 @@ class ViewArch:
     """Regress this eye's gaze (yaw, pitch)."""
     keypoints: bool = True
     """Regress the view's 2D keypoints."""
+    pool: str = "mean"
+    """How the final map becomes a vector: ``mean`` (global average pooling) or ``flatten`` (a linear layer over
+    every position, as the Codec Avatar HMC encoder does; keeps where things are, e.g. the pupil)."""
 
     def decoded(self) -> list[BlockSpec]:
         return [decode_block(b) for b in self.blocks]
@@ -127,6 +133,8 @@ class EncoderArch:
             raise ValueError(f"architecture {self.name!r} must define views {VIEW_NAMES} in that order")
         for k, v in self.views.items():
             v.decoded()
+            if v.pool not in POOLS:
+                raise ValueError(f"{self.name}/{k}: pool {v.pool!r} is not one of {', '.join(POOLS)}")
             if self.input_size % v.resolution:
                 raise ValueError(f"{self.name}/{k}: resolution {v.resolution} must divide input size {self.input_size}")
 
@@ -211,6 +219,15 @@ def eem_ch50() -> EncoderArch:
 def eem_res50() -> EncoderArch:
     """EEM at half the input resolution (96x96)."""
     return _eem("EEM-res50", resolution=96)
+
+
+@register_arch("EEM-flat")
+def eem_flat() -> EncoderArch:
+    """EEM whose per-view heads read the final 6x6 map with a linear layer instead of averaging it away."""
+    a = _eem("EEM-flat")
+    for v in a.views.values():
+        v.pool = "flatten"
+    return a
 
 
 @register_arch("tiny")

@@ -101,8 +101,11 @@ def rendered_mse(identity: str, vae, z_pred: np.ndarray, gaze_pred: np.ndarray, 
 
 
 def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int = 256, max_frames: int | None = None,
-                       progress: bool = False) -> dict:
-    """Rendered MSE per view and on the extreme subset for one exported encoder on one identity's test set."""
+                       progress: bool = False, attribute: bool = False) -> dict:
+    """Rendered MSE per view and on the extreme subset for one exported encoder on one identity's test set.
+
+    ``attribute``: also render with only the predicted code (true gaze) and with only the predicted gaze
+    (true code), so the error can be split between the two (``attribution``; three times the renders)."""
     from .train import attach_codes
 
     attach_codes(test, vae)
@@ -113,14 +116,26 @@ def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int =
     ex = test["extreme"][sel]
     allv = np.mean([per[v] for v in EVAL_VIEWS], 0)
     gz = np.degrees(np.abs(g_pred - test["gaze"][sel])).reshape(n, -1).mean(1)
-    return {
+    r = {
         "frames": int(n),
         "extreme_frames": int(ex.sum()),
         "mse": {v: float(per[v].mean()) for v in EVAL_VIEWS},
         "mse_mean": float(allv.mean()),
         "mse_extreme": float(allv[ex].mean()) if ex.any() else None,
         "gaze_mae_deg": float(gz.mean()),
+        "gaze_mae_deg_extreme": float(gz[ex].mean()) if ex.any() else None,
     }
+    if attribute:
+        z_gt, g_gt = test["z_gt"][sel], test["gaze"][sel]
+        r["attribution"] = {}
+        for name, (z, g) in {"code_only": (z_pred, g_gt), "gaze_only": (z_gt, g_pred)}.items():
+            part = rendered_mse(identity, vae, z, g, z_gt, g_gt, size=size, progress=progress)
+            m = np.mean([part[v] for v in EVAL_VIEWS], 0)
+            r["attribution"][name] = {"mse": {v: float(part[v].mean()) for v in EVAL_VIEWS}, "mse_mean": float(m.mean()),
+                                      "mse_extreme": float(m[ex].mean()) if ex.any() else None,
+                                      "mse_not_extreme": float(m[~ex].mean()) if (~ex).any() else None}
+        r["mse_not_extreme"] = float(allv[~ex].mean()) if (~ex).any() else None
+    return r
 
 
 def _fingerprint(model_dir, vae, identity: str, test: dict, size: int, max_frames: int | None) -> str:

@@ -76,7 +76,8 @@ def layer_plan(view: ViewArch, input_size: int, feature_dim: int, num_keypoints:
     if view.head:
         plan.append(dict(kind="conv", cin=c, cout=view.head, k=1, stride=1, out_hw=hw))
         c = view.head
-    plan.append(dict(kind="linear", cin=c, cout=feature_dim, k=1, stride=1, out_hw=1))
+    plan.append(dict(kind="linear", cin=c * (hw * hw if view.pool == "flatten" else 1), cout=feature_dim, k=1, stride=1,
+                     out_hw=1))
     if view.gaze:
         plan.append(dict(kind="linear", cin=feature_dim, cout=2, k=1, stride=1, out_hw=1))
     if view.keypoints:
@@ -105,7 +106,11 @@ class ViewEncoder(nn.Module):
             layers.append(conv_bn_act(c, view.head, 1, 1))
             c = view.head
         self.features = nn.Sequential(*layers)
-        self.feature = nn.Linear(c, feature_dim)
+        self.flatten = view.pool == "flatten"
+        # The plan knows the feature layer's input size (c, or c x final side² when the map is flattened).
+        feature_in = next(p["cin"] for p in layer_plan(view, input_size, feature_dim, num_keypoints)
+                          if p["kind"] == "linear" and p["cout"] == feature_dim)
+        self.feature = nn.Linear(feature_in, feature_dim)
         self.gaze = nn.Linear(feature_dim, 2) if view.gaze else None
         self.keypoints = nn.Linear(feature_dim, 2 * num_keypoints) if view.keypoints else None
         if self.keypoints is not None:
@@ -117,7 +122,8 @@ class ViewEncoder(nn.Module):
         x = (image.float() - PIXEL_MEAN) / PIXEL_STD
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
-        x = self.features(x).mean((2, 3))
+        x = self.features(x)
+        x = x.flatten(1) if self.flatten else x.mean((2, 3))
         f = self.feature(x)
         out = {"feature": f}
         h = F.relu(f)

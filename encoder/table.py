@@ -41,7 +41,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
     from .codec import load_vae
     from .evaluate import cached_evaluation
     from .flops import analytic_flops
-    from .train import load_identity_data, parse_model_name
+    from .train import load_test_data, parse_model_name
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
             missing += [f"{ident}/{n}" for n in models]
             continue
         vae = load_vae(ident)
-        _, test = load_identity_data(ident, progress=progress)
+        test = load_test_data(ident, progress=progress)
         for name in models:
             if dirs[name] is None:
                 missing.append(f"{ident}/{name}")

@@ -299,6 +299,42 @@ def load_identity_data(identity: str, data_path: str | Path | None = None, *, wo
     return load_or_build_hmc_data(path, cfg, workers=workers, progress=progress)
 
 
+def load_test_data(identity: str, *, workers: int = 1, progress: bool = True) -> dict:
+    """The held-out test frames of ``identity``. Every training-data variant shares them, so they come from the
+    default cache when it exists, else from a test-only cache (``runs/encoder/test_IDENTITY.npz``) rendered once."""
+    from .data import HmcDataConfig, build_hmc_data
+
+    cfg = HmcDataConfig(identity=identity)
+    for path in (default_data_path(identity), RUNS_ROOT / f"test_{identity}.npz"):
+        if path.exists():
+            with np.load(path) as z:
+                if str(z["key"]) == cfg.key():
+                    return {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    _, test = build_hmc_data(cfg, workers=workers, progress=progress, splits=("test",))
+    path = RUNS_ROOT / f"test_{identity}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, key=np.array(cfg.key()), **{f"test_{k}": v for k, v in test.items()})
+    tmp.replace(path)
+    return test
+
+
+def training_data_of(model_dir: str | Path) -> tuple[Path | None, object]:
+    """(cache path, :class:`encoder.data.HmcDataConfig`) of the data the encoder in ``model_dir`` was trained on,
+    as its ``meta.json`` records it (the default dataset when it records none)."""
+    import dataclasses
+
+    from .data import HmcDataConfig
+
+    meta = json.loads((Path(model_dir) / "meta.json").read_text())
+    data = (meta.get("train") or {}).get("data")
+    if not data:
+        return None, HmcDataConfig(identity=meta.get("identity") or (meta.get("train") or {}).get("identity", "S1"))
+    names = {f.name for f in dataclasses.fields(HmcDataConfig)}
+    cfg = HmcDataConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names})
+    return (Path(data["path"]) if data.get("path") else None), cfg
+
+
 def install_embedded(run_dir: str | Path, identity: str, arch: str) -> Path:
     """Re-save a finished run as a compact model (float16 weights, parity-checked ONNX) in
     ``encoder/models/<identity>/<arch>/``, the default the sender loads."""

@@ -77,6 +77,25 @@ def test_every_registered_arch_exports_with_onnx_parity(name, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_flatten_pool_reads_the_whole_map_and_exports(tmp_path):
+    from encoder.runtime import HmcEncoder
+
+    arch = get_arch("tiny")
+    for v in arch.views.values():
+        v.pool = "flatten"
+    arch = EncoderArch.from_json(arch.to_json())
+    model = build_encoder(arch).eval()
+    assert analytic_flops(arch) == counted_flops(model)
+    assert analytic_flops(arch)["total"] > analytic_flops(get_arch("tiny"))["total"]
+    feature = model.views["left_eye"].feature
+    assert feature.in_features == arch.views["left_eye"].head * 2 * 2  # 32 px -> stem s2 -> two s2 blocks: 2x2 map
+    save_model(model, tmp_path, identity="S1")  # raises without ONNX parity
+    r = HmcEncoder(tmp_path).encode(np.zeros((3, 32, 32), np.uint8))
+    assert r.z.shape == (arch.latent_dim,)
+    with pytest.raises(ValueError, match="pool"):
+        EncoderArch.from_dict({**arch.to_dict(), "views": {k: {**v, "pool": "max"} for k, v in arch.to_dict()["views"].items()}})
+
+
 def test_baseline_flops_match_the_design():
     g = {n: analytic_flops(get_arch(n))["total"] / 1e9 for n in ("EEM", "EEM-ch50", "EEM-res50")}
     assert 2.7 < g["EEM"] < 3.3  # "about 3 GFLOPs for all three views at 192x192"
@@ -308,3 +327,17 @@ def test_data_config_key_ignores_unset_options_and_tracks_set_ones():
     assert "train_extreme_probability" not in base.key()  # caches built before the option existed stay valid
     rom = HmcDataConfig(identity="S1", train_sessions=tuple(range(16)), train_extreme_probability=0.35)
     assert rom.key() != base.key() and "train_extreme_probability" in rom.key()
+
+
+def test_a_trained_model_records_the_data_it_was_trained_on(tiny_setup, tmp_path):
+    from encoder.data import HmcDataConfig
+    from encoder.train import EncoderTrainConfig, train_encoder, training_data_of
+
+    data, vae = tiny_setup
+    rom = HmcDataConfig(identity="S1", train_sessions=tuple(range(16)), train_extreme_probability=0.35,
+                        render_size=16, enc_texture_size=16)
+    tcfg = EncoderTrainConfig(batch_size=4, steps=1, augment=False, threads=2)
+    train_encoder(tmp_path / "run", get_arch("tiny"), tcfg, data=dict(data), vae=vae, progress=False,
+                  data_info=rom.__dict__ | {"path": "runs/encoder/data_S1_rom.npz"})
+    path, cfg = training_data_of(tmp_path / "run")
+    assert str(path) == "runs/encoder/data_S1_rom.npz" and cfg == rom and cfg.key() == rom.key()

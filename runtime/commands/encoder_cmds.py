@@ -63,6 +63,9 @@ def add_eval(sub) -> None:
     p.add_argument("--runs", default="runs/encoder", help="root of encoder runs")
     p.add_argument("--frames", type=int, default=240, help="test frames evaluated (evenly spaced; default 240)")
     p.add_argument("--size", type=int, default=256, help="render size (default 256)")
+    p.add_argument("--attribute", action="store_true",
+                   help="also split the error: render with only the predicted code (true gaze) and only the predicted "
+                        "gaze (true code); three times the renders, not cached")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_eval)
 
@@ -136,16 +139,20 @@ def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from encoder.codec import load_vae
-    from encoder.evaluate import cached_evaluation
+    from encoder.evaluate import cached_evaluation, evaluate_model_dir
     from encoder.table import find_model_dir
-    from encoder.train import load_identity_data
+    from encoder.train import load_test_data
 
     d = Path(args.model_dir) if args.model_dir else find_model_dir(args.identity, args.arch, Path(args.runs))
     if d is None:
         raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
-    _, test = load_identity_data(args.identity)
-    r = cached_evaluation(d, args.identity, test, load_vae(args.identity), size=args.size, max_frames=args.frames,
-                           progress=not args.json)
+    test = load_test_data(args.identity, progress=not args.json)
+    if args.attribute:
+        r = evaluate_model_dir(d, args.identity, test, load_vae(args.identity), size=args.size, max_frames=args.frames,
+                               progress=not args.json, attribute=True)
+    else:
+        r = cached_evaluation(d, args.identity, test, load_vae(args.identity), size=args.size, max_frames=args.frames,
+                              progress=not args.json)
     r["model_dir"] = str(d)
     if args.json:
         print(json.dumps(r))
@@ -154,6 +161,10 @@ def _eval(args: argparse.Namespace) -> int:
         print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())
               + ("; extreme " + (f"{r['mse_extreme']:.2f}" if r["mse_extreme"] is not None else "n/a"))
             + f"; gaze MAE {r['gaze_mae_deg']:.2f} deg")
+        for name, a in r.get("attribution", {}).items():
+            print(f"  {name.replace('_', ' ')}: rendered MSE mean {a['mse_mean']:.2f}, extreme "
+                  f"{a['mse_extreme'] if a['mse_extreme'] is None else round(a['mse_extreme'], 2)}, not extreme "
+                  f"{a['mse_not_extreme'] if a['mse_not_extreme'] is None else round(a['mse_not_extreme'], 2)}")
     return 0
 
 

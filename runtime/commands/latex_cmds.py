@@ -17,7 +17,7 @@ def add_train(sub) -> None:
     )
     p.add_argument("--identity", default="S1")
     p.add_argument("--model-dir", default=None, help="encoder model directory (default: the embedded encoder/models/IDENTITY/EEM)")
-    p.add_argument("--data", default=None, help="HMC data cache .npz (default runs/encoder/data_IDENTITY.npz)")
+    p.add_argument("--data", default=None, help="HMC data cache .npz (default: the cache the encoder was trained on, as its meta.json records)")
     p.add_argument("--steps", type=int, default=3000, help="head training steps (default 3000)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", action="store_true")
@@ -58,13 +58,16 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from encoder.early import EarlyConfig, train_latex
-    from encoder.train import load_identity_data
+    from encoder.train import load_identity_data, training_data_of
 
     torch.set_num_threads(args.threads)
     d = _model_dir(args)
     if not (d / "arch.json").exists():
         raise FileNotFoundError(f"no encoder in {d}; train one with 'avcall train encoder' or give --model-dir")
-    train, _ = load_identity_data(args.identity, args.data, progress=not args.json)
+    data_path, data_cfg = training_data_of(d)
+    if args.data:
+        data_path = args.data
+    train, _ = load_identity_data(args.identity, data_path, progress=not args.json, data_cfg=data_cfg)
     s = train_latex(d, train, EarlyConfig(steps=args.steps), progress=not args.json)
     summary = {"model_dir": str(d), "flops": s["flops"], "train": s["train"],
                "thresholds_T3_max4": s["calibration"].get("T3_max4", {})}
