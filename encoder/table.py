@@ -48,6 +48,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
     runs_root = Path(runs_root)
     json_path = out_dir / "table1.json"
     table = json.loads(json_path.read_text()) if json_path.exists() else {"models": {}}
+    earlier_command = table.get("command")
     table["machine"] = machine_description()
     table["command"] = command
     missing = []
@@ -94,11 +95,14 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
                 }
     for name, row in rows.items():
         old = table["models"].get(name, {})
+        # Cells not re-evaluated now are kept, each with the command that produced it.
+        row["evaluated_by"] = {**{i: old.get("evaluated_by", {}).get(i, earlier_command) for i in old.get("mse", {})},
+                               **{i: command for i in row["mse"]}}
         for k in ("mse", "mse_extreme", "mse_mean", "gaze_mae_deg", "test_frames", "extreme_frames", "train_steps",
                   "train_data"):
             row[k] = {**old.get(k, {}), **row[k]}
         table["models"][name] = row
-    table["missing"] = missing
+    table["missing"] = [m for m in missing if m.split("/")[0] not in table["models"][m.split("/", 1)[1]]["mse"]]
     table["notes"] = (
         "MSE on the 0..255 scale over all pixels of 256x256 renders (front/left/right) of the avatar decoded from the "
         "predicted code + predicted gaze vs from the ground-truth code (VAE mean) + true gaze, on test segments of "
@@ -169,13 +173,20 @@ def render_markdown(table: dict) -> str:
     def trained(r, i, st):
         d = r.get("train_data", {}).get(i)
         if not d or not d.get("frames"):
-            return f"{i} {st}"
+            return f"{i} {st} (default data: 8 sessions, 12% extreme segments)"
         return f"{i} {st} on {d['frames']} frames ({d['sessions']} sessions, {d['extreme_probability']:.0%} extreme segments)"
 
     steps = [f"{n}: " + ", ".join(trained(r, i, st) for i, st in r.get("train_steps", {}).items()) for n, r in models.items()
              if r.get("train_steps")]
     if steps:
         lines += ["", "Training steps (batch 8) per identity: " + "; ".join(steps) + "."]
+    kept: dict[str, list[str]] = {}
+    for n, r in models.items():
+        for i, c in r.get("evaluated_by", {}).items():
+            if c and c != table.get("command"):
+                kept.setdefault(c, []).append(f"{n}/{i}")
+    for c, cells in kept.items():
+        lines += ["", f"Kept from an earlier run of `{c}` (no trained model here now): {', '.join(cells)}."]
     lines += ["", table.get("notes", "")]
     if table.get("missing"):
         lines += ["", "Not evaluated (no trained model): " + ", ".join(table["missing"])]

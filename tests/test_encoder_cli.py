@@ -49,5 +49,10 @@ def test_table_markdown_and_plot_from_a_table_dict(tmp_path):
     assert "| EEM | 3069 | 16.80 | 10.00 | 11.00 | 12.00 | 20.00 | 11.00 | 20.00 |" in md
     assert "| EEM-res50 | 768 | 4.50 | – | – | – | – | – | – |" in md
     assert "test cpu" in md and "S2/EEM" in md
+    assert "earlier run" not in md
+    # A cell kept from an earlier run names the command that produced it.
+    table["models"]["EEM"]["evaluated_by"] = {"S1": "avcall eval table --identities S1,S2"}
+    assert "Kept from an earlier run of `avcall eval table --identities S1,S2` (no trained model here now): EEM/S1." \
+        in render_markdown(table)
     plot_table(table, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
