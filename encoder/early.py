@@ -229,7 +229,7 @@ def early_outputs(early: EarlyModel, views: np.ndarray, batch: int = 64) -> tupl
 
 CALIBRATION_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 CALIBRATION_SETTINGS = ((2, 4), (3, 4), (4, 4), (5, 4), (3, 2), (4, 2), (5, 2), (3, 8))
-"""(T, max_skips) pairs calibrated; (3, 4) is the default :class:`encoder.latex.LatexConfig`."""
+"""(T, max_skips) pairs calibrated; (5, 2) is the default :class:`encoder.latex.LatexConfig`, chosen by `avcall eval latex`."""
 
 
 def train_latex(model_dir: str | Path, data: dict, cfg: EarlyConfig | None = None, *, progress: bool = True) -> dict:

@@ -38,13 +38,13 @@ EARLY_FILE = "early.onnx"
 class LatexConfig:
     """Gate settings. ``threshold`` wins over ``skip_ratio`` when both are given."""
 
-    history: int = 3
+    history: int = 5
     """T: codes used by the extrapolation (>= 2)."""
     threshold: float | None = None
     """Gate distance above which a frame is a keyframe."""
     skip_ratio: float | None = None
     """Target share of skipped frames; the threshold is looked up in the calibration of ``latex.json``."""
-    max_skips: int = 4
+    max_skips: int = 2
     """Most frames skipped in a row before a keyframe is forced (0 = no bound)."""
 
     def __post_init__(self):

@@ -117,15 +117,24 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
 
 
 def plot_table(table: dict, path: Path) -> None:
-    """Average rendered MSE (all identities, views) against latency and MFLOPs, one point per model."""
+    """Average rendered MSE (views, and the identities every plotted model has) against latency and MFLOPs,
+    one point per model; models with none of those identities are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    models = {n: r for n, r in table["models"].items() if r.get("mse")}
+    common = set.intersection(*(set(r["mse"]) for r in models.values())) if models else set()
+    if not common and models:  # fall back to the identity most models have
+        counts = {}
+        for r in models.values():
+            for i in r["mse"]:
+                counts[i] = counts.get(i, 0) + 1
+        common = {max(counts, key=counts.get)}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for name, r in table["models"].items():
-        vals = [sum(m.values()) / len(m) for m in r.get("mse", {}).values()]
+    for name, r in models.items():
+        vals = [sum(m.values()) / len(m) for i, m in r["mse"].items() if i in common]
         if not vals:
             continue
         y = sum(vals) / len(vals)
@@ -135,7 +144,7 @@ def plot_table(table: dict, path: Path) -> None:
     axes[0].set_xlabel("latency, ms (onnxruntime, 1 thread, 3 views + fusion)")
     axes[1].set_xlabel("MFLOPs (3 views + fusion)")
     for ax in axes:
-        ax.set_ylabel("avg rendered MSE (0..255)")
+        ax.set_ylabel(f"avg rendered MSE, {','.join(sorted(common))} (0..255)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -178,6 +187,9 @@ def render_markdown(table: dict) -> str:
 
     steps = [f"{n}: " + ", ".join(trained(r, i, st) for i, st in r.get("train_steps", {}).items()) for n, r in models.items()
              if r.get("train_steps")]
+    if len({tuple(sorted(r.get("mse", {}))) for r in models.values() if r.get("mse")}) > 1:
+        lines += ["", "avg MSE / avg extreme average the identities each row has; where rows have different identities, "
+                      "compare the per-identity columns (the plot uses only the identities every model has)."]
     if steps:
         lines += ["", "Training steps (batch 8) per identity: " + "; ".join(steps) + "."]
     kept: dict[str, list[str]] = {}

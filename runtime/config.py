@@ -88,9 +88,9 @@ class SenderConfig:
     """LATEX gate threshold; negative = the threshold calibrated for ``latex_skip_ratio``."""
     latex_skip_ratio: float = 0.3
     """Target share of skipped frames (calibrated on training sequences) when no threshold is given."""
-    latex_history: int = 3
+    latex_history: int = 5
     """T: past codes the extrapolation uses."""
-    latex_max_skips: int = 4
+    latex_max_skips: int = 2
     """Most frames skipped in a row before a keyframe is forced."""
     tap_path: str = ""
     """If set, every sent HMC frame is also appended to this .hmc recording, its

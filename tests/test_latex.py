@@ -97,10 +97,12 @@ def test_calibration_hits_the_target_skip_ratio():
         assert abs(got - target) < 0.01, (target, got)
     assert calibrate_threshold(d, 0.9, 3, 1, starts) is None  # max_skips=1 caps the ratio near 0.5
     settings = {"calibration": {"T3_max4": {"0.1": 0.2, "0.3": 0.6}}}
-    assert resolve_threshold(settings, LatexConfig(skip_ratio=0.2)) == pytest.approx(0.4)
+    assert resolve_threshold(settings, LatexConfig(history=3, max_skips=4, skip_ratio=0.2)) == pytest.approx(0.4)
     assert resolve_threshold(settings, LatexConfig(threshold=1.5)) == 1.5
     with pytest.raises(ValueError):
-        resolve_threshold(settings, LatexConfig(skip_ratio=0.5))
+        resolve_threshold(settings, LatexConfig(history=3, max_skips=4, skip_ratio=0.5))
+    with pytest.raises(ValueError, match="no calibration"):
+        resolve_threshold(settings, LatexConfig(skip_ratio=0.2))  # the default T=5, max 2 is not in this file
     with pytest.raises(ValueError):
         resolve_threshold(settings, LatexConfig(history=4, skip_ratio=0.2))
     with pytest.raises(ValueError):
@@ -162,7 +164,7 @@ def test_train_latex_exports_a_parity_checked_early_model_and_calibrates(tmp_pat
 
     enc = HmcEncoder(d)
     frames = [np.full((3, 32, 32), 100, np.uint8)] * 8 + [np.full((3, 32, 32), 220, np.uint8)] * 4
-    gated = LatexEncoder(enc, LatexConfig(threshold=1e-3, max_skips=0))
+    gated = LatexEncoder(enc, LatexConfig(threshold=1e-3, history=3, max_skips=0))
     out = [gated.encode(f) for f in frames]
     keys = [r.keyframe for r in out]
     assert keys[:3] == [True] * 3 and not any(keys[3:8]) and keys[8]  # static frames skipped, the jump is a keyframe
@@ -192,7 +194,7 @@ def test_sender_flags_keyframes_and_extrapolated_frames(tmp_path):
             cfg = SenderConfig(stream_id="alice", endpoint=f"tcp://127.0.0.1:{port}",
                                bind=False, source=SourceConfig(kind="replay", path=str(hmc), loop=False, fps=60.0),
                                encoder_dir=str(d), report_path=str(tmp_path / f"{name}.json"), latex=True,
-                               latex_threshold=thr, latex_max_skips=2)
+                               latex_threshold=thr, latex_history=3, latex_max_skips=2)
             w = Worker(name, cfg, tmp_path).start()
             msgs, deadline = [], time.monotonic() + 90
             try:

@@ -83,9 +83,9 @@ def register(sub) -> None:
                    help="--latex: target share of skipped frames, via the calibrated threshold (default 0.3)")
     p.add_argument("--latex-threshold", type=float, default=-1.0, metavar="D",
                    help="--latex: gate threshold (overrides --latex-skip-ratio)")
-    p.add_argument("--latex-history", type=int, default=3, metavar="T", help="--latex: codes extrapolated from (default 3)")
-    p.add_argument("--latex-max-skips", type=int, default=4, metavar="N",
-                   help="--latex: most frames skipped in a row (default 4)")
+    p.add_argument("--latex-history", type=int, default=5, metavar="T", help="--latex: codes extrapolated from (default 5)")
+    p.add_argument("--latex-max-skips", type=int, default=2, metavar="N",
+                   help="--latex: most frames skipped in a row (default 2)")
     _endpoint_args(p)
     p.set_defaults(func=_send)
 

@@ -35,8 +35,8 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--identity", default="S1")
     p.add_argument("--model-dir", default=None, help="encoder with early.onnx + latex.json (default: the embedded one)")
-    p.add_argument("--history", type=int, default=3, help="T, codes the extrapolation uses (default 3)")
-    p.add_argument("--max-skips", type=int, default=4, help="most frames skipped in a row (default 4)")
+    p.add_argument("--history", type=int, default=5, help="T, codes the extrapolation uses (default 5)")
+    p.add_argument("--max-skips", type=int, default=2, help="most frames skipped in a row (default 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each held-out sequence (default 20)")
     p.add_argument("--sessions", default="201,202,203", help="held-out headset sessions, one sequence each")
     p.add_argument("--size", type=int, default=256, help="render size (default 256)")
@@ -58,6 +58,7 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from encoder.early import EarlyConfig, train_latex
+    from encoder.latex import LatexConfig
     from encoder.train import load_identity_data, training_data_of
 
     torch.set_num_threads(args.threads)
@@ -70,7 +71,7 @@ def _train(args: argparse.Namespace) -> int:
     train, _ = load_identity_data(args.identity, data_path, progress=not args.json, data_cfg=data_cfg)
     s = train_latex(d, train, EarlyConfig(steps=args.steps), progress=not args.json)
     summary = {"model_dir": str(d), "flops": s["flops"], "train": s["train"],
-               "thresholds_T3_max4": s["calibration"].get("T3_max4", {})}
+               "thresholds_default": s["calibration"].get(f"T{LatexConfig.history}_max{LatexConfig.max_skips}", {})}
     if args.json:
         print(json.dumps(summary))
     else:
@@ -79,7 +80,8 @@ def _train(args: argparse.Namespace) -> int:
               f"(head alone {100 * f['head_share']:.3f}%)")
         fit = s["train"]["fit"]
         print(f"  fit to the encoder on training frames: code RMSE {fit['z_rmse_std']:.3f} std, gaze MAE {fit['gaze_mae_deg']:.2f} deg")
-        print("  thresholds (T=3, max 4 skips): " + ", ".join(f"{r}: {t:.4f}" for r, t in summary["thresholds_T3_max4"].items()))
+        print(f"  thresholds (T={LatexConfig.history}, max {LatexConfig.max_skips} skips): "
+              + ", ".join(f"{r}: {t:.4f}" for r, t in summary["thresholds_default"].items()))
     return 0
 
 
