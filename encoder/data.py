@@ -157,19 +157,31 @@ def build_hmc_data(cfg: HmcDataConfig, *, workers: int = 1, progress: bool = Tru
     return (_concat(parts[:ntrain]) if ntrain else None), (_concat(parts[ntrain:]) if "test" in splits else None)
 
 
-def load_or_build_hmc_data(path: str | Path, cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True) -> tuple[dict, dict]:
-    """Load ``path`` (``<path>`` holds train_*, test_* arrays) if it was built with ``cfg``, else build and save it."""
+def read_hmc_cache(path: str | Path, cfg: HmcDataConfig) -> tuple[dict | None, dict | None] | None:
+    """(train, test) from the cache ``path`` if it was built with ``cfg`` (a split it lacks is None), else None."""
     path = Path(path)
-    if path.exists():
-        with np.load(path) as z:
-            if str(z["key"]) == cfg.key():
-                train = {k[6:]: z[k] for k in z.files if k.startswith("train_")}
-                test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
-                return train, test
-    train, test = build_hmc_data(cfg, workers=workers, progress=progress)
+    if not path.exists():
+        return None
+    with np.load(path) as z:
+        if str(z["key"]) != cfg.key():
+            return None
+        train = {k[6:]: z[k] for k in z.files if k.startswith("train_")}
+        test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    return train or None, test or None
+
+
+def load_or_build_hmc_data(path: str | Path, cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True,
+                           splits=("train", "test")) -> tuple[dict | None, dict | None]:
+    """Load ``path`` (``<path>`` holds train_*, test_* arrays) if it was built with ``cfg`` and holds ``splits``,
+    else build those splits and save them there."""
+    path = Path(path)
+    cached = read_hmc_cache(path, cfg)
+    if cached is not None and all(part is not None for part, s in zip(cached, ("train", "test")) if s in splits):
+        return cached
+    train, test = build_hmc_data(cfg, workers=workers, progress=progress, splits=splits)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, key=np.array(cfg.key()), **{f"train_{k}": v for k, v in train.items()},
-             **{f"test_{k}": v for k, v in test.items()})
+    np.savez(tmp, key=np.array(cfg.key()), **{f"train_{k}": v for k, v in (train or {}).items()},
+             **{f"test_{k}": v for k, v in (test or {}).items()})
     tmp.replace(path)
     return train, test

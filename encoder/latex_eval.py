@@ -157,7 +157,7 @@ class _MseCache:
         self.r.close()
 
 
-def evaluate_latex(model_dir: str | Path, vae, cfg: LatexEvalConfig, *, history: int = 5, max_skips: int = 2,
+def evaluate_latex(model_dir: str | Path, vae, cfg: LatexEvalConfig, *, history: int = LatexConfig.history, max_skips: int = LatexConfig.max_skips,
                    command: str = "", progress: bool = True, cache: Path | None = None,
                    sweep_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)) -> dict:
     """The whole evaluation (see the module docstring) -> the latex.json dict (+ per-frame arrays under ``_frames``)."""

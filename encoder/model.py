@@ -107,9 +107,8 @@ class ViewEncoder(nn.Module):
             c = view.head
         self.features = nn.Sequential(*layers)
         self.flatten = view.pool == "flatten"
-        # The plan knows the feature layer's input size (c, or c x final side² when the map is flattened).
-        feature_in = next(p["cin"] for p in layer_plan(view, input_size, feature_dim, num_keypoints)
-                          if p["kind"] == "linear" and p["cout"] == feature_dim)
+        # The plan's first linear layer is the feature layer: c inputs, or c x final side² when flattened.
+        feature_in = next(p["cin"] for p in layer_plan(view, input_size, feature_dim, num_keypoints) if p["kind"] == "linear")
         self.feature = nn.Linear(feature_in, feature_dim)
         self.gaze = nn.Linear(feature_dim, 2) if view.gaze else None
         self.keypoints = nn.Linear(feature_dim, 2 * num_keypoints) if view.keypoints else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from .evaluate import EVAL_VIEWS
@@ -127,11 +128,7 @@ def plot_table(table: dict, path: Path) -> None:
     models = {n: r for n, r in table["models"].items() if r.get("mse")}
     common = set.intersection(*(set(r["mse"]) for r in models.values())) if models else set()
     if not common and models:  # fall back to the identity most models have
-        counts = {}
-        for r in models.values():
-            for i in r["mse"]:
-                counts[i] = counts.get(i, 0) + 1
-        common = {max(counts, key=counts.get)}
+        common = {Counter(i for r in models.values() for i in r["mse"]).most_common(1)[0][0]}
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for name, r in models.items():
         vals = [sum(m.values()) / len(m) for i, m in r["mse"].items() if i in common]

@@ -302,21 +302,14 @@ def load_identity_data(identity: str, data_path: str | Path | None = None, *, wo
 def load_test_data(identity: str, *, workers: int = 1, progress: bool = True) -> dict:
     """The held-out test frames of ``identity``. Every training-data variant shares them, so they come from the
     default cache when it exists, else from a test-only cache (``runs/encoder/test_IDENTITY.npz``) rendered once."""
-    from .data import HmcDataConfig, build_hmc_data
+    from .data import HmcDataConfig, load_or_build_hmc_data, read_hmc_cache
 
     cfg = HmcDataConfig(identity=identity)
-    for path in (default_data_path(identity), RUNS_ROOT / f"test_{identity}.npz"):
-        if path.exists():
-            with np.load(path) as z:
-                if str(z["key"]) == cfg.key():
-                    return {k[5:]: z[k] for k in z.files if k.startswith("test_")}
-    _, test = build_hmc_data(cfg, workers=workers, progress=progress, splits=("test",))
-    path = RUNS_ROOT / f"test_{identity}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, key=np.array(cfg.key()), **{f"test_{k}": v for k, v in test.items()})
-    tmp.replace(path)
-    return test
+    cached = read_hmc_cache(default_data_path(identity), cfg)
+    if cached is not None and cached[1] is not None:
+        return cached[1]
+    return load_or_build_hmc_data(RUNS_ROOT / f"test_{identity}.npz", cfg, workers=workers, progress=progress,
+                                  splits=("test",))[1]
 
 
 def training_data_of(model_dir: str | Path) -> tuple[Path | None, object]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from encoder.latex import LatexConfig
+
 DEFAULT_ENCODER_DIR = "encoder/models/S1/EEM"
 """Default per-view encoder models (relative to the installed package root)."""
 DEFAULT_AVATAR_DIR = "decoder/models/S1"
@@ -88,9 +90,9 @@ class SenderConfig:
     """LATEX gate threshold; negative = the threshold calibrated for ``latex_skip_ratio``."""
     latex_skip_ratio: float = 0.3
     """Target share of skipped frames (calibrated on training sequences) when no threshold is given."""
-    latex_history: int = 5
+    latex_history: int = LatexConfig.history
     """T: past codes the extrapolation uses."""
-    latex_max_skips: int = 2
+    latex_max_skips: int = LatexConfig.max_skips
     """Most frames skipped in a row before a keyframe is forced."""
     tap_path: str = ""
     """If set, every sent HMC frame is also appended to this .hmc recording, its

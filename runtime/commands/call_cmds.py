@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from encoder.latex import LatexConfig
+
 SEND_EPILOG = """\
 examples:
   avcall receive --bind tcp://0.0.0.0:5555 --out alice.mp4          # on the viewer's machine
@@ -83,9 +85,10 @@ def register(sub) -> None:
                    help="--latex: target share of skipped frames, via the calibrated threshold (default 0.3)")
     p.add_argument("--latex-threshold", type=float, default=-1.0, metavar="D",
                    help="--latex: gate threshold (overrides --latex-skip-ratio)")
-    p.add_argument("--latex-history", type=int, default=5, metavar="T", help="--latex: codes extrapolated from (default 5)")
-    p.add_argument("--latex-max-skips", type=int, default=2, metavar="N",
-                   help="--latex: most frames skipped in a row (default 2)")
+    p.add_argument("--latex-history", type=int, default=LatexConfig.history, metavar="T",
+                   help=f"--latex: codes extrapolated from (default {LatexConfig.history})")
+    p.add_argument("--latex-max-skips", type=int, default=LatexConfig.max_skips, metavar="N",
+                   help=f"--latex: most frames skipped in a row (default {LatexConfig.max_skips})")
     _endpoint_args(p)
     p.set_defaults(func=_send)
 

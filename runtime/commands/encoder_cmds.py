@@ -146,13 +146,12 @@ def _eval(args: argparse.Namespace) -> int:
     d = Path(args.model_dir) if args.model_dir else find_model_dir(args.identity, args.arch, Path(args.runs))
     if d is None:
         raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
-    test = load_test_data(args.identity, progress=not args.json)
-    if args.attribute:
-        r = evaluate_model_dir(d, args.identity, test, load_vae(args.identity), size=args.size, max_frames=args.frames,
+    test, vae = load_test_data(args.identity, progress=not args.json), load_vae(args.identity)
+    if args.attribute:  # three times the renders, not cached
+        r = evaluate_model_dir(d, args.identity, test, vae, size=args.size, max_frames=args.frames,
                                progress=not args.json, attribute=True)
     else:
-        r = cached_evaluation(d, args.identity, test, load_vae(args.identity), size=args.size, max_frames=args.frames,
-                              progress=not args.json)
+        r = cached_evaluation(d, args.identity, test, vae, size=args.size, max_frames=args.frames, progress=not args.json)
     r["model_dir"] = str(d)
     if args.json:
         print(json.dumps(r))

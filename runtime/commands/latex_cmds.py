@@ -6,6 +6,8 @@ import json
 import shlex
 import sys
 
+from encoder.latex import LatexConfig
+
 
 def add_train(sub) -> None:
     p = sub.add_parser(
@@ -35,8 +37,10 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--identity", default="S1")
     p.add_argument("--model-dir", default=None, help="encoder with early.onnx + latex.json (default: the embedded one)")
-    p.add_argument("--history", type=int, default=5, help="T, codes the extrapolation uses (default 5)")
-    p.add_argument("--max-skips", type=int, default=2, help="most frames skipped in a row (default 2)")
+    p.add_argument("--history", type=int, default=LatexConfig.history,
+                   help=f"T, codes the extrapolation uses (default {LatexConfig.history})")
+    p.add_argument("--max-skips", type=int, default=LatexConfig.max_skips,
+                   help=f"most frames skipped in a row (default {LatexConfig.max_skips})")
     p.add_argument("--seconds", type=float, default=20.0, help="length of each held-out sequence (default 20)")
     p.add_argument("--sessions", default="201,202,203", help="held-out headset sessions, one sequence each")
     p.add_argument("--size", type=int, default=256, help="render size (default 256)")
@@ -58,7 +62,6 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from encoder.early import EarlyConfig, train_latex
-    from encoder.latex import LatexConfig
     from encoder.train import load_identity_data, training_data_of
 
     torch.set_num_threads(args.threads)
