@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def avcall(*args, timeout=240):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "avcall.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_help_lists_the_commands():

@@ -110,7 +110,7 @@ def test_training_loss_falls_and_resumes(tmp_path, tiny_data):
 def test_eval_output_schema(tmp_path, capsys):
     from decoder.export import save_model
     from decoder.model import AvatarEncoder
-    from runtime.commands.decoder_cmds import add_bench, add_eval
+    from avcall.decoder_cmds import add_bench, add_eval
 
     cfg = tiny_config()
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from runtime.commands import encoder_cmds
+from avcall import encoder_cmds
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """The .hmc session recording format: writer, reader, replayer and the CLI.
 
 Real files in tmp_path and real subprocesses (a writer killed with SIGKILL,
-``python -m runtime.cli``); no mocks.
+``python -m avcall.cli``); no mocks.
 """
 from __future__ import annotations
 
@@ -490,7 +490,7 @@ def test_record_session_from_any_iterable(tmp_path):
 
 
 def run_cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "avcall.cli", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -556,7 +556,7 @@ def test_cli_record_synthetic_then_sigkill(tmp_path):
         assert r[0].views.dtype == np.uint8 and r[0].views.shape[0] == 3
 
     killed = tmp_path / "killed.hmc"
-    child = subprocess.Popen([sys.executable, "-m", "runtime.cli", "record", "--seconds", "60",
+    child = subprocess.Popen([sys.executable, "-m", "avcall.cli", "record", "--seconds", "60",
                               "--fps", "30", "--out", str(killed)], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

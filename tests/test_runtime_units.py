@@ -152,7 +152,7 @@ def test_compose_puts_the_matching_hmc_frame_beside_the_render(tmp_path):
 
 
 def _parser():
-    from runtime.commands import bench, call_cmds
+    from avcall import bench, call_cmds
 
     p = argparse.ArgumentParser(prog="avcall")
     sub = p.add_subparsers(dest="command")

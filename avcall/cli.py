@@ -1,6 +1,6 @@
 """The ``avcall`` command: one entry point, one subcommand per job.
 
-Each subcommand lives in a module under ``runtime/commands`` that exposes
+Each subcommand lives in a module under ``avcall/`` that exposes
 ``register(subparsers)``; the handler it sets (``func``) parses nothing
 itself and calls one library function. Modules are imported when the parser
 is built, so they keep heavy imports (torch, moderngl) inside their handlers.
@@ -13,13 +13,13 @@ import sys
 
 # Order is the order shown by ``avcall --help``.
 COMMAND_MODULES = (
-    "runtime.commands.call_cmds",
-    "runtime.commands.capture",
-    "runtime.commands.record",
-    "runtime.commands.replay",
-    "runtime.commands.train",
-    "runtime.commands.eval",
-    "runtime.commands.bench",
+    "avcall.call_cmds",
+    "avcall.capture",
+    "avcall.record",
+    "avcall.replay",
+    "avcall.train",
+    "avcall.eval",
+    "avcall.bench",
 )
 
 
