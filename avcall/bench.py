@@ -9,15 +9,19 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks (capture studio, models, end-to-end)", description="Benchmarks: warm up, time many runs, report percentiles.")
     bs = p.add_subparsers(dest="bench_command", metavar="WHAT")
     bs.required = True
+    from avcall.args import HelpFormatter
+
     c = bs.add_parser(
         "capture",
         help="HMC frames/s (3 views + ground truth) and 512x512 dome renders/s",
         description="Throughput of the synthetic studio: hmc_fps counts HMC frames (all three 192x192 views with "
         "ground truth) per second; dome_fps counts 512x512 colour renders per second.",
+        epilog="example:\n  avcall bench capture --identity S2 --frames 300 --dome-frames 60 --json",
+        formatter_class=HelpFormatter,
     )
-    c.add_argument("--identity", default="S1")
-    c.add_argument("--frames", type=int, default=300, help="timed HMC frames (default 300)")
-    c.add_argument("--dome-frames", type=int, default=60, help="timed dome renders (default 60)")
+    c.add_argument("--identity", default="S1", help="studio identity S1..S6")
+    c.add_argument("--frames", type=int, default=300, help="timed HMC frames, >= 1")
+    c.add_argument("--dome-frames", type=int, default=60, help="timed dome renders, >= 1")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=_capture)
     for mod in _EXTENSIONS:
@@ -25,8 +29,13 @@ def register(sub) -> None:
 
 
 def _capture(args: argparse.Namespace) -> int:
+    from avcall.capture import check_number
     from capture.bench import bench_capture
+    from capture.identity import check_identity
 
+    check_identity(args.identity)
+    check_number("--frames", args.frames, low=1)
+    check_number("--dome-frames", args.dome_frames, low=1)
     r = bench_capture(args.identity, frames=args.frames, dome_frames=args.dome_frames)
     if args.json:
         print(json.dumps(r))

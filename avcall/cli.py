@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from avcore.errors import UsageError
+
+__all__ = ["UsageError", "build_parser", "main"]
 
 # Order is the order shown by ``avcall --help``.
 COMMAND_MODULES = (
@@ -32,11 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
             "the avatar. Run 'avcall COMMAND --help' for each command."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"avcall {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def version() -> str:
+    """The installed package's version (the source tree's when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as _version
+
+    try:
+        return _version("avcall")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,10 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError) as exc:
-        # User-facing errors (bad file, bad argument value): one clear line, no traceback.
-        print(f"avcall {args.command}: error: {exc}", file=sys.stderr)
+    except (UsageError, FileNotFoundError) as exc:
+        # A bad input the user can fix: one clear line, no traceback. Anything else is a bug and keeps its traceback.
+        msg = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename else f"{exc.strerror}: {exc.filename}"
+        print(f"avcall {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader went away (``avcall ... | head``): stop quietly, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return int(rc or 0)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +27,9 @@ EVAL_EPILOG = """\
 examples:
   avcall eval decoder --identity S1 --json
   avcall eval decoder --model runs/decoder_S1 --out docs/results/decoder_S1.json --sheet docs/results/decoder_S1.png
+
+Progress goes to stderr; the table or JSON to stdout. Metrics that cannot be finite (PSNR of identical
+images) are null in the JSON.
 """
 
 BENCH_EPILOG = """\
@@ -33,6 +37,17 @@ examples:
   avcall bench decoder --json
   avcall bench decoder --model runs/decoder_S1 --iters 200
 """
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description and the examples epilog as written; appends each option's default to its help
+    unless the help already states it (or the default is None/False, where the help says what happens)."""
+
+    def _get_help_string(self, action) -> str:
+        h = action.help or ""
+        if "default" in h or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
+            return h
+        return h + " (default: %(default)s)"
 
 
 def _model_dir(args) -> Path:
@@ -47,11 +62,11 @@ def add_train(sub) -> None:
     p = sub.add_parser("decoder", help="train the codec-avatar VAE decoder for one identity",
                        description="Train the per-identity VAE (geometry + view-dependent texture decoder) on\n"
                                    "the synthetic studio's dome data; resumes from DIR/checkpoint.pt.",
-                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=TRAIN_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--identity", default="S1", help="studio identity (default S1)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory (checkpoints, model)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock training budget (default 20)")
-    p.add_argument("--steps", type=int, default=None, help="maximum optimisation steps")
+    p.add_argument("--steps", type=int, default=None, help="maximum optimisation steps (default 100000; the time budget usually ends the run first)")
     p.add_argument("--poses", type=int, default=None, help="training poses to render (default 1000)")
     p.add_argument("--latent-dim", type=int, default=256, help="size of z (default 256)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
@@ -63,12 +78,13 @@ def add_eval(sub) -> None:
     p = sub.add_parser("decoder", help="held-out reconstruction PSNR/MSE (front/left/right) and latent linearity",
                        description="Decode held-out studio frames (their VAE-mean codes) with onnxruntime, render\n"
                                    "them and compare with the studio's ground-truth renders.",
-                       epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EVAL_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--identity", default="S1", help="identity (default S1; picks the embedded model)")
     p.add_argument("--model", type=Path, default=None, metavar="DIR", help="model directory (default: embedded)")
-    p.add_argument("--frames", type=int, default=48, help="held-out frames (default 48)")
+    p.add_argument("--frames", type=int, default=48, help="held-out frames, >= 1 (default 48)")
     p.add_argument("--linearity-frames", type=int, default=48,
-                   help="frames of the smooth held-out performance for the linearity check (windows of 8; default 48)")
+                   help="frames of the smooth held-out performance for the linearity check (windows of 8; 0 skips it; "
+                        "default 48)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="also write the JSON here")
     p.add_argument("--sheet", type=Path, default=None, metavar="FILE.png", help="write a GT-vs-decoded side-by-side PNG")
@@ -78,7 +94,7 @@ def add_eval(sub) -> None:
 def add_bench(sub) -> None:
     p = sub.add_parser("decoder", help="decode (onnxruntime) and render (512², read back) latency",
                        description="Time one decode with onnxruntime and one 512x512 rasterisation with read-back.",
-                       epilog=BENCH_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=BENCH_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--identity", default="S1", help="identity (default S1; picks the embedded model)")
     p.add_argument("--model", type=Path, default=None, metavar="DIR", help="model directory (default: embedded)")
     p.add_argument("--iters", type=int, default=100, help="timed iterations (default 100, after 10 warm-up)")
@@ -88,12 +104,24 @@ def add_bench(sub) -> None:
     p.set_defaults(func=run_bench)
 
 
+def strict_json(value):
+    """``value`` with every non-finite float (NaN, inf) replaced by None, so ``json.dumps(allow_nan=False)`` works."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def _emit(res: dict, args) -> None:
+    text = json.dumps(strict_json(res), indent=2, allow_nan=False)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        args.out.write_text(text + "\n")
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(text)
     else:
         w = max(len(k) for k in res)
         for k, v in res.items():

@@ -12,41 +12,70 @@ import shlex
 import sys
 
 
+from .decoder_cmds import HelpFormatter, strict_json
+
+TRAIN_EPILOG = """\
+examples:
+  avcall train encoder --arch EEM --identity S1
+  avcall train encoder --arch EEM-res50 --identity S2 --no-reweight --steps 1000
+  avcall train encoder --arch EEM --identity S1      # again: resumes from DIR/checkpoint.pt (--fresh starts over)
+"""
+
+EVAL_EPILOG = """\
+examples:
+  avcall eval encoder --arch EEM --identity S1 --json
+  avcall eval encoder --model-dir runs/encoder/S1/EEM --frames 60 --attribute
+"""
+
+TABLE_EPILOG = """\
+examples:
+  avcall eval table --identities S1,S2,S3 --models EEM,EEM-ch50,EEM-res50 --out docs/results/
+  avcall eval table --identities S1 --models EEM-flat --runs runs/encoder --decoders decoder/models --frames 60
+"""
+
+BENCH_EPILOG = """\
+examples:
+  avcall bench encoder --arch EEM --json
+  avcall bench encoder --model-dir runs/encoder/S1/EEM --runs 500
+"""
+
+
 def add_train(sub) -> None:
     p = sub.add_parser(
         "encoder",
         help="train an HMC encoder (EEM family) against an identity's trained decoder",
         description="Train a view-decoupled HMC encoder with the Auto-CARD loss (latent, gaze, geometry, texture, "
         "keypoints, rendering) and the extreme-expression-aware re-weighting. Renders and caches the identity's HMC "
-        "data on first use; resumes from DIR/checkpoint.pt; writes arch.json, encoder.pt and one ONNX model per view "
-        "plus fusion into DIR.",
+        "data on first use; resumes from DIR/checkpoint.pt (Ctrl-C writes it and stops); writes arch.json, encoder.pt "
+        "and one ONNX model per view plus fusion into DIR.",
+        epilog=TRAIN_EPILOG, formatter_class=HelpFormatter,
     )
-    p.add_argument("--arch", default="EEM", help="registered architecture (EEM, EEM-ch50, EEM-res50, tiny)")
-    p.add_argument("--identity", default="S1")
+    p.add_argument("--arch", default="EEM", help="registered architecture (EEM, EEM-ch50, EEM-res50, EEM-flat, tiny)")
+    p.add_argument("--identity", default="S1", help="studio identity")
     p.add_argument("--out", default=None, help="run directory (default runs/encoder/IDENTITY/ARCH[-noRW])")
     p.add_argument("--data", default=None, help="HMC data cache .npz (default runs/encoder/data_IDENTITY.npz)")
     p.add_argument("--decoder-dir", default=None, help="trained decoder directory (default decoder/models/IDENTITY)")
     p.add_argument("--train-sessions", type=int, default=8,
-                   help="headset sessions rendered for training, 16 s each (default 8; other values need their own --data)")
+                   help="headset sessions rendered for training, 16 s each (other values need their own --data)")
     p.add_argument("--train-extreme-probability", type=float, default=None, metavar="P",
                    help="share of extreme-expression segments in training performances (default: the studio's 0.12; "
                    "needs its own --data)")
-    p.add_argument("--steps", type=int, default=4000)
-    p.add_argument("--time-budget", type=float, default=1800.0, help="wall-clock seconds (default 1800)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=4000, help="optimisation steps (the time budget may end the run first)")
+    p.add_argument("--time-budget", type=float, default=1800.0, help="wall-clock seconds, counting resumed runs")
+    p.add_argument("--batch-size", type=int, default=16, help="frames per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine decay)")
     p.add_argument("--no-reweight", action="store_true", help="ablation: no extreme-expression-aware re-weighting")
     p.add_argument("--tau", type=float, default=0.25, help="re-weighting temperature (rad)")
     p.add_argument("--momentum", type=float, default=0.99, help="EMA momentum of the mean gaze")
     p.add_argument("--no-augment", action="store_true", help="no online slip/exposure augmentation")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--bf16", action="store_true",
                    help="encoder forward in bfloat16 autocast (~1.4x faster on CPUs with AVX512-BF16)")
     p.add_argument("--workers", type=int, default=1, help="processes that render the data on first use")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--install", action="store_true", help="copy the result to encoder/models/IDENTITY/ARCH (embedded default)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_train)
 
 
@@ -56,32 +85,43 @@ def add_eval(sub) -> None:
         help="rendered-avatar MSE of a trained encoder on held-out test segments",
         description="Run an exported encoder (onnxruntime) on the identity's held-out test frames, decode predicted and "
         "ground-truth codes and compare the rendered avatars from the front, left and right (MSE, 0..255).",
+        epilog=EVAL_EPILOG, formatter_class=HelpFormatter,
     )
     p.add_argument("--arch", default="EEM", help="model name (ARCH or ARCH-noRW) when --model-dir is not given")
-    p.add_argument("--identity", default="S1")
+    p.add_argument("--identity", default="S1", help="studio identity")
     p.add_argument("--model-dir", default=None, help="exported encoder (default: the run, else the embedded model)")
     p.add_argument("--runs", default="runs/encoder", help="root of encoder runs")
-    p.add_argument("--frames", type=int, default=240, help="test frames evaluated (evenly spaced; default 240)")
-    p.add_argument("--size", type=int, default=256, help="render size (default 256)")
+    p.add_argument("--decoder-dir", default=None, help="trained decoder of the identity (default decoder/models/IDENTITY)")
+    p.add_argument("--data", default=None, metavar="FILE.npz",
+                   help="HMC data cache whose test split is evaluated (default: the identity's shared test frames under "
+                   "runs/encoder, rendered on first use)")
+    p.add_argument("--frames", type=int, default=240, help="test frames evaluated, evenly spaced, >= 1")
+    p.add_argument("--size", type=int, default=256, help="render size in pixels")
     p.add_argument("--attribute", action="store_true",
                    help="also split the error: render with only the predicted code (true gaze) and only the predicted "
                         "gaze (true code); three times the renders, not cached")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object (progress still goes to stderr)")
     p.set_defaults(func=_eval)
 
     t = sub.add_parser(
         "table",
         help="the Auto-CARD Table 1: MFLOPs, latency and rendered MSE per model and identity",
-        description="Evaluate trained encoders of several identities and write OUT/table1.md and OUT/table1.json "
-        "(rows of other models already in table1.json are kept).",
+        description="Evaluate trained encoders of several identities and write OUT/table1.md, OUT/table1.json and "
+        "OUT/table1.png (rows of other models already in table1.json are kept).",
+        epilog=TABLE_EPILOG, formatter_class=HelpFormatter,
     )
-    t.add_argument("--identities", default="S1,S2,S3")
+    t.add_argument("--identities", default="S1,S2,S3", help="comma-separated identities")
     t.add_argument("--models", default="EEM,EEM-ch50,EEM-res50", help="model names: ARCH or ARCH-noRW (ablation)")
-    t.add_argument("--out", default="docs/results/")
-    t.add_argument("--runs", default="runs/encoder", help="root of encoder runs")
-    t.add_argument("--frames", type=int, default=240, help="test frames per identity (default 240)")
-    t.add_argument("--size", type=int, default=256)
-    t.add_argument("--bench-runs", type=int, default=200)
+    t.add_argument("--out", default="docs/results/", help="output directory")
+    t.add_argument("--runs", default="runs/encoder", help="root of encoder runs (RUNS/IDENTITY/MODEL)")
+    t.add_argument("--decoders", default=None, metavar="DIR",
+                   help="one trained decoder per identity, DIR/IDENTITY (default decoder/models)")
+    t.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="each identity's test data, DIR/test_IDENTITY.npz or DIR/data_IDENTITY.npz (default: the shared "
+                   "caches under runs/encoder, rendered on first use)")
+    t.add_argument("--frames", type=int, default=240, help="test frames per identity, >= 1")
+    t.add_argument("--size", type=int, default=256, help="render size in pixels")
+    t.add_argument("--bench-runs", type=int, default=200, help="timed onnxruntime runs per model")
     t.set_defaults(func=_table)
 
 
@@ -90,14 +130,15 @@ def add_bench(sub) -> None:
         "encoder",
         help="onnxruntime latency of an encoder's three view models and fusion",
         description="One intra-op thread, warm-up, then many timed runs of each exported model; prints p50 per stage.",
+        epilog=BENCH_EPILOG, formatter_class=HelpFormatter,
     )
-    p.add_argument("--arch", default="EEM")
+    p.add_argument("--arch", default="EEM", help="registered architecture")
     p.add_argument("--model-dir", default=None, help="exported encoder (default: the embedded model if it matches "
                    "--arch, else the architecture with random weights)")
-    p.add_argument("--runs", type=int, default=200)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--runs", type=int, default=200, help="timed runs")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs first")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 
 
@@ -138,23 +179,26 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from encoder.codec import load_vae
+    from decoder.export import load_vae
     from encoder.evaluate import cached_evaluation, evaluate_model_dir
     from encoder.table import find_model_dir
     from encoder.train import load_test_data
 
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1 (got {args.frames})")
     d = Path(args.model_dir) if args.model_dir else find_model_dir(args.identity, args.arch, Path(args.runs))
     if d is None:
         raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
-    test, vae = load_test_data(args.identity, progress=not args.json), load_vae(args.identity)
+    vae = load_vae(args.identity, args.decoder_dir)
+    test = load_test_data(args.identity, path=args.data, progress=True)
     if args.attribute:  # three times the renders, not cached
         r = evaluate_model_dir(d, args.identity, test, vae, size=args.size, max_frames=args.frames,
-                               progress=not args.json, attribute=True)
+                               progress=True, attribute=True)
     else:
-        r = cached_evaluation(d, args.identity, test, vae, size=args.size, max_frames=args.frames, progress=not args.json)
+        r = cached_evaluation(d, args.identity, test, vae, size=args.size, max_frames=args.frames, progress=True)
     r["model_dir"] = str(d)
     if args.json:
-        print(json.dumps(r))
+        print(json.dumps(strict_json(r), allow_nan=False))
     else:
         print(f"{d}: {r['frames']} test frames ({r['extreme_frames']} extreme)")
         print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())
@@ -168,15 +212,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _table(args: argparse.Namespace) -> int:
-    from encoder.table import build_table
+    from encoder.table import build_table, render_markdown
 
     argv = sys.argv[1:]
     command = ("avcall " + " ".join(shlex.quote(a) for a in argv)) if "table" in argv else \
         f"avcall eval table --identities {args.identities} --models {args.models} --out {args.out}"
+    if args.frames < 1:
+        raise ValueError(f"--frames must be >= 1 (got {args.frames})")
     t = build_table(args.identities.split(","), args.models.split(","), args.out, command=command, runs_root=args.runs,
-                    max_frames=args.frames, render_size=args.size, bench_runs=args.bench_runs)
-    from encoder.table import render_markdown
-
+                    max_frames=args.frames, render_size=args.size, bench_runs=args.bench_runs,
+                    decoders_root=args.decoders, data_dir=args.data_dir)
     print(render_markdown(t))
     return 0
 

@@ -1,52 +1,98 @@
-"""``avcall train latex`` and ``avcall eval latex``: the LATEX early model and its skip-ratio sweep."""
+"""``avcall train latex`` and ``avcall eval latex``: the LATEX early model and its skip-ratio sweep.
+
+Defaults come from the library: :class:`encoder.latex.LatexConfig` (gate), :class:`encoder.latex_eval.LatexEvalConfig`
+(held-out sequences); torch is imported only inside the handlers.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
 import sys
+import textwrap
 
-from encoder.latex import LatexConfig
+from encoder.latex import CALIBRATION_RATIOS, CALIBRATION_SETTINGS, LatexConfig, calibration_key
+from encoder.latex_eval import LatexEvalConfig
+
+EARLY_STEPS = 3000
+"""Default head training steps (= ``encoder.early.EarlyConfig.steps``; that module imports torch, this one must not)."""
+
+TRAIN_EPILOG = """\
+examples:
+  avcall train latex --identity S1
+  avcall train latex --model-dir runs/encoder/S1/EEM --data runs/encoder/data_S1_rom.npz --steps 1000
+
+Writes DIR/early.onnx (checked against torch), DIR/latex.json (the LatexConfig defaults, gate
+scales, calibrated thresholds) and DIR/latex_loss_history.json. Then `avcall send --latex`.
+"""
+
+EVAL_EPILOG = """\
+examples:
+  avcall eval latex --identity S1
+  avcall eval latex --identity S1 --history 3 --max-skips 4 --seconds 10 --out runs/latex_T3
+"""
+
+
+def _pct(r: float) -> str:
+    return f"{100 * r:g}%"
+
+
+def _wrap(text: str) -> str:
+    """A description for RawDescriptionHelpFormatter (which keeps the epilog's lines but does not wrap)."""
+    return textwrap.fill(text, 88)
 
 
 def add_train(sub) -> None:
+    settings = ", ".join(calibration_key(T, m) for T, m in CALIBRATION_SETTINGS)
     p = sub.add_parser(
         "latex",
         help="train the LATEX early-prediction head of an encoder and calibrate its gate",
-        description="Freeze a trained encoder, train a tiny head on its stem features to estimate the encoder's code "
+        description=_wrap("Freeze a trained encoder, train a tiny head on its stem features to estimate the encoder's code "
         "and gaze, export DIR/early.onnx and write DIR/latex.json (gate scales and thresholds calibrated on the "
-        "identity's training sequences for skip ratios 5%%..70%%). The sender then runs with --latex.",
+        f"identity's training sequences for skip ratios {_pct(CALIBRATION_RATIOS[0])}..{_pct(CALIBRATION_RATIOS[-1])} "
+        f"and the (T, max skips) settings {settings}; the default LatexConfig is "
+        f"{calibration_key(LatexConfig.history, LatexConfig.max_skips)}). "
+        "The sender then runs with --latex."),
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--identity", default="S1")
-    p.add_argument("--model-dir", default=None, help="encoder model directory (default: the embedded encoder/models/IDENTITY/EEM)")
-    p.add_argument("--data", default=None, help="HMC data cache .npz (default: the cache the encoder was trained on, as its meta.json records)")
-    p.add_argument("--steps", type=int, default=3000, help="head training steps (default 3000)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--identity", default="S1", help="studio identity (default: %(default)s)")
+    p.add_argument("--model-dir", default=None, metavar="DIR",
+                   help="encoder model directory (default: the embedded encoder/models/IDENTITY/EEM)")
+    p.add_argument("--data", default=None, metavar="FILE.npz",
+                   help="HMC data cache (default: the cache the encoder was trained on, as its meta.json records)")
+    p.add_argument("--steps", type=int, default=EARLY_STEPS, help="head training steps (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of text (no progress bars)")
     p.set_defaults(func=_train)
 
 
 def add_eval(sub) -> None:
+    e = LatexEvalConfig()
     p = sub.add_parser(
         "latex",
         help="LATEX sweep: skip ratio vs rendered MSE and encode time, against blind every-k-th skipping",
-        description="Render held-out HMC sequences, run the full encoder and the early model on every frame, then for "
+        description=_wrap("Render held-out HMC sequences, run the full encoder and the early model on every frame, then for "
         "a sweep of gate thresholds (and blind skipping of every k-th frame) measure the skip ratio, the front-view "
         "rendered MSE and the encode time per frame. Writes OUT/latex.json, latex.md, latex_sweep.png and "
-        "latex_mse_over_time.png.",
+        "latex_mse_over_time.png."),
+        epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--identity", default="S1")
-    p.add_argument("--model-dir", default=None, help="encoder with early.onnx + latex.json (default: the embedded one)")
-    p.add_argument("--history", type=int, default=LatexConfig.history,
-                   help=f"T, codes the extrapolation uses (default {LatexConfig.history})")
-    p.add_argument("--max-skips", type=int, default=LatexConfig.max_skips,
-                   help=f"most frames skipped in a row (default {LatexConfig.max_skips})")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each held-out sequence (default 20)")
-    p.add_argument("--sessions", default="201,202,203", help="held-out headset sessions, one sequence each")
-    p.add_argument("--size", type=int, default=256, help="render size (default 256)")
-    p.add_argument("--out", default="docs/results/", help="where latex.json, latex.md and the plots go")
-    p.add_argument("--cache", default=None, help="held-out sequence cache (default runs/encoder/latex_seq_IDENTITY.npz)")
-    p.add_argument("--json", action="store_true", help="print latex.json to stdout")
+    p.add_argument("--identity", default=e.identity, help="studio identity (default: %(default)s)")
+    p.add_argument("--model-dir", default=None, metavar="DIR",
+                   help="encoder with early.onnx + latex.json (default: the embedded encoder/models/IDENTITY/EEM)")
+    p.add_argument("--history", type=int, default=LatexConfig.history, metavar="T",
+                   help="codes the extrapolation uses (default: %(default)s)")
+    p.add_argument("--max-skips", type=int, default=LatexConfig.max_skips, metavar="N",
+                   help="most frames skipped in a row, 0 = no bound (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=e.seconds, help="length of each held-out sequence (default: %(default)s)")
+    p.add_argument("--sessions", default=",".join(map(str, e.sessions)),
+                   help="held-out headset sessions, one sequence each (default: %(default)s)")
+    p.add_argument("--size", type=int, default=e.size, help="render size in pixels (default: %(default)s)")
+    p.add_argument("--out", default="docs/results/", metavar="OUT",
+                   help="where latex.json, latex.md and the plots go (default: %(default)s)")
+    p.add_argument("--cache", default=None, metavar="FILE.npz",
+                   help="held-out sequence cache (default: runs/encoder/latex_seq_IDENTITY.npz)")
+    p.add_argument("--json", action="store_true", help="print latex.json to stdout (no progress bars)")
     p.set_defaults(func=_eval)
 
 
@@ -74,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
     train, _ = load_identity_data(args.identity, data_path, progress=not args.json, data_cfg=data_cfg)
     s = train_latex(d, train, EarlyConfig(steps=args.steps), progress=not args.json)
     summary = {"model_dir": str(d), "flops": s["flops"], "train": s["train"],
-               "thresholds_default": s["calibration"].get(f"T{LatexConfig.history}_max{LatexConfig.max_skips}", {})}
+               "thresholds_default": s["calibration"].get(calibration_key(LatexConfig.history, LatexConfig.max_skips), {})}
     if args.json:
         print(json.dumps(summary))
     else:

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from .performance import PerformanceConfig, generate_performance
+from .performance import generate_performance
 from .studio import Studio
 
 
@@ -16,6 +16,9 @@ def _percentiles(ms: list[float]) -> dict:
 
 def bench_capture(identity: str = "S1", frames: int = 300, dome_frames: int = 60, warmup: int = 20) -> dict:
     """Time HMC frames (with ground truth, 192x192 x3) and 512x512 colour renders over a performance."""
+    for name, n in (("frames", frames), ("dome_frames", dome_frames)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{name} must be a positive integer, got {n!r}")
     studio = Studio(identity, dome_size=512)
     perf = generate_performance(1, (frames + warmup) / 90.0)
     n = len(perf)

@@ -3,7 +3,8 @@
 Layout of a dataset directory::
 
     DIR/meta.json        identity parameters, fps, seed, frame count, split sizes, files
-    DIR/hmc.hmc          HMC frames (3 views) with ground truth (expression, gaze, keypoints, vertices)
+    DIR/hmc.hmc          HMC frames (3 views) with ground truth (expression, gaze, keypoints, vertices);
+                         capture timestamps are performance time (header clock "session": ns from frame 0)
     DIR/labels.npz       t, expression, gaze, segment, test, extreme for every frame
     DIR/dome/NNNNNN_<view>.png   optional colour renders (``dome_views``)
 """
@@ -34,20 +35,23 @@ def generate_dataset(
     progress: bool = True,
 ) -> dict:
     """Render ``frames`` frames of a performance of ``identity`` into ``out``. Returns meta."""
-    if frames <= 0:
-        raise ValueError("frames must be positive")
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames <= 0:
+        raise ValueError(f"frames must be a positive integer, got {frames!r}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be positive and finite, got {fps!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "hmc.hmc").exists():
-        raise FileExistsError(f"{out / 'hmc.hmc'} exists; choose an empty directory")
+        raise ValueError(f"{out} already holds a dataset ({out / 'hmc.hmc'} exists); choose an empty directory")
     perf = generate_performance(seed, frames / fps, PerformanceConfig(fps=fps))
     studio = Studio(identity, session=seed if session is None else session, dome_size=dome_size)
     if dome_views:
         (out / "dome").mkdir(exist_ok=True)
-    from tqdm import tqdm
+    from avcore.progress import progress as progress_bar
 
-    it = tqdm(range(frames), desc=f"generate {identity}", unit="frame", disable=not progress)
-    with HmcWriter(out / "hmc.hmc", fps=fps, size=(studio.rig_config.size,) * 2, meta={"identity": identity, "seed": seed}) as w:
+    it = progress_bar(range(frames), desc=f"generate {identity}", unit="frame", disable=not progress)
+    with HmcWriter(out / "hmc.hmc", fps=fps, size=(studio.rig_config.size,) * 2, clock="session",
+                   meta={"identity": identity, "seed": seed, "source": "synthetic"}) as w:
         for i in it:
             views, gt = studio.hmc_frame(perf.expression[i], perf.gaze[i], t=float(perf.t[i]), frame_index=i)
             gt["frame"] = np.array(i, np.int64)
@@ -56,7 +60,9 @@ def generate_dataset(
             w.append(views, int(perf.t[i] * 1e9), gt)
             for name in dome_views:
                 img = studio.render_view(perf.expression[i], perf.gaze[i], name)
-                cv2.imwrite(str(out / "dome" / f"{i:06d}_{name}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+                png = out / "dome" / f"{i:06d}_{name}.png"
+                if not cv2.imwrite(str(png), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)):
+                    raise ValueError(f"could not write {png}")
     np.savez_compressed(
         out / "labels.npz",
         t=perf.t,

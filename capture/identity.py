@@ -98,6 +98,17 @@ def identity_seed(name: str) -> int:
     return int(m.group(1))
 
 
+def check_identity(name: str) -> str:
+    """``name`` if it is one of the studio's identities (:data:`IDENTITIES`), else a
+    :class:`avcore.errors.UsageError` (a ValueError) whose one-line message lists them. Commands call this before any work; the library itself
+    accepts any ``S<number>`` (:func:`make_identity`)."""
+    if name not in IDENTITIES:
+        from avcore.errors import UsageError
+
+        raise UsageError(f"unknown identity {name!r}: the studio has {', '.join(IDENTITIES)}")
+    return name
+
+
 def make_identity(name: str) -> IdentityParams:
     """Deterministic identity parameters for ``name`` ("S1", "S2", ...)."""
     k = identity_seed(name)

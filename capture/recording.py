@@ -7,7 +7,8 @@ documented in ``docs/hmc-format.md``; in short::
 
     file   = prefix header record*
     prefix = magic "\\x89AVCHMC\\n" | u16 version | u16 flags | u32 header_len | u32 header_crc
-    header = msgpack map (fps, view_names, size, meta, ...)
+             | u32 prefix_crc (version 2 on; covers the 20 bytes before it)
+    header = msgpack map (fps, view_names, size, clock, meta, ...)
     record = 32-byte record header | payload (msgpack map: views, gt)
     record header = "\\x8eHFR" | u32 payload_len | u32 frame_index | u16 flags | u16 reserved
                     | i64 capture_ts_ns | u32 payload_crc | u32 header_crc
@@ -24,13 +25,27 @@ Properties the layout is built for:
   (resynchronisation), so one bad frame never hides the frames after it.
 - **Untrusted bytes are validated.** Lengths are capped before allocating,
   arrays are decoded from raw bytes with a dtype whitelist and a shape check,
-  and nothing is ever unpickled.
+  and nothing is ever unpickled. The file prefix carries its own CRC
+  (version 2), so a flipped bit in the version field reads as a damaged
+  header, never as "written by a newer avcall".
+
+Clock domain: the header's ``clock`` names the clock of every capture
+timestamp in the file (:data:`CLOCKS`): ``wall`` (``time.time_ns()``),
+``monotonic`` (``time.monotonic_ns()`` of the recording host, what the
+sender's tap writes) or ``session`` (ns since the start of a synthetic
+performance). Version-1 files have no ``clock`` and are read as ``wall``.
+
+Sessions: ``HmcWriter`` flags the first record it writes
+(:data:`FLAG_SESSION_START`), so a file continued with ``append=True`` holds
+several capture sessions. Duration, recorded fps and replay pacing count only
+the time inside sessions, never the gap between them.
 
 Shapes: ``views`` is ``(V, H, W) uint8`` with ``V = len(view_names)`` (3 by
 default, in the order left_eye, right_eye, mouth) and ``(H, W) = size``.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -43,6 +58,8 @@ from typing import Iterable, Iterator, Mapping
 
 import msgpack
 import numpy as np
+
+from avcore.errors import UsageError
 
 try:  # POSIX advisory locks keep two writers off one file; absent on Windows.
     import fcntl
@@ -57,14 +74,27 @@ HMC_MAGIC = b"\x89AVCHMC\n"
 """8 bytes that open every .hmc file (a non-ASCII first byte and a newline, as
 in PNG, so text-mode transfers and wrong file types are caught at once)."""
 
-FORMAT_VERSION = 1
-"""The version this module writes and the only one it reads."""
+FORMAT_VERSION = 2
+"""The version this module writes (2: the file prefix has its own CRC, the header names its clock)."""
+
+READ_VERSIONS = (1, 2)
+"""Versions this module reads."""
+
+CLOCKS = ("wall", "monotonic", "session")
+"""Clock domains of capture timestamps (the header's ``clock``): ``wall`` = ``time.time_ns()``,
+``monotonic`` = ``time.monotonic_ns()`` / ``transport.clock.now_ns()`` of the recording host
+(not comparable across hosts or reboots), ``session`` = ns since the start of a synthetic
+performance (no real capture clock)."""
 
 RECORD_MARKER = b"\x8eHFR"
 """4 bytes that open every frame record; the scanner resynchronises on it."""
 
 FLAG_GROUND_TRUTH = 0x0001
 """Record-header flag: the payload carries a ground-truth map."""
+
+FLAG_SESSION_START = 0x0002
+"""Record-header flag: the first frame of a capture session (each ``HmcWriter`` sets it on
+the first record it writes). Time between sessions is not capture time."""
 
 MAX_HEADER_BYTES = 1 << 20
 """Largest file header accepted (1 MiB); a bigger length is treated as corrupt."""
@@ -86,6 +116,7 @@ ARRAY_DTYPES: dict[str, np.dtype] = {
 """dtype whitelist for arrays stored in a recording (views are always uint8)."""
 
 _PREFIX = struct.Struct("<8sHHII")  # magic, version, flags, header_len, header_crc
+_PREFIX_CRC = struct.Struct("<I")  # version >= 2: crc32 of the 20 prefix bytes before it
 _RECORD = struct.Struct("<4sIIHHqII")  # marker, payload_len, index, flags, reserved, ts, payload_crc, header_crc
 _RECORD_CRC_SPAN = _RECORD.size - 4  # the header CRC covers every field before it
 _SCAN_CHUNK = 1 << 20  # bytes read at a time while searching for the next record marker
@@ -100,8 +131,11 @@ def _crc(data: bytes | memoryview) -> int:
 # ----------------------------------------------------------------------------- errors and frames
 
 
-class HmcFormatError(ValueError):
+class HmcFormatError(UsageError):
     """A recording that is not a valid .hmc file, or a frame in it that cannot be read.
+
+    A :class:`avcore.errors.UsageError` (so a ``ValueError``): the ``avcall`` command
+    prints it as one line.
 
     The message names the file and, where it applies, the frame index and the
     byte offset of its record. The same facts are attributes for code.
@@ -132,7 +166,8 @@ class HmcFrame:
     index: int
     """Frame number in the session, 0-based and contiguous as written."""
     capture_ts_ns: int
-    """Capture timestamp in the ``time.time_ns()`` domain (wall clock, ns)."""
+    """Capture timestamp in ns, on the clock the recording's header names
+    (``HmcReader.clock``: ``wall``, ``monotonic`` or ``session``)."""
     views: np.ndarray
     """(V, H, W) uint8 camera views, in the recording's ``view_names`` order."""
     ground_truth: dict[str, np.ndarray] | None = None
@@ -203,11 +238,19 @@ class HmcHeader:
     created_ns: int = 0
     """``time.time_ns()`` when the file was created."""
     version: int = FORMAT_VERSION
+    clock: str = "wall"
+    """Clock domain of every capture timestamp in the file (one of :data:`CLOCKS`)."""
 
     def to_map(self) -> dict:
         return {"format": "avcall.hmc", "fps": float(self.fps), "view_names": list(self.view_names),
-                "size": [int(self.size[0]), int(self.size[1])], "meta": self.meta,
+                "size": [int(self.size[0]), int(self.size[1])], "clock": self.clock, "meta": self.meta,
                 "created_ns": int(self.created_ns)}
+
+
+def _check_clock(clock) -> str:
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
+    return clock
 
 
 def _validate_header_fields(fps, view_names, size) -> tuple[float, tuple[str, ...], tuple[int, int]]:
@@ -236,30 +279,43 @@ def _pack_header(header: HmcHeader) -> bytes:
         raise ValueError(f"meta cannot be stored in a recording header: {exc}") from None
     if len(body) > MAX_HEADER_BYTES:
         raise ValueError(f"header is {len(body)} bytes, at most {MAX_HEADER_BYTES} allowed")
-    return _PREFIX.pack(HMC_MAGIC, FORMAT_VERSION, 0, len(body), _crc(body)) + body
+    prefix = _PREFIX.pack(HMC_MAGIC, FORMAT_VERSION, 0, len(body), _crc(body))
+    return prefix + _PREFIX_CRC.pack(_crc(prefix)) + body
 
 
 def _read_header(fd: int, path: str, file_size: int) -> tuple[HmcHeader, int]:
     """Parse the prefix and header; returns (header, offset of the first record)."""
     if file_size == 0:
         raise HmcFormatError("empty file: not an .hmc recording (no header was written)", path=path)
-    prefix = os.pread(fd, _PREFIX.size, 0)
+    prefix = os.pread(fd, _PREFIX.size + _PREFIX_CRC.size, 0)
     if len(prefix) < len(HMC_MAGIC) or prefix[:len(HMC_MAGIC)] != HMC_MAGIC:
         raise HmcFormatError(
             f"not an .hmc recording (file starts with {prefix[:8]!r}, expected magic {HMC_MAGIC!r})",
             path=path)
-    if len(prefix) < _PREFIX.size:
+    if len(prefix) < 10:
         raise HmcFormatError(f"truncated file header ({file_size} bytes)", path=path)
-    _, version, _flags, header_len, header_crc = _PREFIX.unpack(prefix)
-    if version != FORMAT_VERSION:
+    (version,) = struct.unpack_from("<H", prefix, 8)
+    # Version 1 has a 20-byte prefix without a CRC; every later version (by this
+    # rule, also ones not written yet) has 24 bytes, the last 4 a CRC of the first 20.
+    prefix_len = _PREFIX.size if version == 1 else _PREFIX.size + _PREFIX_CRC.size
+    if len(prefix) < prefix_len:
+        raise HmcFormatError(f"truncated file header ({file_size} bytes)", path=path)
+    if version != 1:
+        (stored,) = _PREFIX_CRC.unpack_from(prefix, _PREFIX.size)
+        if stored != _crc(prefix[:_PREFIX.size]):
+            raise HmcFormatError(
+                f"damaged header: the file prefix checksum does not match (its version field "
+                f"reads {version}; the file is corrupt, not from a newer avcall)", path=path)
+    if version not in READ_VERSIONS:
         newer = " (written by a newer avcall; upgrade to read it)" if version > FORMAT_VERSION else ""
         raise HmcFormatError(
-            f"unsupported .hmc format version {version}; this avcall reads version "
-            f"{FORMAT_VERSION}{newer}", path=path)
+            f"unsupported .hmc format version {version}; this avcall reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}{newer}", path=path)
+    _, version, _flags, header_len, header_crc = _PREFIX.unpack(prefix[:_PREFIX.size])
     if header_len > MAX_HEADER_BYTES:
         raise HmcFormatError(f"header length {header_len} exceeds the {MAX_HEADER_BYTES}-byte cap "
                              "(corrupt file header)", path=path)
-    body = os.pread(fd, header_len, _PREFIX.size)
+    body = os.pread(fd, header_len, prefix_len)
     if len(body) < header_len:
         raise HmcFormatError(f"truncated file header: {len(body)} of {header_len} header bytes",
                              path=path)
@@ -276,11 +332,14 @@ def _read_header(fd: int, path: str, file_size: int) -> tuple[HmcHeader, int]:
             raise ValueError("meta is not a map")
         created_ns = obj.get("created_ns", 0)
         created_ns = created_ns if isinstance(created_ns, int) else 0
+        clock = obj.get("clock", "wall")  # version 1 had no clock key: its stamps were documented as wall clock
+        if not isinstance(clock, str) or not clock:
+            raise ValueError(f"clock is not a name: {clock!r}")
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise HmcFormatError(f"invalid file header: {exc}", path=path) from None
     header = HmcHeader(fps=fps, view_names=view_names, size=size, meta=meta,
-                       created_ns=created_ns, version=version)
-    return header, _PREFIX.size + header_len
+                       created_ns=created_ns, version=version, clock=clock)
+    return header, prefix_len + header_len
 
 
 # ----------------------------------------------------------------------------- records
@@ -313,9 +372,9 @@ def _parse_record_header(buf: bytes, offset: int) -> _Entry | None:
 
 
 def _encode_record(index: int, capture_ts_ns: int, views: np.ndarray,
-                   ground_truth: Mapping[str, np.ndarray] | None) -> bytes:
+                   ground_truth: Mapping[str, np.ndarray] | None, *, session_start: bool = False) -> bytes:
     payload_map = {"views": _encode_array("views", views), "gt": None}
-    flags = 0
+    flags = FLAG_SESSION_START if session_start else 0
     if ground_truth is not None:
         if not isinstance(ground_truth, Mapping):
             raise ValueError(f"ground_truth must be a dict of arrays, got {type(ground_truth).__name__}")
@@ -348,6 +407,47 @@ def _write_all(fd: int, data: bytes) -> None:
 # ----------------------------------------------------------------------------- writer
 
 
+def _raise_append_mismatches(path, old: HmcHeader, *, fps=None, view_names=None, size=None,
+                             meta=None, clock=None, match_meta: Mapping | None = None) -> None:
+    """HmcFormatError naming every setting in which ``old`` differs from the session to append
+    (arguments left None are not compared)."""
+    mismatches = []
+    if fps is not None and not math.isclose(old.fps, fps, rel_tol=1e-9):
+        mismatches.append(f"fps {old.fps:g} != {fps:g}")
+    if view_names is not None and old.view_names != tuple(view_names):
+        mismatches.append(f"view_names {list(old.view_names)} != {list(view_names)}")
+    if size is not None and old.size != tuple(size):
+        mismatches.append(f"size {list(old.size)} != {list(size)}")
+    if clock is not None and old.clock != clock:
+        mismatches.append(f"timestamps on the {old.clock} clock, this session's on the {clock} clock")
+    if meta is not None and msgpack.unpackb(msgpack.packb(meta, use_bin_type=True),
+                                            raw=False) != old.meta:
+        mismatches.append(f"meta {old.meta!r} != {meta!r}")
+    for key, value in (match_meta or {}).items():
+        if old.meta.get(key) != value:
+            mismatches.append(f"{key} {old.meta.get(key)!r} in the file, {value!r} in this session")
+    if mismatches:
+        raise HmcFormatError("cannot append: the recording does not match this session ("
+                             + "; ".join(mismatches) + ")", path=path)
+
+
+def check_append(path: str | os.PathLike, *, fps: float | None = None,
+                 view_names: Iterable[str] | None = None, size: tuple[int, int] | None = None,
+                 clock: str | None = None, match_meta: Mapping | None = None) -> int:
+    """Whether a session with these settings may be appended to ``path``, checked before any
+    capture starts. Raises ``HmcFormatError`` (a ValueError, one line) when the file is not a
+    readable recording or differs; returns the frames already in it (0 when the file is
+    missing or empty, which ``append`` creates)."""
+    path = Path(path)
+    if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+        return 0
+    with HmcReader(path) as reader:
+        _raise_append_mismatches(path, reader.header, fps=fps, view_names=view_names, size=size,
+                                 clock=clock, match_meta=match_meta)
+        return len(reader)
+
+
+
 class HmcWriter:
     """Writes an .hmc recording frame by frame, as it is captured.
 
@@ -357,20 +457,28 @@ class HmcWriter:
     power loss per frame (``close`` always fsyncs). Use as a context manager.
 
     With ``append=True`` an existing recording is continued: its header must
-    match ``fps``, ``view_names`` and ``size`` (and ``meta`` if given), an
+    match ``fps``, ``view_names``, ``size`` and ``clock`` (and ``meta`` if given;
+    ``match_meta`` names meta entries that must be equal, e.g. the identity), an
     incomplete record left at its end by a crash is cut off, and frame indices
     continue after the last record. A missing file is created.
+
+    ``clock`` declares the clock of the ``capture_ts_ns`` passed to ``append``
+    (one of :data:`CLOCKS`); it is stored in the header. The first record each
+    writer writes is flagged as the start of a capture session.
     """
 
     def __init__(self, path: str | os.PathLike, *, fps: float,
                  view_names: Iterable[str] = DEFAULT_VIEW_NAMES,
                  size: tuple[int, int] = (192, 192), meta: dict | None = None,
-                 append: bool = False, fsync: bool = False):
+                 append: bool = False, fsync: bool = False, clock: str = "wall",
+                 match_meta: Mapping | None = None):
         self.path = Path(path)
         fps, view_names, size = _validate_header_fields(fps, tuple(view_names), tuple(size))
+        clock = _check_clock(clock)
         self.fsync = bool(fsync)
         self._fd: int | None = None
         self._next_index = 0
+        self._session_started = False
         self.bytes_written = 0
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
@@ -382,10 +490,10 @@ class HmcWriter:
                                          path=self.path) from None
             existing = os.fstat(fd).st_size
             if append and existing > 0:
-                self.header = self._continue(fd, fps, view_names, size, meta)
+                self.header = self._continue(fd, fps, view_names, size, meta, clock, match_meta)
             else:
                 self.header = HmcHeader(fps=fps, view_names=view_names, size=size,
-                                        meta=dict(meta or {}), created_ns=time.time_ns())
+                                        meta=dict(meta or {}), created_ns=time.time_ns(), clock=clock)
                 blob = _pack_header(self.header)
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
@@ -396,22 +504,11 @@ class HmcWriter:
             raise
         self._fd = fd
 
-    def _continue(self, fd: int, fps, view_names, size, meta) -> HmcHeader:
+    def _continue(self, fd: int, fps, view_names, size, meta, clock, match_meta) -> HmcHeader:
         with HmcReader(self.path) as reader:
             old = reader.header
-            mismatches = []
-            if not math.isclose(old.fps, fps, rel_tol=1e-9):
-                mismatches.append(f"fps {old.fps} != {fps}")
-            if old.view_names != view_names:
-                mismatches.append(f"view_names {list(old.view_names)} != {list(view_names)}")
-            if old.size != size:
-                mismatches.append(f"size {list(old.size)} != {list(size)}")
-            if meta is not None and msgpack.unpackb(msgpack.packb(meta, use_bin_type=True),
-                                                    raw=False) != old.meta:
-                mismatches.append(f"meta {old.meta!r} != {meta!r}")
-            if mismatches:
-                raise HmcFormatError("cannot append: recording header does not match ("
-                                     + "; ".join(mismatches) + ")", path=self.path)
+            _raise_append_mismatches(self.path, old, fps=fps, view_names=view_names, size=size,
+                                     meta=meta, clock=clock, match_meta=match_meta)
             end = reader._data_end
             self._next_index = reader._last_index + 1
             if reader._file_size > end:
@@ -433,6 +530,10 @@ class HmcWriter:
     @property
     def size(self) -> tuple[int, int]:
         return self.header.size
+
+    @property
+    def clock(self) -> str:
+        return self.header.clock
 
     @property
     def frames(self) -> int:
@@ -465,8 +566,10 @@ class HmcWriter:
         index = self._next_index
         if index >= 1 << 32:
             raise ValueError("a recording holds at most 2**32 frames")
-        record = _encode_record(index, ts, views, ground_truth)
+        record = _encode_record(index, ts, views, ground_truth,
+                                session_start=not self._session_started)
         _write_all(self._fd, record)
+        self._session_started = True
         if self.fsync:
             os.fsync(self._fd)
         self._next_index += 1
@@ -557,6 +660,35 @@ class HmcReader:
     @property
     def version(self) -> int:
         return self.header.version
+
+    @property
+    def clock(self) -> str:
+        """Clock domain of the capture timestamps (``wall``, ``monotonic`` or ``session``)."""
+        return self.header.clock
+
+    def starts_session(self, i: int) -> bool:
+        """Whether frame ``i``'s record is flagged as the first frame of a capture session
+        (an appended recording holds one session per writer)."""
+        entry = self._entries.get(self._slot(i))
+        return entry is not None and bool(entry.flags & FLAG_SESSION_START)
+
+    def sessions(self) -> list[list[int]]:
+        """Capture timestamps (ns) of the readable frames, one list per capture session.
+
+        A session starts at a record flagged :data:`FLAG_SESSION_START` (even when that
+        frame itself is unreadable, the next readable frame starts the new session).
+        """
+        out: list[list[int]] = []
+        boundary = True
+        for i, entry in self._entries.items():
+            boundary = boundary or bool(entry.flags & FLAG_SESSION_START)
+            if i in self._bad:
+                continue
+            if boundary or not out:
+                out.append([])
+                boundary = False
+            out[-1].append(entry.capture_ts_ns)
+        return out
 
     # -- scanning
     def _error(self, message: str, frames: Iterable[int] = ()) -> None:
@@ -746,15 +878,21 @@ class HmcReader:
             self.verify()
         good = [e for i, e in self._entries.items() if i not in self._bad]
         ts = [e.capture_ts_ns for e in good]
-        span_s = (max(ts) - min(ts)) / 1e9 if ts else 0.0
+        sessions = self.sessions()
+        # Captured time only: each session spans its first to last stamp plus one frame period;
+        # the gaps between appended sessions are not counted.
+        span_s = sum((max(t) - min(t)) / 1e9 for t in sessions)
+        intervals = len(ts) - len(sessions)
         return {
             "path": str(self.path),
             "version": self.version,
+            "clock": self.clock,
             "frames": len(good),
             "frame_slots": len(self),
+            "sessions": len(sessions),
             "fps": self.fps,
-            "duration_s": span_s + 1.0 / self.fps if ts else 0.0,
-            "recorded_fps": (len(ts) - 1) / span_s if len(ts) > 1 and span_s > 0 else None,
+            "duration_s": span_s + len(sessions) / self.fps,
+            "recorded_fps": intervals / span_s if intervals > 0 and span_s > 0 else None,
             "views": list(self.view_names),
             "size": list(self.size),
             "has_ground_truth": any(e.flags & FLAG_GROUND_TRUTH for e in good),
@@ -792,6 +930,9 @@ class ReplayStats:
     """Frames yielded."""
     skipped: int = 0
     """Damaged frames skipped (each logged once)."""
+    dropped: int = 0
+    """``drop_late`` only: frames not yielded because a later frame was already due when the
+    consumer asked for the next one (the consumer was slower than the recording)."""
     passes: int = 0
     """Completed passes over the recording (more than 1 only with ``loop``)."""
     late: int = 0
@@ -799,6 +940,9 @@ class ReplayStats:
     scheduled time (the consumer or the disk could not keep up)."""
     elapsed_s: float = 0.0
     """Monotonic seconds from the start to the last yield / the end."""
+    start_monotonic_s: float = 0.0
+    """``time.monotonic()`` at the start of the replay: slot ``(pos, i)`` of
+    :func:`replay_schedule` is due at ``start_monotonic_s + (pass * pass_s + pos) / speed``."""
 
     @property
     def achieved_fps(self) -> float:
@@ -808,69 +952,130 @@ class ReplayStats:
 REPLAY_RATES = ("native", "fast")
 
 
+def replay_schedule(reader: HmcReader) -> tuple[list[tuple[float, int]], float]:
+    """One pass of a native-rate replay: ``([(position_s, frame index), ...], pass_s)``.
+
+    The position is the sum of the recorded capture-timestamp gaps, each clamped to
+    [0, max(1 s, 10 frame periods)] so a clock step in the recording cannot stall or rush
+    playback; a new capture session (an appended one) starts one frame period after the
+    previous session's last frame. Frames without a timestamp (damaged record headers) share
+    the previous position. ``pass_s`` = last position + one frame period (where a loop restarts).
+    """
+    period_s = 1.0 / reader.fps
+    max_gap_s = max(1.0, 10.0 * period_s)
+    pos, prev_ts = 0.0, None
+    out: list[tuple[float, int]] = []
+    for i in range(len(reader)):
+        ts = reader.capture_ts_ns(i)
+        if ts is not None:
+            if prev_ts is not None:
+                if reader.starts_session(i):
+                    pos += period_s
+                else:
+                    pos += min(max((ts - prev_ts) / 1e9, 0.0), max_gap_s)
+            prev_ts = ts
+        out.append((pos, i))
+    return out, pos + period_s
+
+
+def _slots(schedule: list[tuple[float, int]], pass_s: float, loop: bool,
+           resample_fps: float) -> Iterator[tuple[float, int, int]]:
+    """(due position s, frame index, pass number) of every frame to deliver, in order."""
+    if not schedule:
+        return
+    if resample_fps <= 0:
+        k = 0
+        while True:
+            for pos, i in schedule:
+                yield k * pass_s + pos, i, k
+            k += 1
+            if not loop:
+                return
+    positions = [p for p, _ in schedule]
+    n = 0
+    while True:
+        t = n / resample_fps
+        k = int(math.floor(t / pass_s + 1e-9))
+        if k >= 1 and not loop:
+            return
+        j = max(bisect.bisect_right(positions, t - k * pass_s + 1e-9) - 1, 0)
+        yield t, schedule[j][1], k
+        n += 1
+
+
 def replay(reader: HmcReader, *, rate: str = "native", loop: bool = False, speed: float = 1.0,
-           stats: ReplayStats | None = None) -> Iterator[HmcFrame]:
+           stats: ReplayStats | None = None, drop_late: bool = False,
+           resample_fps: float = 0.0) -> Iterator[HmcFrame]:
     """Yield the recording's frames in order.
 
     ``rate="native"`` paces frames by their recorded capture timestamps
-    (divided by ``speed``) against a monotonic clock. Each frame's due time
-    is computed from the start of the replay, not from the previous yield, so
-    waiting errors never accumulate; a consumer that falls behind gets the
-    overdue frames at once (counted in ``stats.late``). Gaps between
-    timestamps are clamped to [0, max(1 s, 10 frame periods)] so a clock step
-    in the recording cannot stall or rush the replay. ``rate="fast"`` never
-    waits. ``loop=True`` starts over after the last frame (one frame period
-    later) until the consumer stops. Damaged frames are skipped, logged once
-    each and counted in ``stats.skipped``; they never raise.
+    (divided by ``speed``; see :func:`replay_schedule`) against a monotonic
+    clock. Each frame's due time is computed from the start of the replay, not
+    from the previous yield, so waiting errors never accumulate. A consumer
+    that falls behind gets the overdue frames at once (counted in
+    ``stats.late``), or, with ``drop_late=True`` (a live source, such as the
+    sender's replay), only the latest frame that is due: the frames whose time
+    has passed are dropped (counted in ``stats.dropped``) so playback keeps the
+    recording's pace instead of turning into slow motion. ``rate="fast"``
+    never waits. ``resample_fps > 0`` delivers frames at that rate instead of
+    the recording's own: at each tick ``n / resample_fps`` the latest frame
+    whose schedule position has come (frames are repeated when resampling up,
+    left out when resampling down). ``loop=True`` starts over after the last
+    frame (one frame period later) until the consumer stops; it stops if a
+    whole pass yields nothing. Damaged frames are skipped, logged once each and
+    counted in ``stats.skipped``; they never raise.
     """
     if rate not in REPLAY_RATES:
         raise ValueError(f"rate must be one of {REPLAY_RATES}, got {rate!r}")
     if not (isinstance(speed, (int, float)) and math.isfinite(speed) and speed > 0):
         raise ValueError(f"speed must be positive, got {speed!r}")
+    if not (isinstance(resample_fps, (int, float)) and math.isfinite(resample_fps)
+            and resample_fps >= 0):
+        raise ValueError(f"resample_fps must be 0 (the recording's own timing) or positive, "
+                         f"got {resample_fps!r}")
     stats = stats if stats is not None else ReplayStats()
     native = rate == "native"
-    period_s = 1.0 / reader.fps
-    max_gap_s = max(1.0, 10.0 * period_s)
+    period_s = 1.0 / (resample_fps or reader.fps)
+    schedule, pass_s = replay_schedule(reader)
     warned: set[int] = set()
     t0 = time.monotonic()
-    due_s = 0.0  # schedule time of the next frame, seconds after t0 (before speed)
-    prev_ts: int | None = None
-    passes = 0
+    stats.start_monotonic_s = t0
+    slots = _slots(schedule, pass_s, loop, float(resample_fps))
+    pending = next(slots, None)
+    current_pass, active = 0, 0  # frames yielded or dropped in the current pass
     try:
-        while True:
-            yielded = 0
-            new_pass = passes > 0
-            for i in range(len(reader)):
-                ts = reader.capture_ts_ns(i)
-                if ts is not None and native:
-                    if new_pass:
-                        due_s += period_s
-                    elif prev_ts is not None:
-                        due_s += min(max((ts - prev_ts) / 1e9, 0.0), max_gap_s)
-                    prev_ts, new_pass = ts, False
-                try:
-                    frame = reader[i]
-                except HmcFormatError as exc:
-                    stats.skipped += 1
-                    if i not in warned:
-                        warned.add(i)
-                        log.warning("replay: skipping %s", exc)
-                    continue
-                if native:
-                    target = t0 + due_s / speed
-                    wait = target - time.monotonic()
-                    if wait > 0:
-                        time.sleep(wait)
-                    elif -wait > period_s / speed:
-                        stats.late += 1
-                stats.frames += 1
-                stats.elapsed_s = time.monotonic() - t0
-                yielded += 1
-                yield frame
-            passes += 1
-            stats.passes += 1
-            if not loop or yielded == 0:
-                return
+        while pending is not None:
+            due_s, i, k = pending
+            pending = next(slots, None)
+            if k != current_pass:
+                stats.passes += k - current_pass
+                if active == 0:
+                    return  # a whole pass with nothing readable
+                current_pass, active = k, 0
+            if native and drop_late and pending is not None \
+                    and time.monotonic() >= t0 + pending[0] / speed:
+                stats.dropped += 1  # a later frame is already due: this one's time has passed
+                active += 1
+                continue
+            try:
+                frame = reader[i]
+            except HmcFormatError as exc:
+                stats.skipped += 1
+                if i not in warned:
+                    warned.add(i)
+                    log.warning("replay: skipping %s", exc)
+                continue
+            if native:
+                wait = t0 + due_s / speed - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                elif -wait > period_s / speed:
+                    stats.late += 1
+            stats.frames += 1
+            stats.elapsed_s = time.monotonic() - t0
+            active += 1
+            yield frame
+        stats.passes += 1
     finally:
         stats.elapsed_s = time.monotonic() - t0
 
@@ -886,7 +1091,8 @@ class RecordStats:
     """Frames written."""
     missed_deadline: int = 0
     """Frames written more than one frame period after their capture timestamp
-    (the recorder fell behind the live source)."""
+    (the recorder fell behind the live source). Measured on the writer's clock
+    (``wall`` or ``monotonic``); never counted for ``session`` stamps."""
     elapsed_s: float = 0.0
     """Monotonic seconds from the first frame received to the last written."""
     bytes_written: int = 0
@@ -902,11 +1108,13 @@ def record_session(frames: Iterable[tuple[np.ndarray, int, Mapping[str, np.ndarr
                    writer: HmcWriter, *, stats: RecordStats | None = None) -> RecordStats:
     """Append every ``(views, capture_ts_ns, ground_truth)`` of a live source to ``writer``.
 
+    The timestamps must be on the clock the writer declares (``writer.clock``).
     Returns the stats (also filled in place when ``stats`` is passed, so a
     caller interrupted by Ctrl-C still has the counts). Does not close the writer.
     """
     stats = stats if stats is not None else RecordStats()
     period_ns = 1e9 / writer.fps
+    now_ns = {"wall": time.time_ns, "monotonic": time.monotonic_ns}.get(writer.clock)
     t_first: float | None = None
     for views, ts_ns, gt in frames:
         t_start = time.monotonic()
@@ -919,6 +1127,6 @@ def record_session(frames: Iterable[tuple[np.ndarray, int, Mapping[str, np.ndarr
         stats.bytes_written += writer.bytes_written - before
         stats.write_ms_max = max(stats.write_ms_max, (done - t_start) * 1e3)
         stats.elapsed_s = done - t_first
-        if time.time_ns() - int(ts_ns) > period_ns:
+        if now_ns is not None and now_ns() - int(ts_ns) > period_ns:
             stats.missed_deadline += 1
     return stats

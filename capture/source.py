@@ -5,9 +5,15 @@ timestamp (``time.time_ns()`` at the moment the frame is due, as a camera's
 sensor timestamp would). When ``live`` and rendering falls more than one frame
 behind, due frames are dropped (counted in ``dropped``) rather than delivered
 late, as a real camera would.
+
+Clock domain: the stamps are wall-clock (``time.time_ns()``, :attr:`clock` =
+``"wall"``), so a recording made from this source (``avcall record``) declares
+``clock = "wall"`` in its header. The sender's runtime does not use these
+stamps: it restamps every frame on its monotonic clock (``runtime/sources.py``).
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Iterator
 
@@ -20,6 +26,9 @@ CHUNK_SECONDS = 60.0
 
 
 class SyntheticHmcSource:
+    clock = "wall"
+    """Clock domain of the capture timestamps this source yields (``time.time_ns()``)."""
+
     def __init__(
         self,
         identity: str = "S1",
@@ -31,8 +40,8 @@ class SyntheticHmcSource:
         studio: Studio | None = None,
         with_vertices: bool = True,
     ):
-        if fps <= 0:
-            raise ValueError("fps must be positive")
+        if not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be positive and finite, got {fps}")
         self.fps = float(fps)
         self.seed = int(seed)
         self.ground_truth = ground_truth
@@ -58,6 +67,11 @@ class SyntheticHmcSource:
         """Yield ``(views (3, S, S) uint8, capture_ts_ns, ground_truth | None)``."""
         total = count if count is not None else (None if seconds is None else int(round(seconds * self.fps)))
         period_ns = int(1e9 / self.fps)
+        if self.live and total != 0:
+            # One-time costs (the first performance chunk, shader and buffer set-up on the first
+            # draw) come before the capture clock starts, so they do not drop the first frames.
+            expr, gaze = self.pose_at(0)
+            self.studio.hmc_frame(expr, gaze, t=0.0, frame_index=0, ground_truth=self.ground_truth)
         t0_mono = time.perf_counter_ns()
         t0_wall = time.time_ns()
         frame = 0

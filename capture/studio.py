@@ -25,7 +25,7 @@ from .expression import INDEX, NAMED_POSES
 from .eyes import eyeball_mesh, posed_eyeballs
 from .head import HeadModel, HeadState, VertexNormals
 from .identity import IdentityParams, make_identity
-from .rig import HMC_VIEWS, HmcRigConfig, HmcSession, dome_camera, hmc_cameras, view_direction
+from .rig import HmcRigConfig, HmcSession, dome_camera, hmc_cameras, view_direction
 from .texture import paint_eyeball, paint_face
 
 _VS = """

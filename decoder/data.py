@@ -97,7 +97,7 @@ def _build_range_job(identity, n, seed, dcfg, tcfg, start, stop, progress):
 def _build_range(identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: TrainConfig, start: int, stop: int,
                  progress: bool) -> dict:
     import cv2
-    from tqdm import tqdm
+    from avcore.progress import progress as progress_bar
 
     from capture.studio import Studio
 
@@ -118,7 +118,7 @@ def _build_range(identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: Tr
         "uv_map": np.zeros((n, K, S, S, 3), np.float16),
     }
     coverage = None
-    for i in tqdm(range(n), desc=f"dome data {identity}", disable=not progress, mininterval=2.0):
+    for i in progress_bar(range(n), desc=f"dome data {identity}", disable=not progress, mininterval=2.0):
         st = studio.pose(expr[i], gaze[i])
         out["vertices"][i] = st.vertices
         tex, cov = studio.render_texture(expr[i], gaze[i], "front")

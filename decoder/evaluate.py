@@ -3,7 +3,8 @@
 - :func:`evaluate_decoder`: held-out poses (seed disjoint from training); the training
   encoder gives each frame's code (VAE mean), onnxruntime decodes it for the front, left
   and right dome views, the rasterizer draws it and the image is compared with the
-  studio's ground-truth render (MSE over the 512×512 image in [0, 1], PSNR = -10 log10 MSE).
+  studio's ground-truth render (MSE over the 512×512 image in [0, 1], PSNR = -10 log10 MSE,
+  SSIM with a Gaussian window 11, σ 1.5; :mod:`avcore.metrics`).
   Also the latent-linearity check (Auto-CARD §4.3.1) and a side-by-side PNG.
 - :func:`bench_decoder`: decode (onnxruntime, one code) and render (512², read back) percentiles.
 """
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 VIEWS = ("front", "left", "right")
+LINEARITY_WINDOW = 8
+"""Frames per latent-linearity window (the first and last code are interpolated)."""
 
 
 def _encode(encoder, vertices: np.ndarray, front_texture: np.ndarray, tex_size: int) -> np.ndarray:
@@ -63,10 +66,15 @@ def latent_linearity(codes: np.ndarray, render, targets: list, window: int = 8) 
 
 
 def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: int = 48, test_seed: int = 1_000_003,
-                     linearity_frames: int = 48, sheet: Path | None = None) -> dict:
-    """Held-out reconstruction metrics (see module docstring). Returns a JSON-able dict."""
+                     linearity_frames: int = 48, sheet: Path | None = None, progress: bool = True) -> dict:
+    """Held-out reconstruction metrics (see module docstring). Returns a JSON-able dict.
+
+    ``num_test`` >= 1 held-out frames; ``linearity_frames`` 0 skips the linearity check, else >= 8 (one window).
+    ``progress`` shows a bar on stderr."""
     import torch
 
+    from avcore.metrics import psnr_from_mse, ssim
+    from avcore.progress import progress as progress_bar
     from capture.expression import NAMED_POSES
     from capture.rig import view_direction
     from capture.studio import Studio
@@ -75,6 +83,10 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
     from .export import load_torch_encoder
     from .runtime import OnnxAvatarDecoder
 
+    if num_test < 1:
+        raise ValueError(f"frames must be >= 1 (got {num_test})")
+    if linearity_frames and linearity_frames < LINEARITY_WINDOW:
+        raise ValueError(f"linearity frames must be 0 (skip) or >= {LINEARITY_WINDOW} (got {linearity_frames})")
     torch.set_num_threads(2)
     model_dir = Path(model_dir)
     dec = OnnxAvatarDecoder(model_dir)
@@ -96,26 +108,38 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
         v, t = dec.decode(z, d)
         return rast.render(v, np.clip(t, 0, 1), gaze, d)
 
+    bar = progress_bar(total=num_test + linearity_frames, desc=f"eval decoder {identity}", unit="frame",
+                       disable=not progress)
     expr, gaze = sample_poses(num_test, test_seed)
     mse = {v: [] for v in VIEWS}
+    ssims = {v: [] for v in VIEWS}
     for i in range(num_test):
         z = code(expr[i], gaze[i])
         for v in VIEWS:
             gt = studio.render_view(expr[i], gaze[i], v).astype(np.float32) / 255
             pr = render(z, gaze[i], v).astype(np.float32) / 255
             mse[v].append(float(np.mean((gt - pr) ** 2)))
+            ssims[v].append(ssim(gt, pr, peak=1.0))
+        bar.update(1)
     out = {"identity": identity, "model_dir": str(model_dir), "num_test_frames": num_test, "test_seed": test_seed,
            "image_size": studio.dome_size}
     for v in VIEWS:
         m = float(np.mean(mse[v]))
         out[f"mse_{v}"] = m
-        out[f"psnr_{v}"] = float(-10 * np.log10(m))
-        out[f"psnr_{v}_per_frame_mean"] = float(np.mean(-10 * np.log10(np.maximum(mse[v], 1e-12))))
+        out[f"psnr_{v}"] = psnr_from_mse(m, peak=1.0)
+        out[f"psnr_{v}_per_frame_mean"] = float(np.mean([psnr_from_mse(max(x, 1e-12), peak=1.0) for x in mse[v]]))
+        out[f"ssim_{v}"] = float(np.mean(ssims[v]))
     # Latent linearity over a smooth held-out performance (front view).
-    pe, pg = smooth_performance(linearity_frames, test_seed + 1)
-    codes = np.stack([code(pe[i], pg[i]) for i in range(linearity_frames)])
-    targets = [studio.render_view(pe[i], pg[i], "front").astype(np.float32) / 255 for i in range(linearity_frames)]
-    out.update(latent_linearity(codes, lambda z, i: render(z, pg[i], "front").astype(np.float32) / 255, targets))
+    if linearity_frames:
+        pe, pg = smooth_performance(linearity_frames, test_seed + 1)
+        codes, targets = [], []
+        for i in range(linearity_frames):
+            codes.append(code(pe[i], pg[i]))
+            targets.append(studio.render_view(pe[i], pg[i], "front").astype(np.float32) / 255)
+            bar.update(1)
+        out.update(latent_linearity(np.stack(codes), lambda z, i: render(z, pg[i], "front").astype(np.float32) / 255,
+                                    targets, window=LINEARITY_WINDOW))
+    bar.close()
     if sheet is not None:
         names = ["neutral", "smile", "jaw_open", "wink_wide", "pucker_furrow", "puff", "gaze_up_right"]
         rows = []

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore import export as _avexport
+
 from .config import DecoderConfig
 
 INPUT_NAMES = ("z", "view_direction")
@@ -26,46 +28,9 @@ OUTPUT_NAMES = ("vertices", "texture")
 PARITY_ATOL = {"vertices": 1e-4, "texture": 1e-3}
 
 
-def round_to_float16(module) -> None:
-    """Round every parameter and buffer to float16 precision in place (kept as float32)."""
-    import torch
-
-    with torch.no_grad():
-        for t in list(module.parameters()) + list(module.buffers()):
-            if t.is_floating_point():
-                t.copy_(t.half().float())
-
-
-def compress_initializers(model, min_size: int = 1024):
-    """Store float32 initialisers larger than ``min_size`` as float16 + a Cast node (halves the file)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
-    g = model.graph
-    new_inits, casts = [], []
-    for init in g.initializer:
-        arr = numpy_helper.to_array(init)
-        if arr.dtype == np.float32 and arr.size >= min_size:
-            half = numpy_helper.from_array(arr.astype(np.float16), init.name + "_f16")
-            new_inits.append(half)
-            casts.append(helper.make_node("Cast", [half.name], [init.name], to=onnx.TensorProto.FLOAT))
-        else:
-            new_inits.append(init)
-    del g.initializer[:]
-    g.initializer.extend(new_inits)
-    nodes = list(g.node)
-    del g.node[:]
-    g.node.extend(casts + nodes)
-    return model
-
-
-def onnx_session(path, threads: int = 2):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+# Kept importable here for older callers; the implementations live in :mod:`avcore.export`.
+round_to_float16 = _avexport.round_to_float16
+compress_initializers = _avexport.compress_initializers
 
 
 def export_onnx(decoder, path: Path, *, atol: dict | None = None, seed: int = 0, float16_weights: bool = False) -> dict:
@@ -77,7 +42,6 @@ def export_onnx(decoder, path: Path, *, atol: dict | None = None, seed: int = 0,
     large initialisers as float16 (use it for a decoder already passed through
     :func:`round_to_float16`, so the file holds exactly the torch weights).
     """
-    import onnx
     import torch
 
     atol = dict(PARITY_ATOL if atol is None else atol)
@@ -87,23 +51,10 @@ def export_onnx(decoder, path: Path, *, atol: dict | None = None, seed: int = 0,
     g = torch.Generator().manual_seed(seed)
     z = torch.randn(2, cfg.latent_dim, generator=g)
     v = torch.nn.functional.normalize(torch.randn(2, 3, generator=g) + torch.tensor([0.0, 0.0, 2.0]), dim=1)
-    tmp = path.with_suffix(".tmp.onnx")
-    torch.onnx.export(decoder, (z, v), str(tmp), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                      dynamic_axes={n: {0: "batch"} for n in INPUT_NAMES + OUTPUT_NAMES}, opset_version=17, dynamo=False)
-    model = onnx.load(str(tmp))
-    if float16_weights:
-        model = compress_initializers(model)
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
-    tmp.unlink()
+    _avexport.export_onnx_model(decoder, (z, v), path, INPUT_NAMES, OUTPUT_NAMES, float16_weights=float16_weights)
     with torch.no_grad():
-        ref = [t.numpy() for t in decoder(z, v)]
-    got = onnx_session(path).run(list(OUTPUT_NAMES), {"z": z.numpy(), "view_direction": v.numpy()})
-    diffs = {n: float(np.abs(a - b).max()) for n, a, b in zip(OUTPUT_NAMES, ref, got)}
-    bad = {n: d for n, d in diffs.items() if not d <= atol[n]}
-    if bad:
-        raise RuntimeError(f"ONNX export of the decoder differs from torch beyond tolerance {atol}: {bad}")
-    return diffs
+        ref = {n: t.numpy() for n, t in zip(OUTPUT_NAMES, decoder(z, v))}
+    return _avexport.check_parity(path, {"z": z.numpy(), "view_direction": v.numpy()}, ref, atol, threads=2)
 
 
 def identity_assets(identity: str) -> dict:
@@ -193,3 +144,40 @@ def save_from_checkpoint(checkpoint: Path, out_dir: Path) -> dict:
     model.load_state_dict(ck["model"])
     return save_model(model.decoder, out_dir, studio_identity=cfg.identity, encoder=model.encoder,
                       train_info={"steps": ck["step"], "elapsed_s": ck["elapsed_s"], "train_config": ck["train_config"]})
+
+
+def load_vae(identity: str | None = None, model_dir: str | Path | None = None):
+    """The trained :class:`decoder.model.CodecAvatarVAE` of ``identity`` (eval mode, frozen).
+
+    Reads, in order: a decoder model directory (``weights.pt`` + ``encoder.pt``, as :func:`save_model`
+    writes them with ``encoder=``), or a training checkpoint (``checkpoint.pt``, state_dicts + configs).
+    Without ``model_dir`` it looks in ``decoder/models/IDENTITY`` then ``out/decoder_IDENTITY``.
+    """
+    import torch
+
+    from .model import CodecAvatarVAE
+    from .runtime import default_model_dir
+
+    if model_dir is None and identity is None:
+        raise ValueError("load_vae needs an identity or a model directory")
+    repo = Path(__file__).resolve().parent.parent
+    dirs = [Path(model_dir)] if model_dir is not None else [default_model_dir(identity), repo / "out" / f"decoder_{identity}"]
+    for d in dirs:
+        if (d / "weights.pt").exists() and (d / "encoder.pt").exists():
+            dec = torch.load(d / "weights.pt", map_location="cpu", weights_only=True)
+            enc = torch.load(d / "encoder.pt", map_location="cpu", weights_only=True)
+            vae = CodecAvatarVAE(DecoderConfig.from_dict(dec["config"]))
+            vae.decoder.load_state_dict({k: v.float() for k, v in dec["decoder"].items()})
+            vae.encoder.load_state_dict({k: v.float() for k, v in enc["encoder"].items()})
+            break
+        if (d / "checkpoint.pt").exists():
+            ck = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
+            vae = CodecAvatarVAE(DecoderConfig.from_dict(ck["decoder_config"]))
+            vae.load_state_dict(ck["model"])
+            break
+    else:
+        raise FileNotFoundError(
+            f"no trained codec-avatar VAE for {identity or model_dir} (looked for weights.pt + encoder.pt or checkpoint.pt "
+            f"in {', '.join(map(str, dirs))}); train the decoder first")
+    vae.eval().requires_grad_(False)
+    return vae

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +103,6 @@ def batch_tensors(data: dict, pose_idx: np.ndarray, view_idx: np.ndarray):
 
 def vae_losses(model, batch, coverage, tcfg: TrainConfig, sample: bool = True) -> dict:
     """All loss terms (tensors) for one batch; ``total`` is their weighted sum."""
-    import torch
     from torch.nn import functional as F
 
     from .model import kl_divergence
@@ -120,17 +118,6 @@ def vae_losses(model, batch, coverage, tcfg: TrainConfig, sample: bool = True) -
     return {"total": total, "geometry": geo, "texture": texl, "image": iml, "kl": kl}
 
 
-def _save_checkpoint(path: Path, model, opt, step, elapsed, dcfg, tcfg, history) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save({
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "elapsed_s": elapsed,
-        "decoder_config": dcfg.to_dict(), "train_config": tcfg.to_dict(), "loss_history": history,
-    }, tmp)
-    tmp.replace(path)
-
-
 def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resume: bool = True, progress: bool = True,
                   export: bool = True, data: dict | None = None) -> TrainResult:
     """Train the VAE for ``dcfg.identity``; resume from ``out_dir/checkpoint.pt`` if present.
@@ -140,7 +127,8 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     ``threads`` come from ``tcfg``, so a finished run can be extended.
     """
     import torch
-    from tqdm import tqdm
+
+    from avcore.training import CHECKPOINT_FILE, TrainingLoop, load_checkpoint
 
     from .data import load_or_build
     from .model import CodecAvatarVAE
@@ -148,10 +136,9 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     torch.set_num_threads(tcfg.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    ckpt = None
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    ckpt = load_checkpoint(ckpt_path) if resume else None
+    if ckpt is not None:
         dcfg = DecoderConfig.from_dict(ckpt["decoder_config"])
         # Data and loss settings come from the checkpoint; how long to go on comes from the caller.
         saved = TrainConfig.from_dict(ckpt["train_config"])
@@ -176,18 +163,14 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     coverage = torch.from_numpy(data["coverage"].astype(np.float32))[None, None]
     N, K = data["view_direction"].shape[:2]
     rng = np.random.default_rng(tcfg.train_seed + step)
-    t_start = time.perf_counter()
-    last_ckpt = t_start
     running: dict[str, float] = {}
-    # Progress is whichever limit is nearer (steps or the time budget), in per mille, so the ETA is real.
-    bar = tqdm(total=1000, desc=f"train decoder {dcfg.identity}", unit="‰", disable=not progress,
-               mininterval=5.0, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+    loop = TrainingLoop(
+        ckpt_path, lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "decoder_config": dcfg.to_dict(),
+                            "train_config": tcfg.to_dict(), "loss_history": history},
+        steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s, step=step,
+        elapsed_s=elapsed0, desc=f"train decoder {dcfg.identity}", progress=progress)
     model.train()
-    while step < tcfg.steps:
-        elapsed = elapsed0 + time.perf_counter() - t_start
-        frac = min(1.0, max(step / tcfg.steps, elapsed / tcfg.time_budget_s))
-        if elapsed >= tcfg.time_budget_s:
-            break
+    for step, frac in loop:
         lr = tcfg.lr_final + 0.5 * (tcfg.lr - tcfg.lr_final) * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
@@ -198,20 +181,12 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
         vals = {k: float(v.detach()) for k, v in losses.items()}
         running = {k: (0.95 * running.get(k, v) + 0.05 * v) for k, v in vals.items()}
         if step % 25 == 0 or step == 1:
             history.append({"step": step, **vals})
-        bar.update(int(1000 * frac) - bar.n)
-        bar.set_postfix({"step": step, **{k: f"{v:.4g}" for k, v in running.items()}}, refresh=False)
-        now = time.perf_counter()
-        if now - last_ckpt >= tcfg.checkpoint_every_s:
-            _save_checkpoint(ckpt_path, model, opt, step, elapsed0 + now - t_start, dcfg, tcfg, history)
-            last_ckpt = now
-    bar.close()
-    elapsed = elapsed0 + time.perf_counter() - t_start
-    _save_checkpoint(ckpt_path, model, opt, step, elapsed, dcfg, tcfg, history)
+        loop.report({k: f"{v:.4g}" for k, v in running.items()})
+    step, elapsed = loop.step, loop.elapsed_s
     if export:
         from .export import save_model
 

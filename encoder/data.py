@@ -20,7 +20,7 @@ Arrays of a cache (N frames; S = HMC view size, R = render-loss size, t = VAE te
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +71,7 @@ def render_session(identity: str, session: int, perf_seed: int, seconds: float, 
 
     ``hmc_size`` other than 192 renders smaller HMC views (tests)."""
     import cv2
-    from tqdm import tqdm
+    from avcore.progress import progress as progress_bar
 
     from capture.performance import PerformanceConfig, generate_performance
     from capture.rig import HmcRigConfig, view_direction
@@ -100,7 +100,7 @@ def render_session(identity: str, session: int, perf_seed: int, seconds: float, 
     }
     coverage = np.zeros((R, R), bool)
     rng = np.random.default_rng(perf_seed * 7 + session)
-    for j, i in enumerate(tqdm(idx, desc=f"{identity} session {session} ({split})", disable=not progress, leave=False)):
+    for j, i in enumerate(progress_bar(idx, desc=f"{identity} session {session} ({split})", disable=not progress, leave=False)):
         e, g = perf.expression[i], perf.gaze[i]
         views, gt = studio.hmc_frame(e, g, t=float(perf.t[i]), frame_index=int(i))
         out["views"][j] = views
@@ -137,7 +137,7 @@ def _job(args):
 
 def build_hmc_data(cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True, splits=("train", "test")) -> tuple[dict, dict]:
     """(train, test) dicts of arrays (see the module docstring); a split not in ``splits`` comes back None."""
-    from tqdm import tqdm
+    from avcore.progress import progress as progress_bar
 
     jobs = []
     d = asdict(cfg)
@@ -149,10 +149,10 @@ def build_hmc_data(cfg: HmcDataConfig, *, workers: int = 1, progress: bool = Tru
         import multiprocessing as mp
 
         with mp.get_context("spawn").Pool(workers) as pool:
-            parts = list(tqdm(pool.imap(_job, jobs), total=len(jobs), desc=f"HMC data {cfg.identity}", unit="session",
+            parts = list(progress_bar(pool.imap(_job, jobs), total=len(jobs), desc=f"HMC data {cfg.identity}", unit="session",
                               disable=not progress))
     else:
-        parts = [_job(j) for j in tqdm(jobs, desc=f"HMC data {cfg.identity}", unit="session", disable=not progress)]
+        parts = [_job(j) for j in progress_bar(jobs, desc=f"HMC data {cfg.identity}", unit="session", disable=not progress)]
     ntrain = len(cfg.train_sessions) if "train" in splits else 0
     return (_concat(parts[:ntrain]) if ntrain else None), (_concat(parts[ntrain:]) if "test" in splits else None)
 
@@ -168,6 +168,20 @@ def read_hmc_cache(path: str | Path, cfg: HmcDataConfig) -> tuple[dict | None, d
         train = {k[6:]: z[k] for k in z.files if k.startswith("train_")}
         test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
     return train or None, test or None
+
+
+def read_test_split(path: str | Path) -> dict:
+    """The ``test`` split of the HMC data cache ``path``, whatever settings built its training split.
+
+    Raises FileNotFoundError if the file is missing and ValueError if it holds no test split."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"HMC data cache {path} missing")
+    with np.load(path) as z:
+        test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
+    if not test or "views" not in test:
+        raise ValueError(f"{path} holds no test split (test_views missing)")
+    return test
 
 
 def load_or_build_hmc_data(path: str | Path, cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True,

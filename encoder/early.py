@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from avcore.config import ConfigDict
+from avcore.progress import progress as progress_bar
+
 from .arch import VIEW_NAMES
-from .latex import EARLY_FILE, LATEX_FILE, LatexConfig, calibrate_threshold, gate_distances, sequence_starts
+from .latex import (CALIBRATION_RATIOS, CALIBRATION_SETTINGS, EARLY_FILE, LATEX_FILE, LatexConfig, calibrate_threshold,
+                    calibration_key, gate_distances, sequence_starts)
 from .model import PIXEL_MEAN, PIXEL_STD, HmcEncoderNet, layer_plan
 
 
 @dataclass
-class EarlyConfig:
+class EarlyConfig(ConfigDict):
     grid: int = 12
     """Side of the pooled stem map the head sees."""
     channels: int = 16
@@ -44,9 +48,6 @@ class EarlyConfig:
     augmented_copies: int = 1
     """Slip/exposure-augmented copies of the training frames added to the cache."""
     seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class EarlyHead(nn.Module):
@@ -137,8 +138,6 @@ def build_cache(encoder: HmcEncoderNet, early: EarlyModel, views: np.ndarray, ke
                 progress: bool = True) -> dict:
     """Pooled stem features and the encoder's own outputs (the head's targets) on the training frames
     and ``cfg.augmented_copies`` slip/exposure-augmented copies of them."""
-    from tqdm import tqdm
-
     from .train import EncoderTrainConfig, augment_hmc
 
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -146,7 +145,7 @@ def build_cache(encoder: HmcEncoderNet, early: EarlyModel, views: np.ndarray, ke
     feats, zs, gs = [[] for _ in VIEW_NAMES], [], []
     n = len(views)
     total = n * (1 + cfg.augmented_copies)
-    bar = tqdm(total=total, desc="early-head cache", unit="frame", disable=not progress, mininterval=5.0)
+    bar = progress_bar(total=total, desc="early-head cache", unit="frame", disable=not progress, mininterval=5.0)
     with torch.no_grad():
         for copy in range(1 + cfg.augmented_copies):
             for a in range(0, n, 32):
@@ -167,8 +166,6 @@ def build_cache(encoder: HmcEncoderNet, early: EarlyModel, views: np.ndarray, ke
 def train_head(early: EarlyModel, cache: dict, cfg: EarlyConfig, z_scale: np.ndarray, gaze_scale: np.ndarray,
                progress: bool = True) -> list[dict]:
     """Fit the heads to the cached targets (standardised MSE on z, on gaze). Returns the loss history."""
-    from tqdm import tqdm
-
     torch.manual_seed(cfg.seed)
     params = [p for n, p in early.named_parameters() if not n.startswith("stems.")]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
@@ -179,7 +176,8 @@ def train_head(early: EarlyModel, cache: dict, cfg: EarlyConfig, z_scale: np.nda
     rng = np.random.default_rng(cfg.seed)
     history, run = [], None
     early.train()
-    for step in tqdm(range(1, cfg.steps + 1), desc="train early head", disable=not progress, mininterval=5.0):
+    for step in progress_bar(range(1, cfg.steps + 1), desc="train early head", unit="step", disable=not progress,
+                             mininterval=5.0):
         idx = torch.from_numpy(rng.integers(0, len(zt), cfg.batch_size))
         o = early.head([f[idx].float() for f in feats])
         lz = ((o["z"] / torch.from_numpy(z_scale) - zt[idx]) ** 2).mean()
@@ -227,11 +225,6 @@ def early_outputs(early: EarlyModel, views: np.ndarray, batch: int = 64) -> tupl
     return np.concatenate([o["z"].numpy() for o in outs]), np.concatenate([o["gaze"].numpy() for o in outs])
 
 
-CALIBRATION_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
-CALIBRATION_SETTINGS = ((2, 4), (3, 4), (4, 4), (5, 4), (3, 2), (4, 2), (5, 2), (3, 8))
-"""(T, max_skips) pairs calibrated; (5, 2) is the default :class:`encoder.latex.LatexConfig`, chosen by `avcall eval latex`."""
-
-
 def train_latex(model_dir: str | Path, data: dict, cfg: EarlyConfig | None = None, *, progress: bool = True) -> dict:
     """Train the early head of the encoder in ``model_dir`` on ``data`` (the HMC training arrays),
     export ``early.onnx``, calibrate the gate on the training sequences and write ``latex.json``."""
@@ -260,7 +253,7 @@ def train_latex(model_dir: str | Path, data: dict, cfg: EarlyConfig | None = Non
     calibration = {}
     for T, m in CALIBRATION_SETTINGS:
         thr = {f"{r:g}": calibrate_threshold(d, r, T, m, starts) for r in CALIBRATION_RATIOS}
-        calibration[f"T{T}_max{m}"] = {r: t for r, t in thr.items() if t is not None}
+        calibration[calibration_key(T, m)] = {r: t for r, t in thr.items() if t is not None}
     # How well the head tracks the encoder (held in the cache: unaugmented frames).
     fit = {
         "z_rmse_std": float(np.sqrt((((ze - cache["z"][:n]) / z_scale) ** 2).mean())),
@@ -270,7 +263,6 @@ def train_latex(model_dir: str | Path, data: dict, cfg: EarlyConfig | None = Non
         "encoder": encoder.arch.name,
         "early": cfg.to_dict(),
         "defaults": LatexConfig().to_dict(),
-        "default_skip_ratio": 0.3,
         "z_scale": z_scale.tolist(),
         "gaze_scale": gaze_scale.tolist(),
         "flops": {**flops, "encoder_total": enc_total, "share": flops["total"] / enc_total,

@@ -84,12 +84,12 @@ class AvatarRenders:
 def rendered_mse(identity: str, vae, z_pred: np.ndarray, gaze_pred: np.ndarray, z_gt: np.ndarray, gaze_gt: np.ndarray,
                  *, size: int = 256, views: tuple[str, ...] = EVAL_VIEWS, batch: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
     """Per-frame MSE (0..255 scale) between avatars from predicted and ground-truth codes, per view: {view: (N,)}."""
-    from tqdm import tqdm
+    from avcore.progress import progress as progress_bar
 
     r = AvatarRenders(identity, vae, size)
     out = {v: np.zeros(len(z_pred)) for v in views}
     try:
-        for a in tqdm(range(0, len(z_pred), batch), desc=f"render {identity}", disable=not progress):
+        for a in progress_bar(range(0, len(z_pred), batch), desc=f"render {identity}", unit="batch", disable=not progress):
             s = slice(a, a + batch)
             for v in views:
                 ip = r.images(z_pred[s], gaze_pred[s], v)
@@ -106,8 +106,12 @@ def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int =
 
     ``attribute``: also render with only the predicted code (true gaze) and with only the predicted gaze
     (true code), so the error can be split between the two (``attribution``; three times the renders)."""
-    from .train import attach_codes
+    from .codec import attach_codes
 
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"frames must be >= 1 (got {max_frames})")
+    if len(test["views"]) == 0:
+        raise ValueError("the test set has no frames")
     attach_codes(test, vae)
     n = len(test["views"]) if max_frames is None else min(max_frames, len(test["views"]))
     sel = np.linspace(0, len(test["views"]) - 1, n).astype(int) if n < len(test["views"]) else np.arange(n)
@@ -161,7 +165,7 @@ def cached_evaluation(model_dir, identity: str, test: dict, vae, *, size: int = 
     import json
     from pathlib import Path
 
-    from .train import attach_codes
+    from .codec import attach_codes
 
     attach_codes(test, vae)
     path = Path(model_dir) / f"eval_{identity}.json"

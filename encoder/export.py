@@ -16,16 +16,15 @@ onnxruntime outputs are compared with torch before the export counts as done.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from decoder.export import compress_initializers, round_to_float16
+from avcore import export as _avexport
 
 from .arch import VIEW_NAMES, EncoderArch
 
-ONNX_OPSET = 17
+ONNX_OPSET = _avexport.ONNX_OPSET
 PARITY_ATOL = 1e-3
 """Max |onnxruntime - torch| allowed, relative to max(1, |torch|) (keypoints are in pixels)."""
 COMPACT_PARITY_ATOL = 1e-2
@@ -55,43 +54,16 @@ class _ViewExport:
         return W()
 
 
-def _export(module, args, path: Path, input_names, output_names) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module, args, str(path), dynamo=False, opset_version=ONNX_OPSET, input_names=input_names,
-            output_names=output_names, dynamic_axes={n: {0: "batch"} for n in (*input_names, *output_names)},
-            do_constant_folding=True,
-        )
-
-
-def _compress_file(path: Path) -> None:
-    """Store the ONNX file's large float32 initialisers as float16 (see ``decoder.export.compress_initializers``)."""
-    import onnx
-
-    onnx.save(compress_initializers(onnx.load(str(path))), str(path))
+def _export(module, args, path: Path, input_names, output_names, *, float16_weights: bool = False) -> None:
+    """:func:`avcore.export.export_onnx_model` at :data:`ONNX_OPSET` (kept for ``encoder.early``)."""
+    _avexport.export_onnx_model(module, args, path, input_names, output_names, opset=ONNX_OPSET,
+                                float16_weights=float16_weights)
 
 
 def _check_parity(path: Path, feeds: dict, expected: list[np.ndarray], names: list[str], atol: float = PARITY_ATOL) -> float:
-    import onnx
-    import onnxruntime as ort
-
-    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    got = sess.run(names, feeds)
-    worst = 0.0
-    for n, g, e in zip(names, got, expected):
-        if g.shape != e.shape:
-            raise RuntimeError(f"{path.name}:{n}: onnxruntime shape {g.shape} != torch {e.shape}")
-        err = float(np.max(np.abs(g - e) / np.maximum(1.0, np.abs(e))))
-        if not err <= atol:
-            raise RuntimeError(f"{path.name}:{n}: onnxruntime differs from torch by {err:.3g} (> {atol})")
-        worst = max(worst, err)
-    return worst
+    """Max relative error of onnxruntime vs torch over ``names`` (:func:`avcore.export.check_parity`); raises beyond ``atol``."""
+    errors = _avexport.check_parity(path, feeds, dict(zip(names, expected)), atol, relative=True, threads=1)
+    return max(errors.values(), default=0.0)
 
 
 def export_onnx(model, out_dir: str | Path, *, batch: int = 2, seed: int = 0, compact: bool = False) -> dict[str, float]:
@@ -117,16 +89,12 @@ def export_onnx(model, out_dir: str | Path, *, batch: int = 2, seed: int = 0, co
             w = _ViewExport(model.views[v], names).eval()
             x = torch.randint(0, 256, (batch, 1, S, S), dtype=torch.uint8, generator=g)
             path = out_dir / f"{v}.onnx"
-            _export(w, (x,), path, ["image"], names)
-            if compact:
-                _compress_file(path)
+            _export(w, (x,), path, ["image"], names, float16_weights=compact)
             expected = [t.numpy() for t in w(x)]
             errors[v] = _check_parity(path, {"image": x.numpy()}, expected, names, atol)
         f = torch.randn(batch, 3 * arch.feature_dim, generator=g)
         path = out_dir / "fusion.onnx"
-        _export(model.fusion, (f,), path, ["features"], ["z"])
-        if compact:
-            _compress_file(path)
+        _export(model.fusion, (f,), path, ["features"], ["z"], float16_weights=compact)
         errors["fusion"] = _check_parity(path, {"features": f.numpy()}, [model.fusion(f).numpy()], ["z"], atol)
     model.train(was_training)
     return errors
@@ -147,7 +115,7 @@ def save_model(model, out_dir: str | Path, *, identity: str = "", train_info: di
     (out_dir / "arch.json").write_text(model.arch.to_json())
     sd = model.state_dict()
     if compact:
-        round_to_float16(model)
+        _avexport.round_to_float16(model)
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in model.state_dict().items()}
     torch.save(sd, out_dir / "encoder.pt")
     meta = {

@@ -13,52 +13,122 @@ The gate distance is ``max(rms(dz / z_std), rms(dg / gaze_std))``: the larger of
 the standardised change of the early code and of the early gaze, so a saccade
 alone is enough to force a keyframe. A frame is also a keyframe while fewer than
 ``T`` values are known (the start of a stream) and after ``max_skips`` skipped
-frames in a row (a bound on extrapolation drift).
+frames in a row (a bound on extrapolation drift). That rule lives in one place,
+:class:`LatexGate`: the sender steps it frame by frame (:class:`LatexEncoder`) and
+the evaluation and calibration loop it over whole sequences (:func:`gate_schedule`).
+Its settings and defaults live in one place too, :class:`LatexConfig`.
 
 This module never imports torch: the sender uses it through onnxruntime. The
 files it reads sit in the encoder model directory next to the view models::
 
     DIR/early.onnx    views (B, 3, S, S) uint8 -> z (B, Z), gaze (B, 2, 2)
-    DIR/latex.json    gate settings, standardisation scales, calibrated thresholds
+    DIR/latex.json    the LatexConfig defaults it was calibrated with ("defaults"),
+                      standardisation scales ("z_scale", "gaze_scale"), thresholds
+                      calibrated per (T, max_skips) ("calibration": {"T5_max2": {"0.3": thr, ...}})
 """
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+from avcore.config import ConfigDict
+from avcore.errors import UsageError
+
+from .runtime import EncodeResult
 
 LATEX_FILE = "latex.json"
 EARLY_FILE = "early.onnx"
 
+CALIBRATION_RATIOS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+"""Target skip ratios whose thresholds ``avcall train latex`` calibrates."""
+CALIBRATION_SETTINGS = ((2, 4), (3, 4), (4, 4), (5, 4), (3, 2), (4, 2), (5, 2), (3, 8))
+"""(T, max_skips) pairs calibrated; (5, 2) is the default :class:`LatexConfig`, chosen by `avcall eval latex`."""
+
+
+def calibration_key(history: int, max_skips: int) -> str:
+    """The ``latex.json`` calibration entry of a (T, max_skips) setting, e.g. ``"T5_max2"``."""
+    return f"T{history}_max{max_skips}"
+
 
 @dataclass
-class LatexConfig:
-    """Gate settings. ``threshold`` wins over ``skip_ratio`` when both are given."""
+class LatexConfig(ConfigDict):
+    """LATEX gate settings and their defaults (the one place they live).
+
+    ``threshold`` wins over ``skip_ratio`` when set; with neither, the default ``skip_ratio`` is used.
+    ``to_dict()``/``from_dict()`` follow :mod:`avcore.config`: unknown keys are an error
+    (:class:`avcore.errors.UsageError`, a ValueError, naming them), missing keys take their defaults."""
 
     history: int = 5
     """T: codes used by the extrapolation (>= 2)."""
     threshold: float | None = None
-    """Gate distance above which a frame is a keyframe."""
-    skip_ratio: float | None = None
-    """Target share of skipped frames; the threshold is looked up in the calibration of ``latex.json``."""
+    """Gate distance above which a frame is a keyframe; when set it wins over ``skip_ratio``."""
+    skip_ratio: float | None = 0.3
+    """Target share of skipped frames; the threshold is looked up in the calibration of ``latex.json``
+    (None = this default)."""
     max_skips: int = 2
     """Most frames skipped in a row before a keyframe is forced (0 = no bound)."""
 
     def __post_init__(self):
-        if self.history < 2:
-            raise ValueError(f"history T must be >= 2, got {self.history}")
+        if not isinstance(self.history, numbers.Integral) or self.history < 2:
+            raise UsageError(f"LatexConfig: history T must be an integer >= 2, got {self.history!r}")
+        if not isinstance(self.max_skips, numbers.Integral) or self.max_skips < 0:
+            raise UsageError(f"LatexConfig: max_skips must be an integer >= 0, got {self.max_skips!r}")
+        self.history, self.max_skips = int(self.history), int(self.max_skips)
         if self.skip_ratio is not None and not 0 <= self.skip_ratio < 1:
-            raise ValueError(f"skip_ratio must be in [0, 1), got {self.skip_ratio}")
-        if self.threshold is not None and self.threshold < 0:
-            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
-        if self.max_skips < 0:
-            raise ValueError(f"max_skips must be >= 0, got {self.max_skips}")
+            raise UsageError(f"LatexConfig: skip_ratio must be in [0, 1), got {self.skip_ratio!r}")
+        if self.threshold is not None and not self.threshold >= 0:  # NaN fails too
+            raise UsageError(f"LatexConfig: threshold must be >= 0, got {self.threshold!r}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def target_skip_ratio(self) -> float:
+        """The skip ratio the threshold is calibrated for when ``threshold`` is not set."""
+        return LatexConfig.skip_ratio if self.skip_ratio is None else float(self.skip_ratio)
+
+
+class LatexGate:
+    """The gate rule, stateful: ``step(distance)`` -> True when the frame is a keyframe (the full encoder runs).
+
+    A frame is a keyframe while fewer than ``history`` frames of the sequence are known, when its distance
+    exceeds ``threshold`` (a NaN distance always does; distances compare as Python floats), and after
+    ``max_skips`` skipped frames in a row (0 = no bound). ``reset()`` starts a new sequence.
+
+    The sender steps it frame by frame (:class:`LatexEncoder`); :func:`gate_schedule` loops it over
+    whole sequences for the evaluation and the calibration."""
+
+    def __init__(self, threshold: float, history: int = LatexConfig.history, max_skips: int = LatexConfig.max_skips):
+        if history < 2:
+            raise UsageError(f"LatexGate: history T must be >= 2, got {history}")
+        if max_skips < 0:
+            raise UsageError(f"LatexGate: max_skips must be >= 0, got {max_skips}")
+        self.threshold = float(threshold)
+        self.history = int(history)
+        self.max_skips = int(max_skips)
+        self.reset()
+
+    @classmethod
+    def from_config(cls, cfg: LatexConfig, threshold: float) -> "LatexGate":
+        return cls(threshold, cfg.history, cfg.max_skips)
+
+    def reset(self) -> None:
+        self.known = 0
+        """Frames of the current sequence seen so far."""
+        self.run = 0
+        """Frames skipped in a row just before the next one."""
+
+    def step(self, distance: float) -> bool:
+        """The next frame's gate distance (to the frame before; inf for none) -> True = keyframe."""
+        skip = (self.known >= self.history and float(distance) <= self.threshold
+                and (self.max_skips == 0 or self.run < self.max_skips))
+        self.run = self.run + 1 if skip else 0
+        self.known += 1
+        return not skip
 
 
 def extrapolate(history: np.ndarray) -> np.ndarray:
@@ -89,22 +159,18 @@ def gate_distances(z_early: np.ndarray, gaze_early: np.ndarray, z_scale: np.ndar
 
 def gate_schedule(distances: np.ndarray, threshold: float, history: int, max_skips: int,
                   starts: np.ndarray | None = None) -> np.ndarray:
-    """The gate over a whole sequence: (N,) bool, True = keyframe (full encoder runs).
+    """:class:`LatexGate` over a whole sequence set: (N,) bool, True = keyframe (full encoder runs).
 
-    Frame t is a keyframe when fewer than ``history`` frames of its sequence are known,
-    when its distance exceeds ``threshold``, or when ``max_skips`` frames before it were skipped."""
-    d = np.asarray(distances)
+    ``starts`` marks frames that begin a new sequence (the gate is reset there)."""
+    d = np.asarray(distances, np.float64).tolist()
     n = len(d)
-    starts = np.zeros(n, bool) if starts is None else np.asarray(starts, bool)
+    starts = [False] * n if starts is None else np.asarray(starts, bool).tolist()
+    gate = LatexGate(threshold, history, max_skips)
     key = np.ones(n, bool)
-    known, run = 0, 0
     for t in range(n):
         if starts[t]:
-            known, run = 0, 0
-        skip = known >= history and d[t] <= threshold and (max_skips == 0 or run < max_skips)
-        key[t] = not skip
-        run = run + 1 if skip else 0
-        known += 1
+            gate.reset()
+        key[t] = gate.step(d[t])
     return key
 
 
@@ -171,20 +237,6 @@ def sequence_starts(session: np.ndarray, frame: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- runtime
-@dataclass
-class GatedResult:
-    """One frame through :class:`LatexEncoder`."""
-
-    z: np.ndarray
-    gaze: np.ndarray
-    keypoints: np.ndarray | None
-    keyframe: bool
-    distance: float
-    encode_ms: float
-    """Encoder time actually spent on this frame: early model (+ full encoder on a keyframe)."""
-    stage_ms: dict[str, float] = field(default_factory=dict)
-
-
 def load_latex_settings(model_dir: str | Path) -> dict:
     path = Path(model_dir) / LATEX_FILE
     if not path.exists():
@@ -194,12 +246,13 @@ def load_latex_settings(model_dir: str | Path) -> dict:
 
 
 def resolve_threshold(settings: dict, cfg: LatexConfig) -> float:
-    """The threshold ``cfg`` asks for: its own, else the calibrated one for its skip ratio (interpolated)."""
+    """The threshold ``cfg`` asks for: its own, else the calibrated one for its (default) skip ratio, interpolated
+    in ``settings["calibration"]`` (the ``latex.json`` of the model directory)."""
     if cfg.threshold is not None:
         return float(cfg.threshold)
-    target = settings.get("default_skip_ratio", 0.3) if cfg.skip_ratio is None else cfg.skip_ratio
+    target = cfg.target_skip_ratio
     cal = settings.get("calibration", {})
-    key = f"T{cfg.history}_max{cfg.max_skips}"
+    key = calibration_key(cfg.history, cfg.max_skips)
     if key not in cal:
         raise ValueError(f"{LATEX_FILE} has no calibration for T={cfg.history}, max_skips={cfg.max_skips} "
                          f"(has {sorted(cal)}); give a threshold instead")
@@ -213,70 +266,87 @@ def resolve_threshold(settings: dict, cfg: LatexConfig) -> float:
 
 
 class LatexEncoder:
-    """Gated encoding for the sender: ``encode(views)`` -> :class:`GatedResult`.
+    """Gated encoding for the sender, an :class:`encoder.runtime.Encoder`: ``encode(views)`` ->
+    :class:`encoder.runtime.EncodeResult` with ``keyframe``, ``distance`` and ``encode_ms`` filled in.
 
-    Wraps an :class:`encoder.runtime.HmcEncoder` and the early model of the same directory."""
+    Wraps an encoder (:class:`encoder.runtime.HmcEncoder`) and the early model of its directory. ``threads``
+    is the early model's intra-op thread count; ``clock`` (seconds) times ``encode_ms`` and the ``early``
+    stage (tests inject one)."""
 
-    def __init__(self, encoder, cfg: LatexConfig | None = None, *, threads: int = 1):
-        import onnxruntime as ort
+    def __init__(self, encoder, cfg: LatexConfig | None = None, *, threads: int = 1,
+                 clock: Callable[[], float] = time.perf_counter):
+        from avcore.onnx import inference_session
 
         self.encoder = encoder
-        self.cfg = cfg or LatexConfig()
-        self.settings = load_latex_settings(encoder.model_dir)
+        self.cfg = cfg if cfg is not None else LatexConfig()
+        self.model_dir = Path(encoder.model_dir)
+        self.input_size = int(encoder.input_size)
+        self.latent_dim = int(encoder.latent_dim)
+        self.identity = str(getattr(encoder, "identity", ""))
+        self.settings = load_latex_settings(self.model_dir)
         self.threshold = resolve_threshold(self.settings, self.cfg)
         self.z_scale = np.asarray(self.settings["z_scale"], np.float32)
         self.gaze_scale = np.asarray(self.settings["gaze_scale"], np.float32)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        self.early = ort.InferenceSession(str(Path(encoder.model_dir) / EARLY_FILE), so, providers=["CPUExecutionProvider"])
-        self.input_size = encoder.input_size
+        early = self.model_dir / EARLY_FILE
+        if not early.is_file():
+            raise FileNotFoundError(f"no LATEX early model in {self.model_dir} ({EARLY_FILE} missing); "
+                                    f"train one with `avcall train latex --model-dir {self.model_dir}`")
+        self.early = inference_session(early, threads)
+        self.gate = LatexGate.from_config(self.cfg, self.threshold)
+        self._clock = clock
         self.reset()
 
     def reset(self) -> None:
-        """Forget the history (a new sequence: the next ``T`` frames are keyframes)."""
+        """Forget the history (a new sequence: the next ``T`` frames are keyframes) and the counts."""
+        self.gate.reset()
+        reset = getattr(self.encoder, "reset", None)
+        if reset is not None:
+            reset()
         self._prev_early: tuple[np.ndarray, np.ndarray] | None = None
         self._hist: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
-        self._run = 0
         self.frames = 0
         self.keyframes = 0
 
     @property
     def skip_ratio(self) -> float:
+        """Share of frames since the last :meth:`reset` whose code was extrapolated."""
         return 1.0 - self.keyframes / self.frames if self.frames else 0.0
 
     def early_estimate(self, views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         z, g = self.early.run(["z", "gaze"], {"views": np.ascontiguousarray(views, np.uint8)[None]})
         return z[0], g[0]
 
-    def encode(self, views: np.ndarray) -> GatedResult:
+    def encode(self, views: np.ndarray) -> EncodeResult:
         T = self.cfg.history
-        t0 = time.perf_counter()
+        t0 = self._clock()
         ze, ge = self.early_estimate(views)
-        t_early = (time.perf_counter() - t0) * 1e3
+        t_early = (self._clock() - t0) * 1e3
         if self._prev_early is None:
-            d = float("inf")
+            d = math.inf
         else:
             d = float(gate_distances(np.stack([self._prev_early[0], ze]), np.stack([self._prev_early[1], ge]),
                                      self.z_scale, self.gaze_scale)[1])
         self._prev_early = (ze, ge)
-        skip = len(self._hist) >= T and d <= self.threshold and (self.cfg.max_skips == 0 or self._run < self.cfg.max_skips)
+        keyframe = self.gate.step(d)
         stage_ms = {"early": t_early}
-        if skip:
+        if keyframe:
+            try:
+                r = self.encoder.encode(views)
+            except BaseException:
+                self.reset()  # the gate counted a frame the history lacks: start the sequence over
+                raise
+            z, g, kp = r.z, r.gaze, r.keypoints
+            stage_ms.update(r.stage_ms)
+            self.keyframes += 1
+        else:
             h = self._hist[-T:]
             z = extrapolate(np.stack([x[0] for x in h]))
             g = extrapolate(np.stack([x[1] for x in h]))
             kp = extrapolate(np.stack([x[2] for x in h])) if h[0][2] is not None else None
-            self._run += 1
-        else:
-            r = self.encoder.encode(views)
-            z, g, kp = r.z, r.gaze, r.keypoints
-            stage_ms.update(r.stage_ms)
-            self._run = 0
-            self.keyframes += 1
         self.frames += 1
         self._hist.append((z, g, kp))
         if len(self._hist) > T:
             del self._hist[0]
-        return GatedResult(z=np.asarray(z, np.float32), gaze=np.asarray(g, np.float32), keypoints=kp, keyframe=not skip,
-                           distance=d, encode_ms=(time.perf_counter() - t0) * 1e3, stage_ms=stage_ms)
+        return EncodeResult(z=np.asarray(z, np.float32), gaze=np.asarray(g, np.float32), keypoints=kp,
+                            stage_ms=stage_ms, keyframe=keyframe, distance=d,
+                            encode_ms=(self._clock() - t0) * 1e3)

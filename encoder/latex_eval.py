@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.progress import progress as progress_bar
+
 from .latex import (LatexConfig, LatexEncoder, apply_schedule, blind_schedule, gate_distances, gate_schedule,
                     load_latex_settings, resolve_threshold, sequence_starts)
 
@@ -59,9 +61,8 @@ def build_sequences(cfg: LatexEvalConfig, vae, *, progress: bool = True, cache: 
                 return {k: z[k] for k in z.files if k != "key"}
     dcfg = HmcDataConfig(identity=cfg.identity, fps=cfg.fps)
     parts = []
-    from tqdm import tqdm
-
-    for k, s in enumerate(tqdm(cfg.sessions, desc=f"held-out sequences {cfg.identity}", unit="session", disable=not progress)):
+    for k, s in enumerate(progress_bar(cfg.sessions, desc=f"held-out sequences {cfg.identity}", unit="session",
+                                       disable=not progress)):
         parts.append(render_session(cfg.identity, s, cfg.seed + k, cfg.seconds, cfg.fps, "all", dcfg, hmc_size=cfg.hmc_size))
     keep = ("views", "gaze", "vertices", "enc_texture", "extreme", "session", "frame")
     data = {k: np.concatenate([p[k] for p in parts]) for k in keep}
@@ -83,8 +84,6 @@ def _machine() -> str:
 
 def run_encoders(model_dir: Path, views: np.ndarray, progress: bool = True) -> dict:
     """Full encoder and early model on every frame (no gate): outputs and per-frame times."""
-    from tqdm import tqdm
-
     from .runtime import HmcEncoder
 
     enc = HmcEncoder(model_dir)
@@ -94,7 +93,7 @@ def run_encoders(model_dir: Path, views: np.ndarray, progress: bool = True) -> d
     ze, ge = np.zeros((n, enc.latent_dim), np.float32), np.zeros((n, 2, 2), np.float32)
     t_full, t_early = np.zeros(n), np.zeros(n)
     enc.encode(views[0]), gated.early_estimate(views[0])  # warm-up
-    for i in tqdm(range(n), desc="encode held-out frames", disable=not progress, mininterval=5.0):
+    for i in progress_bar(range(n), desc="encode held-out frames", unit="frame", disable=not progress, mininterval=5.0):
         t0 = time.perf_counter()
         r = enc.encode(views[i])
         t1 = time.perf_counter()
@@ -122,20 +121,26 @@ def measure_gated(model_dir: Path, views: np.ndarray, starts: np.ndarray, cfg: L
     return {"keyframe": key, "encode_ms": ms}
 
 
+def expected_encode_ms(early_ms: np.ndarray, full_ms: np.ndarray, keyframe: np.ndarray) -> float:
+    """Encode time per frame a gated sender should spend: the early model on every frame plus the full encoder
+    on the keyframe share, ``mean(early) + mean(keyframe) x mean(full)`` (= early + (1 - skip ratio) x full),
+    from the per-frame times of the no-skip pass."""
+    return float(np.mean(early_ms) + np.mean(np.asarray(keyframe, bool)) * np.mean(full_ms))
+
+
 class _MseCache:
     """Front-view MSE of each frame's (z, gaze) against the ground-truth render; renders only what differs
     from the no-skip run (keyframes keep the full encoder's code)."""
 
     def __init__(self, identity: str, vae, seq: dict, full: dict, size: int, progress: bool):
-        from tqdm import tqdm
-
         from .evaluate import AvatarRenders
 
         self.r = AvatarRenders(identity, vae, size)
         n = len(seq["views"])
         self.gt = np.zeros((n, size, size, 3), np.uint8)
         self.full = np.zeros(n)
-        for a in tqdm(range(0, n, 16), desc="render ground truth + no-skip", disable=not progress, mininterval=5.0):
+        for a in progress_bar(range(0, n, 16), desc="render ground truth + no-skip", unit="batch", disable=not progress,
+                              mininterval=5.0):
             s = slice(a, min(n, a + 16))
             self.gt[s] = self.r.images(seq["z_gt"][s], seq["gaze"][s], "front").astype(np.uint8)
             self.full[s] = self._mse(full["z"][s], full["gaze"][s], s)
@@ -161,8 +166,6 @@ def evaluate_latex(model_dir: str | Path, vae, cfg: LatexEvalConfig, *, history:
                    command: str = "", progress: bool = True, cache: Path | None = None,
                    sweep_ratios: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)) -> dict:
     """The whole evaluation (see the module docstring) -> the latex.json dict (+ per-frame arrays under ``_frames``)."""
-    from tqdm import tqdm
-
     model_dir = Path(model_dir)
     settings = load_latex_settings(model_dir)
     seq = build_sequences(cfg, vae, progress=progress, cache=cache)
@@ -183,7 +186,7 @@ def evaluate_latex(model_dir: str | Path, vae, cfg: LatexEvalConfig, *, history:
                           for r in sweep_ratios]
     rows, frames = [], {"mse_full": mse.full, "distance": d, "starts": starts, "extreme": seq["extreme"]}
     try:
-        for thr in tqdm(thresholds, desc="LATEX sweep", disable=not progress):
+        for thr in progress_bar(thresholds, desc="LATEX sweep", unit="threshold", disable=not progress):
             key = gate_schedule(d, thr, history, max_skips, starts)
             meas = measure_gated(model_dir, seq["views"], starts, LatexConfig(history=history, max_skips=max_skips, threshold=thr))
             if not np.array_equal(meas["keyframe"], key):
@@ -192,7 +195,7 @@ def evaluate_latex(model_dir: str | Path, vae, cfg: LatexEvalConfig, *, history:
             per, row = outcome(key)
             row = {"threshold": float(thr), **row, "mse_rise_pct": 100 * (row["mse_front"] / base - 1),
                    "encode_ms_per_frame": float(meas["encode_ms"].mean()),
-                   "encode_ms_expected": float(full["early_ms"].mean() + key.mean() * full["full_ms"].mean()),
+                   "encode_ms_expected": expected_encode_ms(full["early_ms"], full["full_ms"], key),
                    "encode_ms_p50": float(np.percentile(meas["encode_ms"], 50))}
             rows.append(row)
             frames[f"latex_{thr:.6g}"] = per

@@ -34,16 +34,33 @@ def find_model_dir(identity: str, name: str, runs_root: Path) -> Path | None:
     return None
 
 
+def test_data_path(identity: str, data_dir: str | Path) -> Path:
+    """The HMC cache holding ``identity``'s test frames in ``data_dir``: ``test_IDENTITY.npz``, else ``data_IDENTITY.npz``."""
+    data_dir = Path(data_dir)
+    for p in (data_dir / f"test_{identity}.npz", data_dir / f"data_{identity}.npz"):
+        if p.is_file():
+            return p
+    raise FileNotFoundError(f"no test data for {identity} in {data_dir} (test_{identity}.npz or data_{identity}.npz)")
+
+
 def build_table(identities: list[str], models: list[str], out_dir: str | Path, *, command: str, runs_root: str | Path,
-                max_frames: int | None = 240, render_size: int = 256, bench_runs: int = 200, progress: bool = True) -> dict:
-    """Evaluate every (model, identity) pair, write ``table1.json`` and ``table1.md``; return the table."""
+                max_frames: int | None = 240, render_size: int = 256, bench_runs: int = 200, progress: bool = True,
+                decoders_root: str | Path | None = None, data_dir: str | Path | None = None) -> dict:
+    """Evaluate every (model, identity) pair, write ``table1.json`` and ``table1.md``; return the table.
+
+    ``decoders_root``: directory with one trained decoder per identity (``ROOT/IDENTITY``; default the embedded
+    ``decoder/models``). ``data_dir``: directory with each identity's test data (:func:`test_data_path`; default
+    the shared caches under ``runs/encoder``, rendered on first use)."""
+    from decoder.export import load_vae
+
     from .arch import get_arch
     from .bench import bench_arch, bench_model_dir, machine_description
-    from .codec import load_vae
     from .evaluate import cached_evaluation
     from .flops import analytic_flops
     from .train import load_test_data, parse_model_name
 
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"frames must be >= 1 (got {max_frames})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_root = Path(runs_root)
@@ -70,8 +87,8 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
         if not any(dirs.values()):
             missing += [f"{ident}/{n}" for n in models]
             continue
-        vae = load_vae(ident)
-        test = load_test_data(ident, progress=progress)
+        vae = load_vae(ident, None if decoders_root is None else Path(decoders_root) / ident)
+        test = load_test_data(ident, path=None if data_dir is None else test_data_path(ident, data_dir), progress=progress)
         for name in models:
             if dirs[name] is None:
                 missing.append(f"{ident}/{name}")

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import codec as _codec
 from .arch import EncoderArch
 from .losses import LossWeights
 
@@ -136,25 +136,8 @@ def batch_tensors(data: dict, idx: np.ndarray) -> dict:
     }
 
 
-def _save_checkpoint(path: Path, model, opt, reweight, step, elapsed, arch, tcfg, history, z_std) -> None:
-    import torch
-
-    tmp = path.with_suffix(".tmp")
-    torch.save({
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "reweighting": reweight.state_dict(), "step": step,
-        "elapsed_s": elapsed, "arch": arch.to_dict(), "train_config": tcfg.to_dict(), "loss_history": history,
-        "z_std": torch.from_numpy(z_std),
-    }, tmp)
-    tmp.replace(path)
-
-
-def attach_codes(data: dict, vae) -> dict:
-    """Add ``z_gt`` (the VAE means) to an HMC data dict (in place) and return it."""
-    from .codec import ground_truth_codes
-
-    if "z_gt" not in data:
-        data["z_gt"] = ground_truth_codes(vae.encoder, data["vertices"], data["enc_texture"])
-    return data
+# ``attach_codes`` lives beside ``ground_truth_codes`` in :mod:`encoder.codec`; this name is kept for older imports.
+attach_codes = _codec.attach_codes
 
 
 def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConfig, *, data: dict, vae, resume: bool = True,
@@ -165,7 +148,8 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
     Resumes from ``out_dir/checkpoint.pt`` when present (its arch and config win).
     """
     import torch
-    from tqdm import tqdm
+
+    from avcore.training import CHECKPOINT_FILE, TrainingLoop, load_checkpoint
 
     from .losses import GazeReweighting, autocard_loss
     from .model import build_encoder
@@ -173,13 +157,12 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
     torch.set_num_threads(tcfg.threads)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "checkpoint.pt"
-    ckpt = None
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    ckpt_path = out_dir / CHECKPOINT_FILE
+    ckpt = load_checkpoint(ckpt_path) if resume else None
+    if ckpt is not None:
         arch = EncoderArch.from_dict(ckpt["arch"])
         tcfg = EncoderTrainConfig.from_dict(ckpt["train_config"])
-    attach_codes(data, vae)
+    _codec.attach_codes(data, vae)
     z_std = np.maximum(data["z_gt"].std(0), 1e-2).astype(np.float32) if ckpt is None else ckpt["z_std"].numpy()
     torch.manual_seed(tcfg.seed)
     model = build_encoder(arch).to(memory_format=torch.channels_last)  # ~1.5x faster convs on CPU
@@ -200,18 +183,15 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
     S = float(arch.input_size)
     rng = np.random.default_rng(tcfg.seed * 7919 + step)
     gen = torch.Generator().manual_seed(tcfg.seed * 104729 + step)
-    t_start = time.perf_counter()
-    last_ckpt = t_start
     running: dict[str, float] = {}
-    # Progress is whichever limit is nearer (steps or the time budget), in per mille, so the ETA is real.
-    bar = tqdm(total=1000, desc=f"train encoder {arch.name} {tcfg.identity}", unit="‰", disable=not progress,
-               mininterval=5.0, dynamic_ncols=True, bar_format="{l_bar}{bar}| {elapsed}<{remaining}{postfix}")
+    loop = TrainingLoop(
+        ckpt_path, lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "reweighting": reweight.state_dict(),
+                            "arch": arch.to_dict(), "train_config": tcfg.to_dict(), "loss_history": history,
+                            "z_std": torch.from_numpy(z_std)},
+        steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s, step=step,
+        elapsed_s=elapsed0, desc=f"train encoder {arch.name} {tcfg.identity}", progress=progress)
     model.train()
-    while step < tcfg.steps:
-        elapsed = elapsed0 + time.perf_counter() - t_start
-        if elapsed >= tcfg.time_budget_s:
-            break
-        frac = min(1.0, max(step / tcfg.steps, elapsed / tcfg.time_budget_s))
+    for step, frac in loop:
         lr = tcfg.lr_final + 0.5 * (tcfg.lr - tcfg.lr_final) * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr
@@ -227,20 +207,12 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 2.0)
         opt.step()
-        step += 1
         vals = {k: float(v.detach()) for k, v in losses.items()}
         running = {k: (0.95 * running.get(k, v) + 0.05 * v) for k, v in vals.items()}
         if step % 20 == 0 or step == 1:
             history.append({"step": step, "lr": lr, **vals})
-        bar.update(int(1000 * frac) - bar.n)
-        bar.set_postfix({"step": step, **{k: f"{running[k]:.4g}" for k in ("total", "latent", "gaze", "rendering")}}, refresh=False)
-        now = time.perf_counter()
-        if now - last_ckpt >= tcfg.checkpoint_every_s:
-            _save_checkpoint(ckpt_path, model, opt, reweight, step, elapsed0 + now - t_start, arch, tcfg, history, z_std)
-            last_ckpt = now
-    bar.close()
-    elapsed = elapsed0 + time.perf_counter() - t_start
-    _save_checkpoint(ckpt_path, model, opt, reweight, step, elapsed, arch, tcfg, history, z_std)
+        loop.report({k: f"{running[k]:.4g}" for k in ("total", "latent", "gaze", "rendering")})
+    step, elapsed = loop.step, loop.elapsed_s
     (out_dir / "loss_history.json").write_text(json.dumps(history))
     info = {"steps": step, "elapsed_s": round(elapsed, 1), "train_frames": N, "final_losses": running,
             "config": tcfg.to_dict()}
@@ -250,7 +222,7 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
         from .evaluate import code_errors
 
         model.eval()
-        attach_codes(test_data, vae)
+        _codec.attach_codes(test_data, vae)
         sel = np.linspace(0, len(test_data["views"]) - 1, min(96, len(test_data["views"]))).astype(int)
         info["test"] = code_errors(model, {k: v[sel] if k != "coverage" else v for k, v in test_data.items()}, z_std)
     meta = {}
@@ -299,16 +271,22 @@ def load_identity_data(identity: str, data_path: str | Path | None = None, *, wo
     return load_or_build_hmc_data(path, cfg, workers=workers, progress=progress)
 
 
-def load_test_data(identity: str, *, workers: int = 1, progress: bool = True) -> dict:
-    """The held-out test frames of ``identity``. Every training-data variant shares them, so they come from the
-    default cache when it exists, else from a test-only cache (``runs/encoder/test_IDENTITY.npz``) rendered once."""
-    from .data import HmcDataConfig, load_or_build_hmc_data, read_hmc_cache
+def load_test_data(identity: str, *, path: str | Path | None = None, root: str | Path = RUNS_ROOT, workers: int = 1,
+                   progress: bool = True) -> dict:
+    """The held-out test frames of ``identity``.
 
+    With ``path``: the test split of that HMC data cache, as it is (tests and small evaluations bring their own).
+    Otherwise every training-data variant shares them, so they come from the default cache (``root/data_IDENTITY.npz``)
+    when it exists, else from a test-only cache (``root/test_IDENTITY.npz``) rendered once."""
+    from .data import HmcDataConfig, load_or_build_hmc_data, read_hmc_cache, read_test_split
+
+    if path is not None:
+        return read_test_split(path)
     cfg = HmcDataConfig(identity=identity)
-    cached = read_hmc_cache(default_data_path(identity), cfg)
+    cached = read_hmc_cache(default_data_path(identity, Path(root)), cfg)
     if cached is not None and cached[1] is not None:
         return cached[1]
-    return load_or_build_hmc_data(RUNS_ROOT / f"test_{identity}.npz", cfg, workers=workers, progress=progress,
+    return load_or_build_hmc_data(Path(root) / f"test_{identity}.npz", cfg, workers=workers, progress=progress,
                                   splits=("test",))[1]
 
 
@@ -344,8 +322,9 @@ def run_training(identity: str, arch_name: str, *, out_dir: str | Path | None = 
                  tcfg: EncoderTrainConfig | None = None, resume: bool = True, progress: bool = True, workers: int = 1,
                  decoder_dir: str | Path | None = None, data_cfg=None) -> TrainResult:
     """Load (or render) the identity's data and its trained VAE, then :func:`train_encoder`."""
+    from decoder.export import load_vae
+
     from .arch import get_arch
-    from .codec import load_vae
 
     tcfg = tcfg or EncoderTrainConfig()
     tcfg.identity = identity

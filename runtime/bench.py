@@ -15,14 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ReceiverConfig, SenderConfig, SourceConfig
-from .launch import Worker, wait_quiet
+from avcore.config import ConfigDict, require_non_negative, require_positive
+from avcore.errors import UsageError
+
+from .config import LatexConfig, ReceiverConfig, SenderConfig, SourceConfig
 from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir
+from .session import Link, SessionResult, run_session
 from .telemetry import STAGES, Telemetry, percentiles
 
 
 @dataclass
-class E2EBenchConfig:
+class E2EBenchConfig(ConfigDict):
     """What ``bench e2e`` runs."""
 
     seconds: float = 20.0
@@ -42,13 +45,18 @@ class E2EBenchConfig:
     size: int = 512
     """Rendered view size."""
     out_dir: str = ""
-    """Where logs and raw reports go (default: a temporary directory)."""
-    latex: bool = False
-    """Senders skip encoder runs with LATEX (at ``latex_skip_ratio``)."""
-    latex_skip_ratio: float = 0.3
+    """Where logs and raw reports go (default: a temporary directory, removed afterwards)."""
+    latex: LatexConfig | None = None
+    """Senders skip encoder runs with these LATEX settings (None = off)."""
     floor_s: float = 0.0
     """If > 0, first measure this long the bare floor of the machine: a timestamp sent PUB -> SUB
     between two processes at ``fps`` with no pipeline around it (``transport_floor_ms_*``)."""
+
+    def __post_init__(self) -> None:
+        require_positive("bench e2e", seconds=self.seconds, fps=self.fps)
+        require_non_negative("bench e2e", warmup_s=self.warmup_s, floor_s=self.floor_s)
+        if self.source not in ("replay", "synthetic"):
+            raise UsageError(f"bench e2e: source must be replay or synthetic, got {self.source!r}")
 
 
 def _recording(fps: float, seconds: float = 4.0) -> Path:
@@ -63,7 +71,7 @@ def _recording(fps: float, seconds: float = 4.0) -> Path:
     tmp = path.with_suffix(".tmp")
     src = SyntheticHmcSource("S1", fps=fps, seed=0, ground_truth=False, live=False)
     try:
-        with HmcWriter(tmp, fps=fps) as w:
+        with HmcWriter(tmp, fps=fps, meta={"identity": "S1", "source": "synthetic"}) as w:
             for views, ts, _ in src.frames(seconds=seconds):
                 w.append(views, ts)
     finally:
@@ -73,41 +81,41 @@ def _recording(fps: float, seconds: float = 4.0) -> Path:
 
 
 def bench_e2e(cfg: E2EBenchConfig) -> dict:
+    """Run the benchmark's sender/receiver pairs for ``seconds`` and summarise; see the module doc."""
+    import shutil
     import tempfile
 
-    out = Path(cfg.out_dir or tempfile.mkdtemp(prefix="avcall-bench-"))
     floor = transport_floor(cfg.floor_s, cfg.fps) if cfg.floor_s > 0 else None
     enc = str(ensure_encoder_dir(cfg.encoder_dir))
     av = str(ensure_avatar_dir(cfg.avatar_dir))
-    src = SourceConfig(kind=cfg.source, fps=cfg.fps, loop=True,
-                       path=str(_recording(cfg.fps)) if cfg.source == "replay" else "")
-    names = ["alice", "bob"] if cfg.two_way else ["alice"]
-    receivers, senders = {}, {}
+    keep = bool(cfg.out_dir)
+    out = Path(cfg.out_dir or tempfile.mkdtemp(prefix="avcall-bench-"))
     try:
+        src = SourceConfig(kind=cfg.source, fps=cfg.fps, loop=True,
+                           path=str(_recording(cfg.fps)) if cfg.source == "replay" else "")
+        names = ["alice", "bob"] if cfg.two_way else ["alice"]
+        links = []
         for k, name in enumerate(names):
             rc = ReceiverConfig(stream_id=name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
                                 bind=True, avatar_dir=av, size=cfg.size, report_path=str(out / f"{name}_rx.json"),
                                 video_path=str(out / f"{name}.mp4") if cfg.video else "")
-            receivers[name] = Worker(f"{name}_rx", rc, out).start()
-        for name, w in receivers.items():
-            st = w.wait_status(lambda s: bool(s.get("endpoint")), 120)
-            sc = SenderConfig(stream_id=name, endpoint=st["endpoint"], clock_endpoint=st["clock_endpoint"],
-                              source=SourceConfig(**{**src.__dict__, "seed": len(senders)}), encoder_dir=enc,
+            sc = SenderConfig(stream_id=name, source=SourceConfig(**{**src.__dict__, "seed": k}), encoder_dir=enc,
                               seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"),
-                              latex=cfg.latex, latex_skip_ratio=cfg.latex_skip_ratio)
-            senders[name] = Worker(f"{name}_tx", sc, out).start()
-        for name, w in senders.items():
-            if w.wait(cfg.seconds + cfg.warmup_s + 120) != 0:
-                raise RuntimeError(f"sender {name} failed:\n{w.log_tail()}")
-        for w in receivers.values():
-            wait_quiet(w)
-            w.stop()
+                              latex=cfg.latex)
+            links.append(Link(name, sc, rc))
+        session = run_session(links, out, seconds=cfg.seconds + cfg.warmup_s)
+        if session.interrupted:
+            raise KeyboardInterrupt
+        failures = session.failures()
+        if failures:
+            raise RuntimeError("; ".join(f.splitlines()[0] for f in failures) + f" (logs in {out})")
+        result = summarise(session, cfg)
     finally:
-        for w in [*senders.values(), *receivers.values()]:
-            w.kill()
-    result = summarise(out, names, cfg)
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
     if floor is not None:
         result.update({f"transport_floor_ms_{k}": v for k, v in floor.items() if k in ("p50", "p95", "p99")})
+    result["out_dir"] = str(out) if keep else ""
     return result
 
 
@@ -169,15 +177,15 @@ if __name__ == "__main__":  # python -m runtime.bench floor-pub ENDPOINT SECONDS
         _floor_pub(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
 
 
-def summarise(out: Path, names: list[str], cfg: E2EBenchConfig) -> dict:
+def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:
+    """The bench's figures from the session's reports (each read once, by the session)."""
     result: dict = {"seconds": cfg.seconds, "fps_target": cfg.fps, "source": cfg.source, "two_way": cfg.two_way,
-                    "latex": cfg.latex,
+                    "latex": cfg.latex.to_dict() if cfg.latex is not None else None,
                     "bandwidth_kbps": {}, "streams": {}}
     all_tables = []
     fps, dropped = [], 0
-    for name in names:
-        rx = json.loads((out / f"{name}_rx.json").read_text())
-        tx = json.loads((out / f"{name}_tx.json").read_text())
+    for lr in session.links:
+        name, rx, tx = lr.link.name, lr.receiver_report, lr.sender_report
         rows = rx.get("frames", [])
         if rows:
             t_first = rows[0][7]
@@ -211,5 +219,4 @@ def summarise(out: Path, names: list[str], cfg: E2EBenchConfig) -> dict:
     # e2e p99 of the last 10 s over that of the first 10 s (worst stream): ~1 when latency does not grow
     result["fps"] = float(np.nanmean(fps)) if fps else float("nan")
     result["dropped"] = dropped
-    result["out_dir"] = str(out)
     return result

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig
-from .launch import Worker, wait_quiet
+from avcore.config import ConfigDict, require_positive
+from avcore.errors import UsageError
+
+from .config import LatexConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig, check_source
 from .models import ensure_avatar_dir, ensure_encoder_dir
+from .session import Link, SessionResult, run_session
 from .telemetry import Telemetry, format_summary, latency_histogram, percentiles, write_json
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PartyConfig:
+class PartyConfig(ConfigDict):
     """One participant: who wears the headset and what it captures."""
 
     name: str
@@ -34,10 +37,15 @@ class PartyConfig:
     """Synthetic source: performance seed (what the face does)."""
     replay: str = ""
     """Use this .hmc recording as the headset instead of the live synthetic studio."""
+    encoder_dir: str = ""
+    """This party's encoder (empty = the call's ``encoder_dir``, else the embedded one for ``identity``)."""
+    avatar_dir: str = ""
+    """The decoder that renders this party for the far end (empty = the call's ``avatar_dir``, else the
+    embedded one for ``identity``)."""
 
 
 @dataclass
-class CallConfig:
+class CallConfig(ConfigDict):
     """A local two-party call."""
 
     out_dir: str = "call_out"
@@ -50,11 +58,11 @@ class CallConfig:
         default_factory=lambda: (PartyConfig("alice", "S1", 0), PartyConfig("bob", "S1", 1)))
     """The two participants."""
     encoder_dir: str = ""
-    latex: bool = False
-    """Senders skip encoder runs on redundant frames with LATEX (default target skip ratio)."""
-    """Encoder models (empty = the embedded default)."""
+    """Encoder models for both parties (empty = each party's own or the embedded default)."""
+    latex: LatexConfig | None = None
+    """Senders skip encoder runs on redundant frames with these LATEX settings (None = off)."""
     avatar_dir: str = ""
-    """Avatar decoder (empty = the embedded default). Both parties use it."""
+    """Avatar decoder for both parties (empty = each party's own or the embedded default)."""
     size: int = 512
     """Rendered view size."""
     window: bool = False
@@ -68,99 +76,102 @@ class CallConfig:
     startup_timeout_s: float = 120.0
     """How long processes may take to come up (model loading, GL)."""
 
+    def __post_init__(self) -> None:
+        require_positive("call", seconds=self.seconds, fps=self.fps, startup_timeout_s=self.startup_timeout_s)
+        if len(self.parties) != 2 or self.parties[0].name == self.parties[1].name:
+            raise UsageError("a call has two parties with different names")
+
 
 def _keys(out: Path, names: list[str]) -> dict[str, tuple[str, str]]:
     from transport import generate_keypair
 
     keys = {}
     for n in names:
-        pub, sec = generate_keypair(out / "keys", n)
+        pub, sec = generate_keypair(out / "keys", n, force=True)
         keys[n] = (str(pub), str(sec))
     return keys
 
 
+def _party_models(cfg: CallConfig, party: PartyConfig) -> tuple[str, str]:
+    """(encoder dir, avatar dir) for ``party``: its own, the call's, else the embedded ones of its identity."""
+    from decoder.runtime import default_model_dir as default_avatar
+    from encoder.runtime import default_model_dir as default_encoder
+
+    enc = party.encoder_dir or cfg.encoder_dir or (str(default_encoder(party.identity)) if party.identity != "S1" else "")
+    av = party.avatar_dir or cfg.avatar_dir or (str(default_avatar(party.identity)) if party.identity != "S1" else "")
+    return str(ensure_encoder_dir(enc)), str(ensure_avatar_dir(av))
+
+
+def plan_call(cfg: CallConfig, out: Path) -> list[Link]:
+    """The call's two links with every config filled in and checked (models present and matching each party's
+    face, recordings readable) — before any process starts."""
+    from .sender import check_sender
+
+    raw = out / "raw"
+    a, b = cfg.parties
+    keys = _keys(out, [f"{p.name}_{r}" for p in (a, b) for r in ("rx", "tx")]) if cfg.secure else {}
+    links = []
+    for speaker, viewer in ((a, b), (b, a)):  # the viewer's receiver renders the speaker
+        encoder_dir, avatar_dir = _party_models(cfg, speaker)
+        rx_sec = tx_sec = SecureConfig()
+        if cfg.secure:
+            allow = out / "keys" / f"allow_{viewer.name}"
+            allow.mkdir(parents=True, exist_ok=True)
+            shutil.copy(keys[f"{speaker.name}_tx"][0], allow)
+            rx_sec = SecureConfig(secret_key=keys[f"{viewer.name}_rx"][1], allowed_dir=str(allow))
+            tx_sec = SecureConfig(secret_key=keys[f"{speaker.name}_tx"][1], server_key=keys[f"{viewer.name}_rx"][0])
+        src = SourceConfig(kind="replay" if speaker.replay else "synthetic", identity=speaker.identity,
+                           seed=speaker.seed, fps=cfg.fps, path=speaker.replay)
+        check_source(src)
+        sc = SenderConfig(stream_id=speaker.name, source=src,  # endpoints: filled in by the session
+                          encoder_dir=encoder_dir,
+                          seconds=cfg.seconds, tap_path=str(raw / f"{speaker.name}_hmc.hmc"),
+                          report_path=str(raw / f"{speaker.name}_sender.json"), secure=tx_sec, latex=cfg.latex)
+        check_sender(sc)
+        rc = ReceiverConfig(
+            stream_id=speaker.name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*", bind=True,
+            avatar_dir=avatar_dir, size=cfg.size, viewer=cfg.viewer,
+            video_path=str(raw / f"{viewer.name}_sees_{speaker.name}.mp4"), video_fps=cfg.fps, window=cfg.window,
+            report_path=str(raw / f"{viewer.name}_receiver.json"), secure=rx_sec)
+        links.append(Link(speaker.name, sc, rc, viewer=viewer.name))
+    return links
+
+
 def run_call(cfg: CallConfig) -> dict:
-    """Run the call; returns the combined report (also written to ``OUT/call_report.json``)."""
+    """Run the call; returns the combined report (also written to ``OUT/call_report.json``).
+
+    Interrupted (Ctrl-C, SIGTERM), it still writes the report and the videos of what was captured."""
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    raw = out / "raw"
-    raw.mkdir(exist_ok=True)
-    encoder_dir = str(ensure_encoder_dir(cfg.encoder_dir))
-    avatar_dir = str(ensure_avatar_dir(cfg.avatar_dir))
+    (out / "raw").mkdir(exist_ok=True)
+    links = plan_call(cfg, out)
     a, b = cfg.parties
-    links = [(a, b), (b, a)]  # (speaker, viewer): the viewer's receiver renders the speaker
-    keys = _keys(out, [f"{v.name}_rx" for _, v in links] + [f"{s.name}_tx" for s, _ in links]) if cfg.secure else {}
-    receivers: dict[str, Worker] = {}
-    senders: dict[str, Worker] = {}
-    t_start = time.monotonic()
-    try:
-        for speaker, viewer in links:
-            sec = SecureConfig()
-            if cfg.secure:
-                allow = out / "keys" / f"allow_{viewer.name}"
-                allow.mkdir(parents=True, exist_ok=True)
-                shutil.copy(keys[f"{speaker.name}_tx"][0], allow)
-                sec = SecureConfig(secret_key=keys[f"{viewer.name}_rx"][1], allowed_dir=str(allow))
-            rc = ReceiverConfig(
-                stream_id=speaker.name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*", bind=True,
-                avatar_dir=avatar_dir, size=cfg.size, viewer=cfg.viewer, video_path=str(raw / f"{viewer.name}_sees_{speaker.name}.mp4"),
-                video_fps=cfg.fps, window=cfg.window, stop_after_idle_s=0.0,
-                report_path=str(raw / f"{viewer.name}_receiver.json"), secure=sec)
-            receivers[viewer.name] = Worker(f"{viewer.name}_receiver", rc, out / "logs").start()
-        endpoints = {n: w.wait_status(lambda s: bool(s.get("endpoint")), cfg.startup_timeout_s) for n, w in receivers.items()}
-        for speaker, viewer in links:
-            st = endpoints[viewer.name]
-            src = SourceConfig(kind="replay" if speaker.replay else "synthetic", identity=speaker.identity,
-                               seed=speaker.seed, fps=cfg.fps, path=speaker.replay)
-            sec = SecureConfig()
-            if cfg.secure:
-                sec = SecureConfig(secret_key=keys[f"{speaker.name}_tx"][1], server_key=keys[f"{viewer.name}_rx"][0])
-            sc = SenderConfig(
-                stream_id=speaker.name, endpoint=st["endpoint"], clock_endpoint=st["clock_endpoint"], bind=False,
-                source=src, encoder_dir=encoder_dir, seconds=cfg.seconds, tap_path=str(raw / f"{speaker.name}_hmc.hmc"),
-                report_path=str(raw / f"{speaker.name}_sender.json"), secure=sec, latex=cfg.latex)
-            senders[speaker.name] = Worker(f"{speaker.name}_sender", sc, out / "logs").start()
-        # Senders stop by themselves after cfg.seconds; a generous deadline covers start-up.
-        deadline = time.monotonic() + cfg.seconds + cfg.startup_timeout_s
-        for name, w in senders.items():
-            rc_ = w.wait(max(1.0, deadline - time.monotonic()))
-            if rc_ is None:
-                log.warning("sender %s overran; stopping it", name)
-                w.stop()
-            elif rc_ != 0:
-                raise RuntimeError(f"sender {name} failed (exit {rc_}):\n{w.log_tail()}")
-        # Let the receivers present what is in flight (until their count stops moving), then stop them.
-        for w in receivers.values():
-            wait_quiet(w)
-        for name, w in receivers.items():
-            if w.stop() not in (0, None):
-                raise RuntimeError(f"receiver {name} failed:\n{w.log_tail()}")
-    finally:
-        for w in [*senders.values(), *receivers.values()]:
-            w.kill()
-    models = {"encoder": encoder_dir, "avatar": avatar_dir}
-    return _finish(cfg, out, raw, links, time.monotonic() - t_start, models)
+    print(f"calling: {a.name} ({a.identity}) <-> {b.name} ({b.identity}) for {cfg.seconds:g} s on this machine ...",
+          file=sys.stderr, flush=True)
+    result = run_session(links, out / "logs", seconds=cfg.seconds, startup_timeout_s=cfg.startup_timeout_s)
+    return _finish(cfg, out, result)
 
 
-def _finish(cfg: CallConfig, out: Path, raw: Path, links, wall_s: float, models: dict) -> dict:
-    import json
-
-    report: dict = {"seconds": cfg.seconds, "fps": cfg.fps, "wall_s": wall_s, "secure": cfg.secure, "models": models,
-                    "streams": {}}
+def _finish(cfg: CallConfig, out: Path, result: SessionResult) -> dict:
+    report: dict = {"seconds": cfg.seconds, "fps": cfg.fps, "wall_s": result.wall_s, "secure": cfg.secure,
+                    "interrupted": result.interrupted, "streams": {}, "failures": result.failures()}
     tables = {}
     videos = {}
-    for speaker, viewer in links:
-        rx = json.loads((raw / f"{viewer.name}_receiver.json").read_text())
-        tx = json.loads((raw / f"{speaker.name}_sender.json").read_text())
-        tel = Telemetry.from_rows(speaker.name, rx.get("frames", []))
-        tables[f"{speaker.name} -> {viewer.name}"] = tel.stage_table()
-        stream = rx.get("streams", {}).get(speaker.name, {})
-        report["streams"][speaker.name] = {
-            "viewer": viewer.name,
+    for lr in result.links:
+        ln, rx, tx = lr.link, lr.receiver_report, lr.sender_report
+        if rx is None or tx is None:
+            continue
+        tel = Telemetry.from_rows(ln.name, rx.get("frames", []))
+        tables[f"{ln.name} -> {ln.viewer}"] = tel.stage_table()
+        stream = rx.get("streams", {}).get(ln.name, {})
+        report["streams"][ln.name] = {
+            "viewer": ln.viewer,
+            "models": {"encoder": ln.sender.encoder_dir, "avatar": ln.receiver.avatar_dir, "model_id": tx.get("model")},
             "latency": rx["latency"],
             "presented": rx["presented"],
             "dropped": rx["dropped"],
             "sent": tx["frames_sent"],
+            "frames_to_receiver": tx.get("frames_to_receiver"),
             "source_dropped": tx["source_dropped"],
             "kbit_per_s": stream.get("kbit_per_s"),
             "sender_kbit_per_s": tx["kbit_per_s"],
@@ -169,13 +180,17 @@ def _finish(cfg: CallConfig, out: Path, raw: Path, links, wall_s: float, models:
             "transport": {k: rx["transport"][k] for k in ("received", "bad", "lost", "restarts", "events")},
         }
         video = rx.get("video")
-        if cfg.compose and video:
-            dst = out / f"{viewer.name}_sees_{speaker.name}.mp4"
-            n = compose_call_video_safe(video["path"], video["frame_seqs"], raw / f"{speaker.name}_hmc.hmc", dst, cfg.fps,
-                                        f"{viewer.name} sees {speaker.name}", f"{speaker.name}'s headset")
-            videos[viewer.name] = {"path": str(dst), "frames": n}
-        elif video:
-            videos[viewer.name] = {"path": video["path"], "frames": len(video["frame_seqs"])}
+        if not video:
+            continue
+        tap = Path(ln.sender.tap_path)
+        if cfg.compose:
+            dst = out / f"{ln.viewer}_sees_{ln.name}.mp4"
+            n = compose_call_video_safe(video["path"], video["frame_seqs"], tap, dst, cfg.fps,
+                                        f"{ln.viewer} sees {ln.name}", f"{ln.name}'s headset")
+            if n:
+                videos[ln.viewer] = {"path": str(dst), "frames": n}
+                continue
+        videos[ln.viewer] = {"path": video["path"], "frames": len(video["frame_seqs"])}
     report["videos"] = videos
     e2e = [v for t in tables.values() for v in t["e2e"]]
     over = [v for t in tables.values() for v in t["overhead"]]

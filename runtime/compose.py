@@ -16,11 +16,14 @@ def compose_call_video(rendered_video: str | Path, frame_seqs: list[int], hmc_ta
                        *, fps: float, title: str = "", input_title: str = "") -> int:
     """Write ``out_path``: rendered frame on the left, the three HMC views (stacked) on the right.
 
-    Returns the number of frames written.
+    Written with the receiver's :class:`runtime.presenters.VideoWriter` (H.264 mp4 when PyAV is there).
+    Returns the number of frames written (0: nothing read, no file).
     """
     import cv2
 
     from capture.recording import HmcReader
+
+    from .presenters import VideoWriter
 
     cap = cv2.VideoCapture(str(rendered_video))
     if not cap.isOpened():
@@ -48,15 +51,13 @@ def compose_call_video(rendered_video: str | Path, frame_seqs: list[int], hmc_ta
             label = f"{input_title} #{seq}" if seq >= 0 else input_title
             cv2.putText(canvas, label, (S + 4, S - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
             if writer is None:
-                h, w = canvas.shape[:2]
-                Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-                writer = cv2.VideoWriter(str(out_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                writer = VideoWriter(out_path, fps, pixel_format="bgr24")
             writer.write(canvas)
             written += 1
     finally:
         cap.release()
         if writer is not None:
-            writer.release()
+            writer.close()
         if reader is not None:
             reader.close()
     return written

@@ -1,27 +1,37 @@
 """Typed configuration of the sender and receiver processes.
 
 Every knob of the runtime lives here, one dataclass per component, a docstring
-under each field. Configs round-trip through plain dicts (JSON), which is how
-``avcall call`` hands them to the processes it starts: no pickling.
+under each field. Configs round-trip through plain dicts (JSON) by the one rule
+of :mod:`avcore.config` (unknown keys are an error), which is how ``avcall
+call`` hands them to the processes it starts: no pickling. Each config checks
+its values in ``__post_init__``, so a bad number fails where it is set (command
+line, JSON or code) with one clear line, before any process starts.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avcore.config import ConfigDict, from_dict, require_non_negative, require_positive, to_dict
+from avcore.errors import UsageError
 from encoder.latex import LatexConfig
 
-DEFAULT_ENCODER_DIR = "encoder/models/S1/EEM"
-"""Default per-view encoder models (relative to the installed package root)."""
-DEFAULT_AVATAR_DIR = "decoder/models/S1"
-"""Default codec-avatar decoder + topology (relative to the installed package root)."""
+__all__ = ["LatexConfig", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
+           "from_dict", "load_config", "save_config", "to_dict"]
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
+"""What a stream id may be (``docs/protocol.md``)."""
+MAX_IMAGE_SIZE = 4096
+"""Largest rendered view side the receiver accepts."""
+
 
 
 @dataclass
-class SourceConfig:
+class SourceConfig(ConfigDict):
     """Where the sender's HMC frames come from."""
 
     kind: str = "synthetic"
@@ -42,10 +52,16 @@ class SourceConfig:
     mouth); one device is split into three equal vertical strips."""
     size: int = 192
     """HMC view size in pixels (square); camera frames are resized to it."""
+    replay_fps: float = 0.0
+    """Replay: delivery rate. 0 = the recording's own capture timestamps (a 90 Hz
+    recording plays at 90 Hz); > 0 = resample to this rate by timestamp (the latest
+    recorded frame at each tick). Either way the replay keeps real time: frames whose
+    time passed while the encoder was busy are dropped (the sender's
+    ``source_dropped``), never played late. ``fps`` does not apply to a replay."""
 
 
 @dataclass
-class SecureConfig:
+class SecureConfig(ConfigDict):
     """CurveZMQ key files (see ``docs/protocol.md`` section 9). Empty = no security."""
 
     secret_key: str = ""
@@ -61,7 +77,7 @@ class SecureConfig:
 
 
 @dataclass
-class SenderConfig:
+class SenderConfig(ConfigDict):
     """One sender process: HMC source -> per-view encoders + fusion -> PUB."""
 
     stream_id: str = "alice"
@@ -83,17 +99,10 @@ class SenderConfig:
     """Stop after this long (0 = until SIGINT/SIGTERM)."""
     threads: int = 1
     """onnxruntime intra-op threads for the encoders."""
-    latex: bool = False
-    """Skip encoder runs on redundant frames with LATEX (needs ``early.onnx`` + ``latex.json`` in the
-    encoder directory: ``avcall train latex``); skipped frames carry extrapolated codes."""
-    latex_threshold: float = -1.0
-    """LATEX gate threshold; negative = the threshold calibrated for ``latex_skip_ratio``."""
-    latex_skip_ratio: float = 0.3
-    """Target share of skipped frames (calibrated on training sequences) when no threshold is given."""
-    latex_history: int = LatexConfig.history
-    """T: past codes the extrapolation uses."""
-    latex_max_skips: int = LatexConfig.max_skips
-    """Most frames skipped in a row before a keyframe is forced."""
+    latex: LatexConfig | None = None
+    """Skip encoder runs on redundant frames with these LATEX gate settings (None = encode every frame).
+    Needs ``early.onnx`` + ``latex.json`` in the encoder directory (``avcall train latex``); skipped
+    frames carry extrapolated codes."""
     tap_path: str = ""
     """If set, every sent HMC frame is also appended to this .hmc recording, its
     frame index equal to the frame's sequence number (to show the input beside
@@ -105,9 +114,17 @@ class SenderConfig:
     secure: SecureConfig = field(default_factory=SecureConfig)
     """CurveZMQ keys (the sender is the CURVE client)."""
 
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id, empty_ok=False)
+        if self.latent_dtype not in LATENT_DTYPES:
+            raise UsageError(f"latent_dtype must be one of {', '.join(LATENT_DTYPES)}, got {self.latent_dtype!r}")
+        require_non_negative("sender", seconds=self.seconds)
+        _check_threads(self.threads)
+        check_source(self.source)
+
 
 @dataclass
-class ViewerConfig:
+class ViewerConfig(ConfigDict):
     """The receiver's viewer: the direction the avatar is rendered from, per frame."""
 
     yaw_deg: float = 30.0
@@ -117,9 +134,16 @@ class ViewerConfig:
     pitch_deg: float = 0.0
     """Constant pitch of the viewer (positive = from above)."""
 
+    def __post_init__(self) -> None:
+        for name in ("yaw_deg", "pitch_deg"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 90:
+                raise UsageError(f"viewer: {name} must be within +-90 degrees, got {v!r}")
+        require_non_negative("viewer", period_s=self.period_s)
+
 
 @dataclass
-class ReceiverConfig:
+class ReceiverConfig(ConfigDict):
     """One receiver process: SUB -> validate -> decode -> rasterize -> present."""
 
     stream_id: str = ""
@@ -137,7 +161,7 @@ class ReceiverConfig:
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     """Viewer direction over time."""
     video_path: str = ""
-    """Write the presented frames to this mp4 file (mp4v)."""
+    """Write the presented frames to this mp4 file (H.264 where available)."""
     video_fps: float = 30.0
     """Frame rate of the video; frames are placed at their presentation times."""
     png_dir: str = ""
@@ -162,34 +186,56 @@ class ReceiverConfig:
     secure: SecureConfig = field(default_factory=SecureConfig)
     """CurveZMQ keys (the receiver is the CURVE server with an allowlist)."""
 
+    def __post_init__(self) -> None:
+        _check_stream_id(self.stream_id, empty_ok=True)
+        if not isinstance(self.size, int) or not 16 <= self.size <= MAX_IMAGE_SIZE:
+            raise UsageError(f"receiver: size must be an integer from 16 to {MAX_IMAGE_SIZE} pixels, got {self.size!r}")
+        require_positive("receiver", video_fps=self.video_fps)
+        require_non_negative("receiver", seconds=self.seconds, stop_after_idle_s=self.stop_after_idle_s,
+                             latent_dim=self.latent_dim)
+        _check_threads(self.threads)
+
+
+LATENT_DTYPES = ("<f2", "<f4")
+"""Dtypes of the code on the wire: float16 (default) or float32 (``--f32``)."""
+SOURCE_KINDS = ("synthetic", "replay", "camera")
+"""What an HMC source can be."""
+
+
+def _check_stream_id(stream_id: str, *, empty_ok: bool) -> None:
+    if (stream_id or not empty_ok) and not STREAM_ID.match(stream_id or ""):
+        raise UsageError(f"stream id must be 1-32 characters of A-Z a-z 0-9 . _ -, got {stream_id!r}")
+
+
+def _check_threads(threads: int) -> None:
+    if not isinstance(threads, int) or threads < 1:
+        raise UsageError(f"threads must be an integer >= 1, got {threads!r}")
+
+
+def check_source(src: SourceConfig) -> None:
+    """A clear one-line error for a source that cannot work: unknown kind or identity, bad rate or size."""
+    if src.kind not in SOURCE_KINDS:
+        raise UsageError(f"unknown source kind {src.kind!r}; one of {', '.join(SOURCE_KINDS)}")
+    require_positive("source", fps=src.fps)
+    if not isinstance(src.size, int) or not 16 <= src.size <= 1024:
+        raise UsageError(f"source: view size must be an integer from 16 to 1024 pixels, got {src.size!r}")
+    if src.kind == "synthetic":
+        from capture.identity import check_identity
+
+        try:
+            check_identity(src.identity)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    if src.kind == "replay":
+        if not src.path:
+            raise UsageError("a replay source needs an .hmc recording")
+        if not Path(src.path).is_file():
+            raise UsageError(f"no such recording: {src.path}")
+    if src.kind == "camera" and (len(src.camera_ids) not in (1, 3) or not all(isinstance(i, int) and i >= 0 for i in src.camera_ids)):
+        raise UsageError(f"camera source needs 1 or 3 device numbers >= 0, got {src.camera_ids!r}")
+
 
 # --------------------------------------------------------------------------- (de)serialisation
-
-
-def to_dict(cfg: Any) -> dict:
-    """A config dataclass as a JSON-friendly dict."""
-    return dataclasses.asdict(cfg)
-
-
-def from_dict(cls: type, d: dict) -> Any:
-    """Rebuild config dataclass ``cls`` from :func:`to_dict` output; unknown keys are errors."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(fields)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
-    kw = {}
-    for name, value in d.items():
-        ftype = fields[name].type
-        sub = _NESTED.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if sub is not None and isinstance(value, dict):
-            value = from_dict(sub, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kw[name] = value
-    return cls(**kw)
-
-
-_NESTED = {"SourceConfig": SourceConfig, "SecureConfig": SecureConfig, "ViewerConfig": ViewerConfig}
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
@@ -198,8 +244,10 @@ def save_config(cfg: Any, path: str | Path) -> None:
 
 def load_config(path: str | Path) -> Any:
     d = json.loads(Path(path).read_text())
-    cls = {"SenderConfig": SenderConfig, "ReceiverConfig": ReceiverConfig}[d["kind"]]
-    return from_dict(cls, d["config"])
+    kinds = {"SenderConfig": SenderConfig, "ReceiverConfig": ReceiverConfig}
+    if d.get("kind") not in kinds:
+        raise UsageError(f"{path}: not a sender or receiver config (kind {d.get('kind')!r})")
+    return from_dict(kinds[d["kind"]], d["config"])
 
 
 def clock_endpoint_for(frames_endpoint: str) -> str:

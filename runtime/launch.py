@@ -4,6 +4,11 @@ Processes are ``python -m runtime.proc CONFIG.json`` children. Coordination is
 through the JSON status files they rewrite a few times a second: a launcher
 polls them with a deadline (never sleeps a guessed time), e.g. to learn the port
 a receiver bound before starting the sender that connects to it.
+
+Children never outlive their launcher: each runs in its own session (a Ctrl-C
+at the terminal reaches the launcher, which stops them in order) and asks the
+kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a launcher
+that is killed, even with SIGKILL, takes its workers with it.
 """
 from __future__ import annotations
 
@@ -17,6 +22,35 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import ReceiverConfig, SenderConfig, save_config
+
+PARENT_PID_ENV = "AVCALL_PARENT_PID"
+"""Environment variable with the launcher's pid (see :func:`die_with_parent`)."""
+
+
+def die_with_parent() -> None:
+    """In a worker: ask for SIGTERM when the launcher dies; exit now if it already has (Linux; elsewhere a no-op)."""
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() != int(expected):  # the launcher died before the request was armed
+        os._exit(3)
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process exited or did not come up in time; ``log_path`` holds its output."""
+
+    def __init__(self, message: str, log_path: Path | None = None, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_path = log_path
+        self.log_tail = log_tail
 
 
 class Worker:
@@ -46,10 +80,12 @@ class Worker:
         env = dict(os.environ if self._env is None else self._env)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[PARENT_PID_ENV] = str(os.getpid())  # the child checks it is still ours after arming PDEATHSIG
         out = open(self.log_path, "ab") if self._log_to_file else None
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "runtime.proc", str(self.config_path)], env=env,
-                                         stdout=out, stderr=subprocess.STDOUT if out else None)
+                                         stdout=out, stderr=subprocess.STDOUT if out else None,
+                                         start_new_session=True)
         finally:
             if out is not None:
                 out.close()
@@ -71,9 +107,13 @@ class Worker:
             if st is not None and predicate(st):
                 return st
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                last = next((ln for ln in reversed(tail.splitlines()) if ln.strip()), "")
+                raise WorkerFailed(f"{self.name} exited with {self.proc.returncode}: {last} (log: {self.log_path})",
+                                   self.log_path, tail)
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name}: condition not reached in {timeout_s:.0f} s; last status {st}\n{self.log_tail()}")
+                raise WorkerFailed(f"{self.name} did not come up in {timeout_s:.0f} s (log: {self.log_path})",
+                                   self.log_path, self.log_tail())
             time.sleep(poll_s)
 
     def log_tail(self, n: int = 30) -> str:

@@ -17,9 +17,17 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m runtime.proc CONFIG.json", file=sys.stderr)
         return 2
     from .config import load_config
+    from .launch import die_with_parent
 
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    run_config(load_config(argv[0]))
+    from avcore.errors import UsageError
+
+    try:
+        run_config(load_config(argv[0]))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

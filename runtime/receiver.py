@@ -18,12 +18,13 @@ from typing import Callable
 
 import numpy as np
 
+from avcore.errors import UsageError
 from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now_ns
 
 from .config import ReceiverConfig, ViewerConfig, clock_endpoint_for
-from .models import Avatar, ensure_avatar_dir
+from .models import load_avatar, model_id
 from .presenters import PngPresenter, Presenter, VideoPresenter, WindowPresenter
-from .telemetry import FrameRecord, Telemetry, format_summary, latency_histogram, write_json
+from .telemetry import FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
 
 log = logging.getLogger(__name__)
 
@@ -108,11 +109,15 @@ class Receiver:
 
     def __init__(self, cfg: ReceiverConfig) -> None:
         self.cfg = cfg
-        self.avatar = Avatar(ensure_avatar_dir(cfg.avatar_dir), size=cfg.size, threads=cfg.threads)
+        self.avatar = load_avatar(cfg.avatar_dir, size=cfg.size, threads=cfg.threads)
         self.avatar.warm_up()  # GL context, shaders, ONNX first run: before any frame is waiting
         latent_dim = cfg.latent_dim or self.avatar.latent_dim
         if latent_dim != self.avatar.latent_dim:
-            raise ValueError(f"latent_dim {latent_dim} does not match the decoder's {self.avatar.latent_dim}")
+            self.avatar.close()
+            raise UsageError(f"latent_dim {latent_dim} does not match the decoder's {self.avatar.latent_dim}")
+        self.model = model_id(self.avatar.decoder.identity, latent_dim)
+        """The latent space this receiver decodes; frames of another model are refused."""
+        self._mismatch_reported = False
         curve = _curve(cfg)
         self.clock: ClockThread | None = None
         self.clock_client: ClockClient | None = None
@@ -120,7 +125,8 @@ class Receiver:
         self.presenters: list[Presenter] = []
         try:
             self.sub = FrameSubscriber(cfg.endpoint, bind=cfg.bind, curve=curve,
-                                       limits=WireLimits(latent_dim=latent_dim), stream_id=cfg.stream_id or None)
+                                       limits=WireLimits(latent_dim=latent_dim, **self.avatar.code_limits()),
+                                       stream_id=cfg.stream_id or None, expected_model=self.model)
         except BaseException:
             self.avatar.close()
             raise
@@ -143,7 +149,9 @@ class Receiver:
 
     def step(self, t_call_s: float, timeout_ms: int = 20) -> bool:
         """Wait up to ``timeout_ms`` for a frame; decode, render and present the newest. True if one was presented."""
+        self.sub.set_clock_offset(self.clock.offset_ns)  # timestamps are range-checked once the offset is known
         frame = self.sub.recv_latest(timeout_ms=timeout_ms)
+        self._report_model_mismatch()
         if frame is None:
             return False
         t_recv = now_ns()
@@ -162,6 +170,16 @@ class Receiver:
             send=frame.send_ts_ns - offset, recv=t_recv, dec=t_dec, ren=t_ren, pres=t_pres, flags=frame.flags))
         self.presented += 1
         return True
+
+    def _report_model_mismatch(self) -> None:
+        """Say once, in words, that a sender streams codes of another model (they are refused, counted)."""
+        other = self.sub.stats.last_model_mismatch
+        if other is not None and not self._mismatch_reported:
+            self._mismatch_reported = True
+            msg = (f"receiver: refusing frames of model {other}: this receiver decodes {self.model} "
+                   f"(avatar {self.avatar.model_dir}); start it with that sender's avatar (--avatar DIR)")
+            log.warning("%s", msg)
+            print(msg, file=sys.stderr, flush=True)
 
     def window_closed(self) -> bool:
         return any(getattr(p, "closed", False) for p in self.presenters)
@@ -186,19 +204,22 @@ class Receiver:
         for sid, st in tstats["streams"].items():
             recs = [r for r in self.telemetry.records if r.stream_id == sid]
             span = (recs[-1].recv - recs[0].recv) / 1e9 if len(recs) > 1 else 0.0
-            # Bytes of this stream's valid frames since the start. StreamStats publishes only a windowed
-            # rate, so the total is read from its per-stream meter (transport/ is not ours to change).
-            track = self.sub.stats._streams.get(sid)  # noqa: SLF001
-            total = track.bandwidth.total_bytes if track is not None else 0
+            total = self.sub.stats.stream_bytes(sid)  # bytes of this stream's valid frames since the start
             streams[sid] = {
                 "frames_received": st["frames"],
                 "bytes": total,
                 "kbit_per_s": total * 8 / 1000 / span if span else None,
                 "kbit_per_s_window": st["kbit_per_s"],
             }
-        presenter_drops = sum(getattr(p, "dropped", 0) for p in self.presenters)
+        presenter_drops = sum(p.dropped for p in self.presenters)
+        refused = None
+        if not self.presented:
+            refused = (f"frames of another model ({self.sub.stats.last_model_mismatch}) were refused"
+                       if self.sub.stats.last_model_mismatch else self.sub.last_refusal)
         return {
             "presented": self.presented,
+            "model": self.model,
+            "refused": refused,
             "latency": s,
             "dropped": {
                 "stale": tstats["dropped_stale"],
@@ -214,8 +235,8 @@ class Receiver:
                 "uncertainty_ns": self.clock.uncertainty_ns if self.clock else None,
                 "samples": self.clock.samples if self.clock else 0,
             },
-            "frames": [[r.seq, r.capture, r.enc, r.send, r.recv, r.dec, r.ren, r.pres] for r in self.telemetry.records],
-            "frames_columns": ["seq", "capture", "enc", "send", "recv", "dec", "ren", "pres"],
+            "frames": [r.row() for r in self.telemetry.records],
+            "frames_columns": list(FRAME_COLUMNS),
         }
 
     def close(self) -> None:
@@ -232,8 +253,8 @@ class Receiver:
 def run_receiver(cfg: ReceiverConfig, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Run until ``cfg.seconds``, idle timeout, window closed or ``should_stop()``; writes and returns the report."""
     rx = Receiver(cfg)
-    print(f"receiver: frames on {rx.sub.endpoint}, clock on {rx.clock_endpoint}"
-          + (" (bound)" if cfg.bind else " (connected)"), file=sys.stderr, flush=True)
+    print(f"receiver: frames {'bound on' if cfg.bind else 'connecting to'} {rx.sub.endpoint}, clock "
+          f"{rx.clock_endpoint}, model {rx.model}; waiting for a sender ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     status_due = 0.0
     try:
@@ -243,6 +264,7 @@ def run_receiver(cfg: ReceiverConfig, should_stop: Callable[[], bool] = lambda: 
                 rx.last_frame_s = now
                 if rx.first_frame_s is None:
                     rx.first_frame_s = now
+                    print("receiver: stream started", file=sys.stderr, flush=True)
             if cfg.status_path and now >= status_due:
                 status_due = now + 0.25
                 write_json(cfg.status_path, rx.status())
@@ -256,9 +278,20 @@ def run_receiver(cfg: ReceiverConfig, should_stop: Callable[[], bool] = lambda: 
         for p in rx.presenters:
             p.close()
         report = rx.report()
-        video = next((p for p in rx.presenters if isinstance(p, VideoPresenter)), None)
-        if video is not None:
-            report["video"] = {"path": str(video.path), "fps": video.fps, "frame_seqs": video.frame_seqs}
+        for p in rx.presenters:  # a file is reported only when it was really written
+            if isinstance(p, VideoPresenter):
+                r = p.result()
+                if r["ok"]:
+                    report["video"] = {"path": r["path"], "fps": p.fps, "frame_seqs": p.frame_seqs,
+                                       "frames": r["frames_written"], "codec": r["codec"]}
+                elif r["error"]:
+                    report["video_error"] = r["error"]
+            elif isinstance(p, PngPresenter):
+                r = p.result()
+                if r["ok"]:
+                    report["png"] = {"path": r["path"], "frames": r["frames_written"]}
+                elif r["error"]:
+                    report["png_error"] = r["error"]
         if cfg.status_path:
             write_json(cfg.status_path, {**rx.status(), "done": True})
         rx.presenters = []

@@ -1,10 +1,12 @@
-"""The sender pipeline: HMC source -> encoder (per-view encoders + fusion) -> PUB.
+"""The sender pipeline: HMC source -> encoder (per-view encoders + fusion, LATEX-gated or not) -> PUB.
 
 One frame message per HMC frame (flagged KEYFRAME when the encoder ran, EXTRAPOLATED
 when the LATEX gate skipped it and the code was extrapolated), stamped with its capture time, the time its
 latent code was ready (stage mark ``enc``) and its send time, all on
-:func:`transport.clock.now_ns`. A clock server answers the receiver's offset
-requests on a background thread.
+:func:`transport.clock.now_ns`, and with the model id of the encoder's latent
+space. A clock server answers the receiver's offset requests on a background
+thread; its first answered request is how the sender knows a receiver is there
+(ZeroMQ PUB cannot tell), so the report says how many frames went out while one was.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from typing import Callable
 
 import numpy as np
 
+from avcore.errors import UsageError
 from transport import EXTRAPOLATED, KEYFRAME, ClockServer, CurveConfig, FrameMessage, FramePublisher, encode_frame, now_ns
 
 from .config import SenderConfig, clock_endpoint_for
-from .models import ensure_encoder_dir, load_encoder
+from .models import ensure_encoder_dir, load_encoder, model_id
 from .sources import open_source
 from .telemetry import percentiles, write_json
 
@@ -41,18 +44,51 @@ def _curve(cfg: SenderConfig) -> CurveConfig | None:
     if not cfg.secure.enabled:
         return None
     if not cfg.secure.server_key:
-        raise ValueError("--secure sender needs the receiver's public key (--server-key)")
+        raise UsageError("--secure sender needs the receiver's public key (--server-key)")
     return CurveConfig.client(cfg.secure.secret_key, cfg.secure.server_key)
+
+
+def check_sender(cfg: SenderConfig) -> None:
+    """What can be checked before anything starts: the encoder exists, was trained for the face it will see,
+    has a LATEX early model when asked to gate, and a replayed recording opens. One clear error otherwise."""
+    from encoder.runtime import read_encoder_identity
+
+    d = ensure_encoder_dir(cfg.encoder_dir)
+    trained_for = read_encoder_identity(d)
+    face = cfg.source.identity if cfg.source.kind == "synthetic" else _recording_identity(cfg.source.path)
+    if trained_for and face and face != trained_for:
+        raise UsageError(f"the encoder at {d} was trained for {trained_for}, not {face}: its codes would draw the wrong "
+                         f"face. Train one for {face} ('avcall train encoder --identity {face}') or pass --encoder DIR")
+    if cfg.latex is not None:
+        from encoder.latex import EARLY_FILE, LATEX_FILE
+
+        missing = [f for f in (EARLY_FILE, LATEX_FILE) if not (d / f).is_file()]
+        if missing:
+            raise UsageError(f"--latex needs {' and '.join(missing)} in {d}; make them with "
+                             f"'avcall train latex --model-dir {d}'")
+
+
+def _recording_identity(path: str) -> str:
+    """The identity a recording says it holds ("" when it does not say); a clear error if it cannot be read."""
+    from capture.recording import HmcReader
+
+    try:
+        with HmcReader(path) as r:
+            if len(r) == 0:
+                raise UsageError(f"{path} holds no frames")
+            return str((r.meta or {}).get("identity", ""))
+    except UsageError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot replay {path}: {exc}") from None
 
 
 def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Run until ``cfg.seconds`` pass, the source ends or ``should_stop()``; returns the sender report."""
-    if cfg.latent_dtype not in _DTYPES:
-        raise ValueError(f"latent_dtype must be one of {sorted(_DTYPES)}")
+    check_sender(cfg)
     wire_dtype = _DTYPES[cfg.latent_dtype]
-    encoder = load_encoder(ensure_encoder_dir(cfg.encoder_dir), threads=cfg.threads)
-    if cfg.latex:
-        encoder = _latex_encoder(encoder, cfg)
+    encoder = load_encoder(cfg.encoder_dir, threads=cfg.threads, latex=cfg.latex)
+    model = model_id(encoder.identity, encoder.latent_dim)
     curve = _curve(cfg)
     pub = FramePublisher(cfg.endpoint, bind=cfg.bind, curve=curve)
     clock = None
@@ -61,6 +97,7 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     encode_ms: list[float] = []
     compute_ms: list[float] = []
     frames = keyframes = 0
+    frames_to_receiver = 0  # sent after a receiver first asked for the time
     t_start = time.monotonic()
     try:
         clock = ClockServer(cfg.clock_endpoint or clock_endpoint_for(cfg.endpoint), bind=cfg.bind, curve=curve)
@@ -70,23 +107,22 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
             from capture.recording import HmcWriter
 
             tap = HmcWriter(cfg.tap_path, fps=cfg.source.fps, size=(cfg.source.size, cfg.source.size),
-                            meta={"stream_id": cfg.stream_id, "note": "frame index = sequence number"})
+                            meta={"stream_id": cfg.stream_id, "note": "frame index = sequence number",
+                                  "clock": "monotonic"})
         status_due = 0.0
-        log.info("sender %s: %s %s, clock %s", cfg.stream_id, "bound" if cfg.bind else "connected to", pub.endpoint,
-                 clock.endpoint)
-        input_size = int(getattr(encoder, "input_size", 0) or 0)
-        side = input_size or cfg.source.size
-        encoder.encode(np.zeros((3, side, side), np.uint8))  # first ONNX runs allocate: not on a real frame
-        if cfg.latex:
-            encoder.reset()
+        log.info("sender %s: frames %s %s, clock %s, model %s", cfg.stream_id, "bound on" if cfg.bind else "connecting to",
+                 pub.endpoint, clock.endpoint, model)
+        print(f"sender {cfg.stream_id}: waiting for a receiver at {pub.endpoint} ...", file=sys.stderr, flush=True)
+        encoder.encode(np.zeros((3, encoder.input_size, encoder.input_size), np.uint8))  # first ONNX runs allocate
+        encoder.reset()
+        receiver_seen = False
         for cap in source:
             tc = cap.capture_ts_ns
             t0 = time.perf_counter()
-            result = encoder.encode(fit_views(cap.views, input_size))
+            result = encoder.encode(fit_views(cap.views, encoder.input_size))
             t_enc = now_ns()
             compute_ms.append((time.perf_counter() - t0) * 1e3)
-            key = bool(getattr(result, "keyframe", True))
-            keyframes += key
+            keyframes += result.keyframe
             msg = FrameMessage(
                 stream_id=cfg.stream_id,
                 seq=frames,
@@ -94,10 +130,15 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
                 send_ts_ns=now_ns(),
                 z=np.asarray(result.z).astype(wire_dtype),
                 gaze=np.asarray(result.gaze, np.float32).reshape(2, 2).astype(wire_dtype),
-                flags=int(KEYFRAME if key else EXTRAPOLATED),
+                flags=int(KEYFRAME if result.keyframe else EXTRAPOLATED),
                 stage_ts_ns={"enc": t_enc},
+                model=model,
             )
             pub.send_encoded(encode_frame(msg))
+            if not receiver_seen and clock.served > 0:
+                receiver_seen = True
+                print(f"sender {cfg.stream_id}: receiver connected", file=sys.stderr, flush=True)
+            frames_to_receiver += receiver_seen
             encode_ms.append((t_enc - tc) / 1e6)
             if len(encode_ms) > 100_000:
                 del encode_ms[:50_000], compute_ms[:50_000]
@@ -107,20 +148,24 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
             now = time.monotonic()
             if cfg.status_path and now >= status_due:
                 status_due = now + 0.5
-                write_json(cfg.status_path, _status(cfg, pub, clock, frames, source, keyframes))
+                write_json(cfg.status_path, _status(cfg, pub, clock, frames, source, keyframes, frames_to_receiver))
             if should_stop() or (cfg.seconds and now - t_start >= cfg.seconds):
                 break
     finally:
         elapsed = time.monotonic() - t_start
         report = {
             "stream_id": cfg.stream_id,
+            "model": model,
             "frames_sent": frames,
+            "frames_to_receiver": frames_to_receiver,
+            "receiver_seen": frames_to_receiver > 0,
+            "refused": pub.last_refusal if frames_to_receiver == 0 else None,
             "elapsed_s": elapsed,
             "fps": frames / elapsed if elapsed > 0 else 0.0,
-            "source_dropped": int(getattr(source, "dropped", 0)) if source is not None else 0,
+            "source_dropped": int(source.dropped) if source is not None else 0,
             "encode_ms": percentiles(encode_ms),
             "encoder_compute_ms": {**percentiles(compute_ms), "mean": float(np.mean(compute_ms)) if compute_ms else 0.0},
-            "latex": bool(cfg.latex),
+            "latex": cfg.latex.to_dict() if cfg.latex is not None else None,
             "keyframes": keyframes,
             "skip_ratio": 1.0 - keyframes / frames if frames else 0.0,
             "bytes_sent": pub.stats.bytes_sent,
@@ -129,7 +174,8 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
             "clock_served": clock.served if clock is not None else 0,
         }
         if cfg.status_path:
-            write_json(cfg.status_path, {**_status(cfg, pub, clock, frames, source, keyframes), "done": True})
+            write_json(cfg.status_path, {**_status(cfg, pub, clock, frames, source, keyframes, frames_to_receiver),
+                                         "done": True})
         if tap is not None:
             tap.close()
         if source is not None:
@@ -142,21 +188,7 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     return report
 
 
-def _latex_encoder(encoder, cfg: SenderConfig):
-    """Wrap ``encoder`` in the LATEX gate of its model directory (a clear error when it has none)."""
-    from encoder.latex import LatexConfig, LatexEncoder
-
-    if not hasattr(encoder, "encode_view"):
-        raise ValueError("--latex needs a per-view encoder directory (arch.json, early.onnx, latex.json)")
-    lcfg = LatexConfig(history=cfg.latex_history, max_skips=cfg.latex_max_skips,
-                       threshold=cfg.latex_threshold if cfg.latex_threshold >= 0 else None,
-                       skip_ratio=None if cfg.latex_threshold >= 0 else cfg.latex_skip_ratio)
-    gated = LatexEncoder(encoder, lcfg, threads=cfg.threads)
-    log.info("LATEX: T=%d, max %d skips in a row, threshold %.4f", lcfg.history, lcfg.max_skips, gated.threshold)
-    return gated
-
-
-def _status(cfg, pub, clock, frames, source, keyframes=0) -> dict:
+def _status(cfg, pub, clock, frames, source, keyframes=0, frames_to_receiver=0) -> dict:
     return {
         "pid": os.getpid(),
         "role": "sender",
@@ -165,7 +197,8 @@ def _status(cfg, pub, clock, frames, source, keyframes=0) -> dict:
         "endpoint": pub.endpoint,
         "clock_endpoint": clock.endpoint if clock is not None else "",
         "frames_sent": frames,
+        "frames_to_receiver": frames_to_receiver,
         "skip_ratio": 1.0 - keyframes / frames if frames else 0.0,
-        "source_dropped": int(getattr(source, "dropped", 0)),
+        "source_dropped": int(source.dropped) if source is not None else 0,
         "events": dict(pub.stats.events),
     }

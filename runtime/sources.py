@@ -7,7 +7,14 @@ driver stamps a frame when its buffer is ready): for the synthetic studio that
 is after the studio rendered it (its render time is the "camera's" exposure and
 read-out, not the runtime's), for a replay when the paced replay releases it.
 The studio's own ``time.time_ns()`` stamps and the recording's stamps are not
-used on the wire.
+used on the wire. Every source has ``fps``, the rate it delivers at, and
+``clock = "monotonic"``, the clock of its stamps (what an .hmc tap of these
+frames must declare).
+
+Replay pacing. A replay is a live source: frames are due at the recording's
+own capture timestamps (or on a ``replay_fps`` grid), and when the consumer
+(the encoder) is late, the frames whose time has passed are dropped and
+counted in ``dropped``; a slow encoder never turns the replay into slow motion.
 """
 from __future__ import annotations
 
@@ -32,6 +39,8 @@ class HmcCapture:
     """(3, S, S) uint8: left eye, right eye, mouth."""
     capture_ts_ns: int
     """:func:`transport.clock.now_ns` when the frame reached the runtime."""
+    frame_index: int = -1
+    """Replay: the frame's index in the recording (-1 for live sources)."""
 
 
 class HmcSource:
@@ -39,6 +48,10 @@ class HmcSource:
     source skipped because the consumer was late (a live camera's behaviour)."""
 
     dropped: int = 0
+    fps: float = 0.0
+    """Rate the source delivers frames at (frames per second)."""
+    clock: str = "monotonic"
+    """Clock domain of ``capture_ts_ns`` (:func:`transport.clock.now_ns`)."""
 
     def __iter__(self) -> Iterator[HmcCapture]:  # pragma: no cover - interface
         raise NotImplementedError
@@ -54,6 +67,7 @@ class SyntheticSource(HmcSource):
         from capture.source import SyntheticHmcSource
 
         self._src = SyntheticHmcSource(identity=cfg.identity, fps=cfg.fps, seed=cfg.seed, ground_truth=False, live=True)
+        self.fps = float(cfg.fps)
 
     @property
     def dropped(self) -> int:  # type: ignore[override]
@@ -68,28 +82,43 @@ class SyntheticSource(HmcSource):
 
 
 class ReplaySource(HmcSource):
-    """An .hmc recording replayed at its native rate (optionally looping)."""
+    """An .hmc recording replayed in real time (optionally looping).
+
+    Frames are due at the recording's capture timestamps (``cfg.replay_fps`` = 0)
+    or at ``cfg.replay_fps`` resampled by timestamp; when the consumer is late the
+    frames whose time has passed are dropped (``stats.dropped``), so the replay keeps
+    the recording's pace. ``dropped`` = those plus damaged frames skipped.
+    """
 
     def __init__(self, cfg: SourceConfig) -> None:
+        import math
+
         from capture.recording import HmcReader, ReplayStats
 
         if not cfg.path:
             raise ValueError("a replay source needs a path to an .hmc recording")
+        rate = cfg.replay_fps
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"replay_fps must be 0 (the recording's own timing) or a positive rate, got {rate!r}")
         self._reader = HmcReader(cfg.path)
         if len(self._reader) == 0:
+            self._reader.close()
             raise ValueError(f"{cfg.path} holds no frames")
         self._loop = cfg.loop
+        self._replay_fps = float(rate)
+        self.fps = self._replay_fps or self._reader.fps
         self.stats = ReplayStats()
 
     @property
     def dropped(self) -> int:  # type: ignore[override]
-        return self.stats.skipped
+        return self.stats.dropped + self.stats.skipped
 
     def __iter__(self) -> Iterator[HmcCapture]:
         from capture.recording import replay
 
-        for frame in replay(self._reader, rate="native", loop=self._loop, stats=self.stats):
-            yield HmcCapture(np.ascontiguousarray(frame.views[:3]), now_ns())
+        for frame in replay(self._reader, rate="native", loop=self._loop, stats=self.stats,
+                            drop_late=True, resample_fps=self._replay_fps):
+            yield HmcCapture(np.ascontiguousarray(frame.views[:3]), now_ns(), frame.index)
 
     def close(self) -> None:
         self._reader.close()
@@ -119,6 +148,7 @@ class CameraSource(HmcSource):
             self._caps.append(cap)
         self.size = cfg.size
         self.dropped = 0
+        self.fps = float(cfg.fps)
 
     def _gray(self, img: np.ndarray) -> np.ndarray:
         cv2 = self._cv2

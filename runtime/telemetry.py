@@ -29,6 +29,9 @@ import numpy as np
 
 STAGES = ("encode", "send", "network", "decode", "render", "present")
 """Stage names, in pipeline order."""
+FRAME_COLUMNS = ("seq", "capture", "enc", "send", "recv", "dec", "ren", "pres", "flags")
+"""Columns of a report's ``frames`` rows: stage times (ns, receiver clock) and the frame's wire flags
+(KEYFRAME / EXTRAPOLATED, so keyframes and extrapolated frames can be told apart)."""
 
 
 @dataclass
@@ -45,6 +48,11 @@ class FrameRecord:
     ren: int
     pres: int
     flags: int = 0
+    """Wire flags of the frame (``transport.KEYFRAME`` / ``transport.EXTRAPOLATED``)."""
+
+    def row(self) -> list[int]:
+        """The frame as a report row, in :data:`FRAME_COLUMNS` order."""
+        return [self.seq, self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres, self.flags]
 
     def stage_ms(self) -> dict[str, float]:
         t = (self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres)
@@ -78,10 +86,10 @@ class Telemetry:
 
     @classmethod
     def from_rows(cls, stream_id: str, rows) -> "Telemetry":
-        """Rebuild from a report's ``frames`` rows ``[seq, capture, enc, send, recv, dec, ren, pres]``."""
+        """Rebuild from a report's ``frames`` rows (:data:`FRAME_COLUMNS`; rows without flags read as 0)."""
         t = cls()
         for r in rows:
-            t.add(FrameRecord(stream_id, *(int(x) for x in r[:8])))
+            t.add(FrameRecord(stream_id, *(int(x) for x in r[:9])))
         return t
 
     def add(self, rec: FrameRecord) -> None:

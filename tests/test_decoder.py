@@ -149,10 +149,10 @@ def test_receiver_path_does_not_import_torch():
         pytest.skip("embedded S1 model not present")
     code = (
         "import sys, numpy as np\n"
-        "from decoder.runtime import AvatarPlayer\n"
-        "p = AvatarPlayer(size=128)\n"
-        "z = np.zeros(p.decoder.latent_dim, np.float32)\n"
-        "img = p.render(z, np.zeros((2, 2), np.float32), [0.0, 0.0, 1.0])\n"
+        "from decoder.runtime import Avatar\n"
+        "p = Avatar(size=128)\n"
+        "z = np.zeros(p.latent_dim, np.float32)\n"
+        "img = p.render_code(z, np.zeros((2, 2), np.float32), [0.0, 0.0, 1.0])\n"
         "assert img.shape == (128, 128, 3) and img.dtype == np.uint8 and img.max() > 50\n"
         "assert 'torch' not in sys.modules, 'receiver path imported torch'\n"
         "print('ok')\n"

@@ -310,9 +310,12 @@ def test_wrong_version_magic_and_non_files(tmp_path):
     data = bytearray(path.read_bytes())
     assert data[:8] == HMC_MAGIC
 
+    # A file really written by a newer avcall: version 9 with an intact prefix checksum.
+    prefix = bytes(data[:8]) + struct.pack("<H", 9) + bytes(data[10:20])
     newer = tmp_path / "v9.hmc"
-    newer.write_bytes(data[:8] + struct.pack("<H", 9) + data[10:])
-    with pytest.raises(HmcFormatError, match=r"unsupported .hmc format version 9.*reads version 1"):
+    newer.write_bytes(prefix + struct.pack("<I", zlib.crc32(prefix)) + bytes(data[24:]))
+    with pytest.raises(HmcFormatError, match=r"unsupported .hmc format version 9.*reads versions 1, 2"
+                                             r".*newer avcall"):
         HmcReader(newer)
 
     wrong = tmp_path / "magic.hmc"

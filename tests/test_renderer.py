@@ -11,7 +11,7 @@ from renderer.rasterizer import AvatarRasterizer, eye_rotations, look_at_mvp  # 
 N, T = 64, 16
 
 
-def _quad_rasterizer():
+def _quad_rasterizer(ctx=None):
     # A unit quad facing +z (the front viewer), uv = (x + 0.5, y + 0.5).
     verts = np.array([[-0.5, -0.5, 0.4], [0.5, -0.5, 0.4], [0.5, 0.5, 0.4], [-0.5, 0.5, 0.4]], np.float32)
     uvs = (verts[:, :2] + 0.5).astype(np.float32)
@@ -20,7 +20,8 @@ def _quad_rasterizer():
     ev = np.array([[0, 0, 0], [0.01, 0, 0], [0, 0.01, 0]], np.float32)
     eye = (ev, np.tile([[0, 0, 1.0]], (3, 1)).astype(np.float32), np.zeros((3, 2), np.float32), np.array([[0, 1, 2]], np.uint32))
     centres = np.array([[50.0, 0, 0], [-50.0, 0, 0]], np.float32)
-    rast = AvatarRasterizer(uvs, tris, eye, centres, np.ones((4, 8, 4), np.float32), size=N, texture_size=T)
+    rast = AvatarRasterizer(uvs, tris, eye, centres, np.ones((4, 8, 4), np.float32), size=N, texture_size=T,
+                            ctx=ctx)
     return rast, verts
 
 
@@ -60,17 +61,68 @@ def test_rasterizer_matches_numpy_reference():
     rast.release()
 
 
-def test_uv_map_and_gl_objects_reused():
+class _CountingContext:
+    """A moderngl context that counts every GL object made through it (buffers, textures, renderbuffers,
+    framebuffers, programs, vertex arrays, samplers, queries...): any call returning a ``moderngl`` object
+    (one with an ``mglo``) is counted under its type. moderngl makes GL objects only through the context."""
+
+    def __init__(self, ctx):
+        object.__setattr__(self, "_ctx", ctx)
+        object.__setattr__(self, "made", [])
+
+    def __getattr__(self, name):
+        attr = getattr(self._ctx, name)
+        if not callable(attr) or name.startswith("__"):
+            return attr
+
+        def call(*args, **kwargs):
+            out = attr(*args, **kwargs)
+            if type(out).__module__.split(".")[0] == "moderngl" and hasattr(out, "mglo"):
+                self.made.append(type(out).__name__)
+            return out
+
+        return call
+
+    def __setattr__(self, name, value):
+        setattr(self._ctx, name, value)
+
+
+def _counting_quad_rasterizer():
+    from renderer.rasterizer import create_context
+
+    ctx = _CountingContext(create_context())
+    rast, verts = _quad_rasterizer(ctx=ctx)
+    return rast, verts, ctx
+
+
+def test_uv_map():
     rast, verts = _quad_rasterizer()
     uvm = rast.render_uv(verts, np.zeros((2, 2)), [0, 0, 1], 32)
     assert uvm.shape == (32, 32, 3) and uvm.dtype == np.float32
     face = uvm[..., 2] > 0.5
     assert 0.05 < face.mean() < 0.9
     assert np.all((uvm[face, :2] >= 0) & (uvm[face, :2] <= 1))
-    fbo, tex = rast.fbo, rast.tex_face
-    for _ in range(3):
-        rast.render(verts, _linear_texture(), np.zeros((2, 2)), [0.3, 0.1, 1.0])
-    assert rast.fbo is fbo and rast.tex_face is tex and rast.ctx.error == "GL_NO_ERROR"
+    rast.release()
+
+
+def test_gl_objects_are_allocated_once_not_per_frame():
+    rast, verts, ctx = _counting_quad_rasterizer()
+    made = list(ctx.made)
+    # The counter sees allocation: __init__ makes the program, buffers, vertex arrays, textures, framebuffer.
+    for kind in ("Program", "Buffer", "VertexArray", "Texture", "Renderbuffer", "Framebuffer"):
+        assert kind in made, (kind, made)
+    rast.render_uv(verts, np.zeros((2, 2)), [0, 0, 1], 32)  # a UV map size is set up once, on first use
+    assert ctx.made[len(made):] == ["Renderbuffer", "Renderbuffer", "Framebuffer"]
+    made = list(ctx.made)
+    rng = np.random.default_rng(0)
+    for k in range(6):  # frames with new geometry, texture, gaze (eye buffers rewritten) and view
+        gaze = rng.uniform(-0.3, 0.3, (2, 2))
+        view = [0.3 * np.sin(k), 0.1, 1.0]
+        img = rast.render(verts + rng.normal(0, 0.01, verts.shape).astype(np.float32), rng.random((T, T, 3)), gaze, view)
+        assert img.shape == (N, N, 3)
+        rast.render_uv(verts, gaze, view, 32)
+    assert ctx.made == made, f"GL objects made per frame: {ctx.made[len(made):]}"
+    assert rast.ctx.error == "GL_NO_ERROR"
     rast.release()
 
 

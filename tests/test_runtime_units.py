@@ -55,7 +55,7 @@ def test_viewer_orbit_is_unit_and_within_amplitude():
 
 
 def test_tiny_models_run_in_onnxruntime_and_render(tiny_models):
-    from runtime.models import Avatar, load_encoder
+    from runtime.models import load_avatar, load_encoder
 
     enc = load_encoder(tiny_models[0])
     views = np.random.default_rng(0).integers(0, 255, (3, 192, 192), np.uint8)
@@ -63,7 +63,7 @@ def test_tiny_models_run_in_onnxruntime_and_render(tiny_models):
     assert r.z.shape == (256,) and r.gaze.shape == (2, 2) and np.isfinite(r.z).all()
     r2 = enc.encode(255 - views)
     assert np.abs(r2.z - r.z).max() > 1e-3  # the code follows the input
-    av = Avatar(tiny_models[1], size=96)
+    av = load_avatar(tiny_models[1], size=96)
     try:
         v, t = av.decode(r.z, np.array([0, 0, 1.0]))
         assert v.shape == (576, 3) and t.shape == (64, 64, 3)
@@ -149,36 +149,6 @@ def test_compose_puts_the_matching_hmc_frame_beside_the_render(tmp_path):
     got = frames[2][32:64, 96:, 1]
     assert np.abs(got.astype(int) - want.astype(int)).mean() < 12  # mp4 is lossy
     assert frames[0][:80, 100:].mean() < 10  # no input before the first frame (seq -1): black
-
-
-def _parser():
-    from avcall import bench, call_cmds
-
-    p = argparse.ArgumentParser(prog="avcall")
-    sub = p.add_subparsers(dest="command")
-    call_cmds.register(sub)
-    b = sub.add_parser("bench")
-    call_cmds.add_bench(b.add_subparsers(dest="bench_command"))
-    del bench
-    return p
-
-
-def test_cli_parses_every_command(tmp_path):
-    p = _parser()
-    a = p.parse_args(["send", "--source", "replay", "x.hmc", "--connect", "tcp://h:5555", "--seconds", "2"])
-    assert a.source == ["replay", "x.hmc"] and a.connect == "tcp://h:5555"
-    a = p.parse_args(["receive", "--bind", "tcp://127.0.0.1:*", "--out", "v.mp4"])
-    assert a.bind and a.out == "v.mp4"
-    for cmd in (["call", "--seconds", "3"], ["demo"], ["bench", "e2e", "--json"], ["keys", "new", "--name", "a"]):
-        assert callable(p.parse_args(cmd).func)
-    with pytest.raises(SystemExit):
-        p.parse_args(["send", "--source", "synthetic"])  # needs --connect or --bind
-    a = p.parse_args(["send", "--source", "replay", "--connect", "tcp://h:1"])
-    with pytest.raises(ValueError, match="exactly one"):
-        a.func(a)
-    a = p.parse_args(["keys", "new", "--name", "carol", "--dir", str(tmp_path)])
-    assert a.func(a) == 0
-    assert (tmp_path / "carol.key").is_file() and (tmp_path / "carol.key_secret").stat().st_mode & 0o077 == 0
 
 
 def test_replay_source_stamps_on_the_runtime_clock(pattern_hmc):

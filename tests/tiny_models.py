@@ -1,10 +1,11 @@
 """Tiny models in the runtime's model-directory layouts, built with ``onnx.helper`` (no torch), for tests.
 
-:func:`build_tiny` writes a random-projection encoder (pooled HMC pixels -> z,
-gaze) and a dome-shaped mesh whose relief and colour follow z: tiny, fast and
+:func:`build_tiny` writes a random-projection encoder in the real per-view
+layout (three view models: pooled HMC pixels -> feature [+ gaze]; fusion:
+features -> z) and a dome-shaped mesh whose relief and colour follow z: tiny, fast and
 deterministic, so runtime tests run real onnxruntime sessions, real GL and real
 sockets in seconds. The avatar is written exactly as
-``decoder.export.save_model`` writes a trained one (see :mod:`runtime.models`).
+``decoder.export.save_model`` writes a trained one (see :mod:`decoder.runtime`).
 """
 from __future__ import annotations
 
@@ -32,45 +33,69 @@ def _init(name: str, array: np.ndarray):
     return numpy_helper.from_array(np.ascontiguousarray(array), name)
 
 
-def encoder_graph(weights: np.ndarray, bias: np.ndarray, feat_mean: np.ndarray, feat_scale: np.ndarray, *,
-                  latent_dim: int, size: int, pool: int):
-    """views (1, 3, size, size) in [0, 1] -> AveragePool(size/pool) -> standardise -> linear ->
-    z (1, Z) and gaze (1, 2, 2). ``weights`` (3*pool*pool, Z + 4)."""
+def view_graph(feat_mean: np.ndarray, feat_scale: np.ndarray, gaze_weights: np.ndarray | None, *, size: int, pool: int):
+    """One near-sensor view model in the layout of ``encoder.export`` (read by ``encoder.runtime.HmcEncoder``):
+    image (1, 1, size, size) uint8 -> /255 -> AveragePool(size/pool) -> standardise -> feature (1, pool²)
+    [-> gaze (1, 2) = feature @ gaze_weights for an eye view]."""
     onnx, TP, h, _ = _onnx()
     k = size // pool
-    F = 3 * pool * pool
+    F = pool * pool
     nodes = [
-        h.make_node("AveragePool", ["views"], ["pooled"], kernel_shape=[k, k], strides=[k, k]),
+        h.make_node("Cast", ["image"], ["image_f"], to=TP.FLOAT),
+        h.make_node("Mul", ["image_f", "inv255"], ["x"]),
+        h.make_node("AveragePool", ["x"], ["pooled"], kernel_shape=[k, k], strides=[k, k]),
         h.make_node("Reshape", ["pooled", "flat_shape"], ["flat"]),
         h.make_node("Sub", ["flat", "feat_mean"], ["centred"]),
-        h.make_node("Mul", ["centred", "feat_scale"], ["feat"]),
-        h.make_node("MatMul", ["feat", "W"], ["lin"]),
-        h.make_node("Add", ["lin", "b"], ["y"]),
-        h.make_node("Slice", ["y", "z_start", "z_end", "axis1"], ["z"]),
-        h.make_node("Slice", ["y", "z_end", "g_end", "axis1"], ["g_flat"]),
-        h.make_node("Reshape", ["g_flat", "g_shape"], ["gaze"]),
+        h.make_node("Mul", ["centred", "feat_scale"], ["feature"]),
     ]
     inits = [
+        _init("inv255", np.array(1.0 / 255.0, np.float32)),
         _init("flat_shape", np.array([1, F], np.int64)),
         _init("feat_mean", feat_mean.astype(np.float32).reshape(1, F)),
         _init("feat_scale", feat_scale.astype(np.float32).reshape(1, F)),
-        _init("W", weights.astype(np.float32)),
-        _init("b", bias.astype(np.float32).reshape(1, -1)),
-        _init("z_start", np.array([0], np.int64)),
-        _init("z_end", np.array([latent_dim], np.int64)),
-        _init("g_end", np.array([latent_dim + 4], np.int64)),
-        _init("axis1", np.array([1], np.int64)),
-        _init("g_shape", np.array([1, 2, 2], np.int64)),
     ]
-    graph = h.make_graph(
-        nodes, "standin_encoder",
-        [h.make_tensor_value_info("views", TP.FLOAT, [1, 3, size, size])],
-        [h.make_tensor_value_info("z", TP.FLOAT, [1, latent_dim]), h.make_tensor_value_info("gaze", TP.FLOAT, [1, 2, 2])],
-        inits,
-    )
+    outputs = [h.make_tensor_value_info("feature", TP.FLOAT, [1, F])]
+    if gaze_weights is not None:
+        nodes.append(h.make_node("MatMul", ["feature", "Wg"], ["gaze"]))
+        inits.append(_init("Wg", gaze_weights.astype(np.float32).reshape(F, 2)))
+        outputs.append(h.make_tensor_value_info("gaze", TP.FLOAT, [1, 2]))
+    graph = h.make_graph(nodes, "tiny_view", [h.make_tensor_value_info("image", TP.UINT8, [1, 1, size, size])],
+                         outputs, inits)
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def fusion_graph(weights: np.ndarray, bias: np.ndarray):
+    """features (1, 3F) float32 -> z (1, Z) = features @ weights + bias."""
+    onnx, TP, h, _ = _onnx()
+    F3, Z = weights.shape
+    graph = h.make_graph(
+        [h.make_node("MatMul", ["features", "W"], ["lin"]), h.make_node("Add", ["lin", "b"], ["z"])], "tiny_fusion",
+        [h.make_tensor_value_info("features", TP.FLOAT, [1, F3])], [h.make_tensor_value_info("z", TP.FLOAT, [1, Z])],
+        [_init("W", weights.astype(np.float32)), _init("b", bias.astype(np.float32).reshape(1, Z))])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def write_encoder(out: Path, *, latent_dim: int, size: int, pool: int, rng: np.random.Generator, identity: str = "") -> Path:
+    """A tiny encoder in the real per-view layout: arch.json, meta.json, left_eye/right_eye/mouth.onnx, fusion.onnx."""
+    import onnx
+
+    from encoder.runtime import VIEW_NAMES
+
+    out.mkdir(parents=True, exist_ok=True)
+    F = pool * pool
+    for k, view in enumerate(VIEW_NAMES):
+        gaze_w = rng.normal(0, 0.3 / np.sqrt(F), (F, 2)) if k < 2 else None
+        onnx.save(view_graph(np.full(F, 0.2), np.full(F, 4.0), gaze_w, size=size, pool=pool), str(out / f"{view}.onnx"))
+    W = rng.normal(0, 1.0 / np.sqrt(3 * F), (3 * F, latent_dim))
+    onnx.save(fusion_graph(W, np.zeros(latent_dim)), str(out / "fusion.onnx"))
+    (out / "arch.json").write_text(json.dumps({"name": "tiny", "input_size": size, "latent_dim": latent_dim,
+                                               "num_keypoints": 0, "standin": True}))
+    (out / "meta.json").write_text(json.dumps({"arch": "tiny", "identity": identity, "standin": True}))
+    return out
 
 
 def decoder_graph(mean_vertices: np.ndarray, basis: np.ndarray, texture: np.ndarray, colour: np.ndarray,
@@ -149,21 +174,14 @@ def _write_avatar(out: Path, model, uvs, triangles, eye_mesh, centres, eye_radiu
 
 
 def build_tiny(out_dir: str | Path, *, latent_dim: int = 256, size: int = 192, pool: int = 8, grid: int = 24,
-               texture_size: int = 64, seed: int = 0) -> tuple[Path, Path]:
-    """Tiny random stand-ins. Returns ``(encoder_dir, avatar_dir)`` under ``out_dir``."""
-    import onnx
-
+               texture_size: int = 64, seed: int = 0, identity: str = "") -> tuple[Path, Path]:
+    """Tiny random stand-ins. Returns ``(encoder_dir, avatar_dir)`` under ``out_dir``; both name ``identity``
+    (their model id on the wire is ``IDENTITY/zDIM``, ``unknown/zDIM`` when empty)."""
     rng = np.random.default_rng(seed)
     out = Path(out_dir)
     enc_dir, av_dir = out / "encoder", out / "avatar"
     enc_dir.mkdir(parents=True, exist_ok=True)
-    F = 3 * pool * pool
-    W = rng.normal(0, 1.0 / np.sqrt(F), (F, latent_dim + 4))
-    W[:, latent_dim:] *= 0.3
-    enc = encoder_graph(W, np.zeros(latent_dim + 4), np.full(F, 0.2), np.full(F, 4.0), latent_dim=latent_dim,
-                        size=size, pool=pool)
-    onnx.save(enc, str(enc_dir / "encoder.onnx"))
-    (enc_dir / "standin.json").write_text(json.dumps({"kind": "tiny", "latent_dim": latent_dim, "size": size}))
+    write_encoder(enc_dir, latent_dim=latent_dim, size=size, pool=pool, rng=rng, identity=identity)
     # A dome facing +z (the viewer's front), radius 1 dm, centred like the studio head.
     th, ph = np.meshgrid(np.linspace(-1.3, 1.3, grid), np.linspace(-1.0, 1.1, grid), indexing="ij")
     normal = np.stack([np.sin(th) * np.cos(ph), np.sin(ph), np.cos(th) * np.cos(ph)], -1).reshape(-1, 3)
@@ -183,5 +201,5 @@ def build_tiny(out_dir: str | Path, *, latent_dim: int = 256, size: int = 192, p
     dec = decoder_graph(mean, basis, tex, rng.normal(0, 0.02, (latent_dim, 3)), 0.05 * np.eye(3))
     eye = eyeball_mesh(0.12, rings=10, segments=16)
     centres = np.array([[0.33, 0.15, 0.9], [-0.33, 0.15, 0.9]])
-    _write_avatar(av_dir, dec, uvs, tris, eye, centres, 0.12, _eye_texture(), {"kind": "tiny", "seed": seed})
+    _write_avatar(av_dir, dec, uvs, tris, eye, centres, 0.12, _eye_texture(), {"kind": "tiny", "seed": seed, "identity": identity})
     return enc_dir, av_dir

@@ -1,14 +1,39 @@
-"""avcall transport: wire format, ZeroMQ sockets, clock offset, stream statistics.
+"""avcall transport: wire format, ZeroMQ sockets, endpoints, clock offset, stream statistics.
 
 Never imports torch: the sender and receiver runtime stay light.
 """
-from .clock import ClockClient, ClockSample, ClockServer, OffsetEstimator, now_ns, offset_and_delay
-from .sockets import CurveConfig, FramePublisher, FrameSubscriber, SocketOptions, generate_keypair
+from .clock import (
+    CLOCK_BURST_GAP_S,
+    CLOCK_BURST_REQUESTS,
+    CLOCK_INTERVAL_S,
+    ClockClient,
+    ClockSample,
+    ClockServer,
+    OffsetEstimator,
+    clock_request_gap_s,
+    now_ns,
+    offset_and_delay,
+)
+from .endpoints import Endpoint, EndpointError, check_clock_endpoint, clock_endpoint_for, parse_endpoint
+from .floor import measure_pubsub_floor
+from .sockets import (
+    CurveConfig,
+    FramePublisher,
+    FrameSubscriber,
+    KeyPairError,
+    SocketOptions,
+    check_key_name,
+    generate_keypair,
+    refusal_sentence,
+)
 from .stats import BandwidthMeter, SendStats, StreamStats
 from .wire import (
+    BAD_MESSAGE_KINDS,
+    CLOCK_PROTOCOL_VERSION,
     EXTRAPOLATED,
     KEYFRAME,
     PROTOCOL_VERSION,
+    RECEIVER_CHECK_KINDS,
     WIRE_ERROR_KINDS,
     ClockReply,
     ClockRequest,
@@ -25,7 +50,12 @@ from .wire import (
 )
 
 __all__ = [
+    "BAD_MESSAGE_KINDS",
     "BandwidthMeter",
+    "CLOCK_BURST_GAP_S",
+    "CLOCK_BURST_REQUESTS",
+    "CLOCK_INTERVAL_S",
+    "CLOCK_PROTOCOL_VERSION",
     "ClockClient",
     "ClockReply",
     "ClockRequest",
@@ -33,19 +63,27 @@ __all__ = [
     "ClockServer",
     "CurveConfig",
     "EXTRAPOLATED",
+    "Endpoint",
+    "EndpointError",
     "FrameFlags",
     "FrameMessage",
     "FramePublisher",
     "FrameSubscriber",
     "KEYFRAME",
+    "KeyPairError",
     "OffsetEstimator",
     "PROTOCOL_VERSION",
+    "RECEIVER_CHECK_KINDS",
     "SendStats",
     "SocketOptions",
     "StreamStats",
     "WIRE_ERROR_KINDS",
     "WireError",
     "WireLimits",
+    "check_clock_endpoint",
+    "check_key_name",
+    "clock_endpoint_for",
+    "clock_request_gap_s",
     "decode_clock_reply",
     "decode_clock_request",
     "decode_frame",
@@ -53,6 +91,9 @@ __all__ = [
     "encode_clock_request",
     "encode_frame",
     "generate_keypair",
+    "measure_pubsub_floor",
     "now_ns",
     "offset_and_delay",
+    "parse_endpoint",
+    "refusal_sentence",
 ]

@@ -45,6 +45,25 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
 
+CLOCK_BURST_REQUESTS = 8
+"""The reference receiver (``runtime.receiver.ClockThread``) waits only
+:data:`CLOCK_BURST_GAP_S` after each of its first 8 requests, so that a good
+offset exists within the first frames ..."""
+CLOCK_BURST_GAP_S = 0.02
+"""... 20 ms between burst requests ..."""
+CLOCK_INTERVAL_S = 0.25
+"""... and :data:`CLOCK_INTERVAL_S` (250 ms) after every later one
+(``docs/protocol.md`` section 8.2)."""
+
+
+def clock_request_gap_s(sent: int) -> float:
+    """How long the reference receiver waits after its ``sent``-th clock request (1-based).
+
+    A request that could not be sent (no sender connected yet) does not count,
+    so an unconnected receiver keeps trying every :data:`CLOCK_BURST_GAP_S`.
+    """
+    return CLOCK_BURST_GAP_S if sent <= CLOCK_BURST_REQUESTS else CLOCK_INTERVAL_S
+
 
 def now_ns() -> int:
     """The clock every avcall timestamp uses: ``time.monotonic_ns()``."""

@@ -14,11 +14,20 @@ Pattern (see ``docs/protocol.md`` for the why):
 * with CURVE, the *receiver* is always the CURVE server, whichever side binds:
   it holds the allowlist of sender public keys, checked by a ZAP handler
   before a single message is accepted. The sender is the CURVE client and
-  must know the receiver's public key.
+  must know the receiver's public key;
+* every endpoint is validated by :func:`transport.endpoints.parse_endpoint`
+  first, and a failing bind/connect raises :class:`EndpointError` (a
+  ``ValueError``) naming the endpoint, never a bare ``ZMQError``;
+* a socket monitor tells whether a peer is connected (:attr:`SocketOwner.peers`,
+  handshake done) and, in words, why the last one was refused
+  (:attr:`SocketOwner.last_refusal`).
 """
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +37,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
+from .endpoints import EndpointError, parse_endpoint
 from .stats import SendStats, StreamStats
 from .wire import FrameMessage, WireError, WireLimits, decode_frame, encode_frame
 
@@ -99,21 +109,70 @@ class CurveConfig:
         return cls(secret_key_file=Path(secret_key_file), server_public_key_file=Path(server_public_key_file))
 
 
-def generate_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
+class KeyPairError(ValueError):
+    """A key pair that cannot be written (bad name, or it would replace existing keys)."""
+
+
+_KEY_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def check_key_name(name: object) -> str:
+    """``name`` if it is a valid key pair name, else :class:`KeyPairError`.
+
+    Names are 1-64 characters of ``[A-Za-z0-9._-]`` not starting with ``.``:
+    a plain file name, never a path, never hidden.
+    """
+    if not isinstance(name, str) or not _KEY_NAME_RE.fullmatch(name):
+        raise KeyPairError(
+            f"bad key name {name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - not starting with '.' "
+            "(a plain name like alice, no path separators)"
+        )
+    return name
+
+
+def generate_keypair(directory: str | Path, name: str, *, force: bool = False) -> tuple[Path, Path]:
     """Write a new CURVE key pair as ``name.key`` (public) and ``name.key_secret``.
 
-    The secret file is made readable by its owner only. Returns
-    ``(public_file, secret_file)``. Give the public file to the other side:
-    a receiver puts senders' public files into its allowed-clients directory,
-    a sender needs the receiver's public file.
+    The secret file is created readable by its owner only (mode 0600 from the
+    start). Returns ``(public_file, secret_file)``. Give the public file to the
+    other side: a receiver puts senders' public files into its allowed-clients
+    directory, a sender needs the receiver's public file.
+
+    Refuses (:class:`KeyPairError`) to replace an existing ``name.key`` or
+    ``name.key_secret`` unless ``force``: a new key pair locks this side out of
+    every allowlist that holds the old public key, and ``name.key`` in an
+    allowlist directory may be somebody else's public key.
     """
+    check_key_name(name)
     if not zmq.has("curve"):
         raise RuntimeError("this libzmq was built without CURVE support")
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise KeyPairError(f"{directory} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    public_file, secret_file = (Path(p) for p in zmq.auth.create_certificates(directory, name))
-    secret_file.chmod(0o600)
-    return public_file, secret_file
+    public_file, secret_file = directory / f"{name}.key", directory / f"{name}.key_secret"
+    existing = [p for p in (public_file, secret_file) if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise KeyPairError(
+            f"{' and '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}; a new key pair "
+            "would lock this side out of every allowlist holding the old public key (pass --force to replace it, "
+            "or choose another --name)"
+        )
+    for p in existing:
+        p.unlink()
+    # Create the secret file 0600 before anything is written into it (O_EXCL: never through a planted symlink).
+    try:
+        os.close(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        raise KeyPairError(f"{secret_file} appeared while writing the key pair; try again") from None
+    try:
+        written = zmq.auth.create_certificates(directory, name)
+    except BaseException:
+        secret_file.unlink(missing_ok=True)
+        raise
+    public_out, secret_out = (Path(p) for p in written)
+    secret_out.chmod(0o600)
+    return public_out, secret_out
 
 
 def _load_secret(path: Path) -> tuple[bytes, bytes]:
@@ -129,11 +188,62 @@ _MONITORED = {
     zmq.EVENT_CONNECTED: "connected",
     zmq.EVENT_ACCEPTED: "accepted",
     zmq.EVENT_DISCONNECTED: "disconnected",
+    zmq.EVENT_CONNECT_RETRIED: "connect_retried",
     zmq.EVENT_HANDSHAKE_SUCCEEDED: "handshake_succeeded",
     zmq.EVENT_HANDSHAKE_FAILED_AUTH: "handshake_failed_auth",
     zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "handshake_failed_protocol",
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake_failed_no_detail",
 }
+
+_PROTOCOL_ERROR_NAMES = {
+    int(getattr(zmq, n)): n[len("PROTOCOL_ERROR_"):] for n in dir(zmq) if n.startswith("PROTOCOL_ERROR_")
+}
+
+
+def refusal_sentence(event: str, value: int, curve_role: str | None) -> str:
+    """A one-line human explanation of a failed handshake.
+
+    ``event`` is a ``handshake_failed_*`` name, ``value`` the monitor event's
+    value (ZAP status code, ZMTP protocol error code or errno), ``curve_role``
+    ``"client"`` (the sender), ``"server"`` (the receiver) or None (no CURVE).
+    """
+    if event == "handshake_failed_auth":
+        code = "" if value == 400 else f" (ZAP status {value})"
+        if curve_role == "client":
+            return f"the receiver refused this sender's key (not in its --allow directory){code}"
+        return f"refused a sender whose public key is not in the --allow directory{code}"
+    if event == "handshake_failed_protocol":
+        if value == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            if curve_role == "server":
+                return ("CURVE handshake failed: server key does not match (a sender was given a different "
+                        "public key for this receiver)")
+            return "CURVE handshake failed: server key does not match (check the receiver public key given to this sender)"
+        if value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            if curve_role is None:
+                return "security mismatch: the peer uses CURVE (--secure) but this side does not"
+            return "security mismatch: this side uses CURVE (--secure) but the peer does not"
+        name = _PROTOCOL_ERROR_NAMES.get(value, f"{value:#x}")
+        return f"handshake failed: ZeroMQ protocol error {name} (not an avcall peer, or another protocol version)"
+    # handshake_failed_no_detail: the peer closed the connection during the handshake
+    if curve_role == "client":
+        return ("CURVE handshake failed: server key does not match (the receiver dropped the handshake; check the "
+                "receiver public key given to this sender, and that the receiver uses --secure)")
+    if curve_role == "server":
+        return "a peer dropped the connection during the CURVE handshake (a sender without --secure?)"
+    return "the peer dropped the connection during the handshake (does it use --secure while this side does not?)"
+
+
+def _bind_error(endpoint: str, exc: zmq.ZMQError) -> str:
+    why = {
+        errno.EADDRINUSE: "address in use (another program is already bound to it; pick another port or stop that program)",
+        errno.EADDRNOTAVAIL: "address not available (it is not an address of this machine)",
+        errno.ENODEV: "no such interface or address on this machine",
+        errno.EACCES: "permission denied (ports below 1024 need privileges; or the ipc path is not writable)",
+        errno.ENOENT: "no such directory for the ipc path",
+    }.get(exc.errno)
+    if why is None:
+        why = (exc.strerror or str(exc)).split(" (addr=")[0].rstrip(".")
+    return f"cannot bind {endpoint}: {why}"
 
 
 class SocketOwner:
@@ -157,9 +267,19 @@ class SocketOwner:
         context: zmq.Context | None = None,
         monitor: bool = True,
     ) -> None:
+        parsed = parse_endpoint(endpoint, bind)  # EndpointError before any resource exists
         self.options = options
         self._auth: ThreadAuthenticator | None = None
         self._monitor: zmq.Socket | None = None
+        self.curve_role: str | None = None if curve is None else ("server" if curve.is_server else "client")
+        """``"client"`` (sender), ``"server"`` (receiver) or None (no CURVE)."""
+        self._handshakes_ok = 0
+        self._handshakes_failed = 0
+        self._disconnects = 0
+        self._connect_retries = 0
+        self._last_refusal: str | None = None
+        self._logged_refusals: set[str] = set()
+        self.endpoint = endpoint
         if curve is not None and curve.is_server and context is not None:
             raise ValueError("a CURVE server owns a private context (its ZAP allowlist is per context); pass context=None")
         self._owns_context = context is None
@@ -176,6 +296,8 @@ class SocketOwner:
             sock.setsockopt(zmq.HEARTBEAT_IVL, options.heartbeat_ivl_ms)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, options.heartbeat_timeout_ms)
             sock.setsockopt(zmq.HEARTBEAT_TTL, options.heartbeat_ttl_ms)
+            if parsed.is_ipv6:
+                sock.setsockopt(zmq.IPV6, 1)
             if curve is not None:
                 self._apply_curve(sock, curve)
             if monitor:
@@ -185,10 +307,16 @@ class SocketOwner:
                 self._monitor = sock.get_monitor_socket(events)
             self._configure(sock)
             if bind:
-                sock.bind(endpoint)
+                try:
+                    sock.bind(endpoint)
+                except zmq.ZMQError as exc:
+                    raise EndpointError(_bind_error(endpoint, exc)) from None
                 self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
             else:
-                sock.connect(endpoint)
+                try:
+                    sock.connect(endpoint)
+                except zmq.ZMQError as exc:
+                    raise EndpointError(f"cannot connect to {endpoint}: {exc.strerror or exc}") from None
                 self.endpoint = endpoint
         except BaseException:
             self.close()
@@ -216,30 +344,88 @@ class SocketOwner:
         """Socket-type specific options, set before bind/connect."""
 
     def poll_events(self) -> list[str]:
-        """Socket events since the last call (non-blocking), by name."""
+        """Socket events since the last call (non-blocking), by name.
+
+        Also updates :attr:`peers` and :attr:`last_refusal`, and counts the
+        events in ``self.stats.events`` where the socket has stats."""
         names: list[str] = []
         if self._monitor is None:
             return names
+        stats: SendStats | StreamStats | None = getattr(self, "stats", None)
         while True:
             try:
                 event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
-            except zmq.Again:
+            except (zmq.Again, zmq.ContextTerminated):
+                return names
+            except zmq.ZMQError:  # monitor closed under us (teardown)
                 return names
             name = _MONITORED.get(event["event"])
-            if name is not None:
-                names.append(name)
+            if name is None:
+                continue
+            self._track(name, int(event["value"]))
+            if stats is not None:
+                stats.record_event(name)
+            names.append(name)
 
-    def _record_events(self, stats: SendStats | StreamStats) -> None:
-        """Move pending socket events into ``stats``; warn on the first failed handshake of each kind."""
-        for name in self.poll_events():
-            if name.startswith("handshake_failed") and not stats.events[name]:
-                log.warning(
-                    "%s on %s: a peer failed the security handshake (%s); further failures are counted",
-                    type(self).__name__,
-                    getattr(self, "endpoint", "?"),
-                    name,
-                )
-            stats.record_event(name)
+    def _track(self, name: str, value: int) -> None:
+        if name == "handshake_succeeded":
+            self._handshakes_ok += 1
+            self._connect_retries = 0
+        elif name.startswith("handshake_failed"):
+            self._handshakes_failed += 1
+            sentence = refusal_sentence(name, value, self.curve_role)
+            self._last_refusal = sentence
+            if sentence not in self._logged_refusals and len(self._logged_refusals) < 16:
+                self._logged_refusals.add(sentence)
+                log.warning("%s on %s: %s; further failures are counted", type(self).__name__, self.endpoint, sentence)
+        elif name == "disconnected":
+            self._disconnects += 1
+        elif name == "connected":
+            self._connect_retries = 0
+        elif name == "connect_retried":
+            self._connect_retries += 1
+
+    # Every connection emits one handshake outcome (succeeded or failed_*) before
+    # its "disconnected" (libzmq 4.3 stream engine), so the connections that
+    # succeeded and are still up number succeeded + failed - disconnected.
+    @property
+    def peers(self) -> int:
+        """Peers connected right now with the handshake (CURVE or plain) done.
+
+        Reads pending socket events first. A PUB with ``peers == 0`` is talking
+        to nobody; see :attr:`last_refusal` for why. Needs the monitor (the
+        default); without it, always 0."""
+        self.poll_events()
+        return max(0, self._handshakes_ok + self._handshakes_failed - self._disconnects)
+
+    @property
+    def last_refusal(self) -> str | None:
+        """One sentence on the most recent failed handshake, e.g. "the receiver
+        refused this sender's key (not in its --allow directory)"; None if none yet."""
+        self.poll_events()
+        return self._last_refusal
+
+    def connection_status(self) -> str:
+        """One sentence for humans on where this socket stands now."""
+        peers = self.peers
+        if peers:
+            return f"{peers} peer{'s' if peers != 1 else ''} connected on {self.endpoint}"
+        if self._last_refusal is not None:
+            return f"no peer connected on {self.endpoint}: {self._last_refusal}"
+        if self._connect_retries:
+            return f"no peer connected: nobody is accepting connections at {self.endpoint} yet (retrying)"
+        return f"no peer connected on {self.endpoint} yet"
+
+    def wait_for_peer(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` until :attr:`peers` > 0; True if there is one."""
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        while True:
+            if self.peers > 0:
+                return True
+            remaining = int((deadline - time.monotonic()) * 1000)
+            if remaining <= 0 or self._monitor is None:
+                return False
+            self._monitor.poll(remaining, zmq.POLLIN)
 
     def close(self) -> None:
         """Close the socket (LINGER=0: nothing queued is sent), the monitor,
@@ -304,7 +490,7 @@ class FramePublisher(SocketOwner):
 
     def send_encoded(self, data: bytes) -> None:
         """Publish bytes already made by :func:`encode_frame`."""
-        self._record_events(self.stats)
+        self.poll_events()
         self.socket.send(data, zmq.NOBLOCK)  # type: ignore[union-attr]
         self.stats.record_sent(len(data))
 
@@ -313,9 +499,22 @@ class FrameSubscriber(SocketOwner):
     """Receiver side: SUB socket with latest-frame-wins delivery.
 
     Every message is validated with :func:`decode_frame` under ``limits``;
-    bad ones are counted in :attr:`stats` by kind and dropped. If
-    ``stream_id`` is given, valid frames of other streams are counted as bad
-    kind ``"stream"``.
+    bad ones are counted in :attr:`stats` by kind and dropped. Beyond the
+    decoder's kinds (``transport.wire.RECEIVER_CHECK_KINDS``):
+
+    * a multipart ZeroMQ message is dropped whole, kind ``"multipart"``;
+    * if ``stream_id`` is given, valid frames of other streams are ``"stream"``;
+    * if ``expected_model`` is given, a frame of a stream whose last declared
+      model id (``FrameMessage.model``; senders declare it on their first frame
+      and then about once a second) is another model is ``"model_mismatch"``,
+      and that id is kept in ``stats.last_model_mismatch``; frames of a stream
+      that never declared a model are accepted;
+    * once :attr:`clock_offset_ns` is known (set it from the clock exchange),
+      a frame whose capture time on this host's clock is more than
+      ``limits.max_future_s`` ahead of now or ``limits.max_past_s`` behind
+      is ``"timestamp_range"``.
+
+    Frames rejected by these checks never reach the sequence statistics.
     """
 
     def __init__(
@@ -328,6 +527,8 @@ class FrameSubscriber(SocketOwner):
         options: SocketOptions = SocketOptions(),
         context: zmq.Context | None = None,
         stream_id: str | None = None,
+        expected_model: str | None = None,
+        clock_offset_ns: int | None = None,
     ) -> None:
         if curve is not None and not curve.is_server:
             raise ValueError("the frame subscriber (receiver) is the CURVE server: give it an allowed-clients directory")
@@ -335,13 +536,28 @@ class FrameSubscriber(SocketOwner):
             raise ValueError("SocketOptions.max_msg_size must be >= WireLimits.max_bytes")
         self.limits = limits
         self.expected_stream = stream_id
+        self.expected_model = expected_model
+        """Model id this receiver decodes with; None accepts any."""
+        self.clock_offset_ns = clock_offset_ns
+        """Sender clock minus receiver clock (``ClockClient.offset_ns``); None
+        (unknown) skips the capture-time window check. Set it whenever the
+        clock exchange has a new estimate."""
         self.stats = StreamStats()
+        self._models: dict[str, str] = {}  # stream id -> model id it last declared
         super().__init__(
             zmq.SUB, endpoint, bind=bind, curve=curve, options=options, max_msg_size=options.max_msg_size, context=context
         )
 
     def _configure(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.SUBSCRIBE, b"")  # stream ids live in the body, not a topic prefix
+
+    def declared_model(self, stream_id: str) -> str | None:
+        """The model id ``stream_id`` last declared (key ``m``), or None if it never did."""
+        return self._models.get(stream_id)
+
+    def set_clock_offset(self, offset_ns: int | None) -> None:
+        """Sender clock minus receiver clock, or None when unknown (see :attr:`clock_offset_ns`)."""
+        self.clock_offset_ns = None if offset_ns is None else int(offset_ns)
 
     def _take(self, data: bytes, now_ns: int) -> FrameMessage | None:
         self.stats.record_message(len(data), now_ns)
@@ -353,8 +569,38 @@ class FrameSubscriber(SocketOwner):
         if self.expected_stream is not None and frame.stream_id != self.expected_stream:
             self.stats.record_bad("stream", f"frame of stream {frame.stream_id!r}")
             return None
+        if frame.model is not None and (frame.stream_id in self._models or len(self._models) < StreamStats.MAX_STREAMS):
+            self._models[frame.stream_id] = frame.model
+        if self.expected_model is not None:
+            declared = frame.model if frame.model is not None else self._models.get(frame.stream_id)
+            if declared is not None and declared != self.expected_model:
+                self.stats.last_model_mismatch = declared
+                self.stats.record_bad(
+                    "model_mismatch", f"the sender's code is for model {declared!r}, this receiver decodes {self.expected_model!r}"
+                )
+                return None
+        offset = self.clock_offset_ns
+        if offset is not None:
+            ahead_ns = (frame.capture_ts_ns - offset) - now_ns  # capture time on our clock, relative to now
+            if ahead_ns > self.limits.max_future_s * 1e9 or -ahead_ns > self.limits.max_past_s * 1e9:
+                self.stats.record_bad(
+                    "timestamp_range",
+                    f"capture time {ahead_ns / 1e9:+.3f} s from now on this host's clock "
+                    f"(window -{self.limits.max_past_s:g} s .. +{self.limits.max_future_s:g} s)",
+                )
+                return None
         self.stats.record_frame(frame.stream_id, frame.seq, len(data), now_ns)
         return frame
+
+    def _take_multipart_rest(self, first: bytes, now_ns: int) -> None:
+        """Drop a multipart message whole (its first part is ``first``): one "multipart" bad message."""
+        sock = self.socket
+        nbytes, parts = len(first), 1
+        while sock.getsockopt(zmq.RCVMORE):  # type: ignore[union-attr]
+            nbytes += len(sock.recv(zmq.NOBLOCK))  # type: ignore[union-attr]  # later parts arrive with the first
+            parts += 1
+        self.stats.record_message(nbytes, now_ns)
+        self.stats.record_bad("multipart", f"{parts} ZeroMQ frames in one message, expected 1")
 
     def _drain(self) -> FrameMessage | None:
         """Take up to ``max_drain`` queued messages; return the newest valid frame."""
@@ -365,6 +611,9 @@ class FrameSubscriber(SocketOwner):
                 data = sock.recv(zmq.NOBLOCK)  # type: ignore[union-attr]
             except zmq.Again:
                 break
+            if sock.getsockopt(zmq.RCVMORE):  # type: ignore[union-attr]
+                self._take_multipart_rest(data, time.monotonic_ns())
+                continue
             frame = self._take(data, time.monotonic_ns())
             if frame is not None:
                 if latest is not None:
@@ -380,7 +629,7 @@ class FrameSubscriber(SocketOwner):
         blocks; ``None`` waits until a valid frame arrives. Returns None on
         timeout.
         """
-        self._record_events(self.stats)
+        self.poll_events()
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
             latest = self._drain()
@@ -394,5 +643,5 @@ class FrameSubscriber(SocketOwner):
                 if wait_ms <= 0:
                     return None
             if not self.socket.poll(wait_ms, zmq.POLLIN):  # type: ignore[union-attr]
-                self._record_events(self.stats)
+                self.poll_events()
                 return None

@@ -75,14 +75,27 @@ class StreamStats:
       ``delivered``      frames handed to the caller (newest of each drain)
       ``dropped_stale``  valid frames skipped because a newer one was queued
       ``bad``            Counter of rejected messages by kind (``WireError.kind``,
-                         or ``"stream"`` for a valid frame of an unexpected stream)
-      ``lost``           frames that never arrived (gaps in ``seq``)
-      ``duplicates``     frames whose ``seq`` repeated the previous one
-      ``restarts``       ``seq`` went backwards: the sender restarted
+                         or one of ``transport.wire.RECEIVER_CHECK_KINDS``:
+                         ``"multipart"``, ``"stream"``, ``"model_mismatch"``,
+                         ``"timestamp_range"``)
+      ``lost``           frames that never arrived (gaps in ``seq`` of at most
+                         :attr:`MAX_SEQ_JUMP` frames)
+      ``duplicates``     frames whose ``seq`` equals the previous frame's of the
+                         same stream (a resent or replayed frame); not lost, not
+                         a restart
+      ``restarts``       ``seq`` went backwards, or jumped forward by more than
+                         :attr:`MAX_SEQ_JUMP`: the sender restarted (or lied)
       ``events``         Counter of socket events (``connected``, ``disconnected``,
                          ``handshake_failed_auth``, ...)
+      ``last_model_mismatch``  model id of the last frame rejected as
+                         ``"model_mismatch"`` (None: none yet, or the frame had none)
     Each bad kind is logged once at WARNING, later ones at DEBUG.
     """
+
+    MAX_SEQ_JUMP = 10_000
+    """Largest forward ``seq`` gap counted as loss (about 5.5 minutes at 30 fps).
+    A larger jump counts as a restart, so one hostile or corrupt ``seq`` near
+    2**64 cannot make ``lost`` meaningless."""
 
     MAX_STREAMS = 16
     """Streams tracked individually; more stream ids are pooled as ``"*other*"``
@@ -98,6 +111,7 @@ class StreamStats:
         self.lost = 0
         self.duplicates = 0
         self.restarts = 0
+        self.last_model_mismatch: str | None = None
         self.bad: Counter[str] = Counter()
         self.events: Counter[str] = Counter()
         self.bandwidth = BandwidthMeter(window_s)
@@ -131,7 +145,7 @@ class StreamStats:
         elif key != "*other*":
             if seq == track.last_seq + 1:
                 pass
-            elif seq > track.last_seq:
+            elif track.last_seq < seq <= track.last_seq + 1 + self.MAX_SEQ_JUMP:
                 self.lost += seq - track.last_seq - 1
             elif seq == track.last_seq:
                 self.duplicates += 1
@@ -154,6 +168,17 @@ class StreamStats:
         """All bytes received (good and bad) per second over the window."""
         return self.bandwidth.bytes_per_s(now_ns)
 
+    def stream_bytes(self, stream_id: str) -> int:
+        """Total bytes of valid frames of ``stream_id`` since the start (0 for an unknown stream).
+
+        Streams beyond :attr:`MAX_STREAMS` are pooled under ``"*other*"``."""
+        track = self._streams.get(stream_id)
+        return 0 if track is None else track.bandwidth.total_bytes
+
+    def stream_ids(self) -> list[str]:
+        """Stream ids seen so far (in order of first frame)."""
+        return list(self._streams)
+
     def stream_bytes_per_s(self, now_ns: int | None = None) -> dict[str, float]:
         """Bytes per second of valid frames, per stream id, over the window."""
         now_ns = time.monotonic_ns() if now_ns is None else now_ns
@@ -172,11 +197,13 @@ class StreamStats:
             "lost": self.lost,
             "duplicates": self.duplicates,
             "restarts": self.restarts,
+            "last_model_mismatch": self.last_model_mismatch,
             "events": dict(self.events),
             "kbit_per_s": self.bandwidth.kbit_per_s(now_ns),
             "streams": {
                 sid: {
                     "frames": t.frames,
+                    "bytes": t.bandwidth.total_bytes,
                     "last_seq": t.last_seq,
                     "kbit_per_s": t.bandwidth.kbit_per_s(now_ns),
                 }

@@ -16,6 +16,7 @@ Frame keys (top-level map)::
     "tc" capture time, ns            "dt" send - capture   "f"  flags
     "z"  latent code (D,)            "g"  gaze (2, 2)      "kp" keypoints (3, K, 2), optional
     "st" sender stage marks {name: ns after capture}, optional
+    "m"  model id (which model the code belongs to), optional
 
 Short keys keep a 256-d float16 frame under the 150 kbit/s budget at 30 fps
 (see ``reference_frame_size``).
@@ -31,8 +32,14 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
-"""The only version this module writes and accepts (key ``"v"``)."""
+PROTOCOL_VERSION = 2
+"""The only frame version this module writes and accepts (key ``"v"``).
+
+Version 2 added the optional model id ``"m"``, forbids KEYFRAME together with
+EXTRAPOLATED, and bounds msgpack nesting (``docs/protocol.md`` section 6)."""
+
+CLOCK_PROTOCOL_VERSION = 1
+"""Version of the clock-channel messages (key ``"v"``); unchanged since version 1."""
 
 
 class FrameFlags(enum.IntFlag):
@@ -41,20 +48,31 @@ class FrameFlags(enum.IntFlag):
     KEYFRAME = 1
     """The encoder ran on this frame (LATEX did not skip it)."""
     EXTRAPOLATED = 2
-    """``z`` was extrapolated by LATEX from earlier codes instead of encoded."""
+    """``z`` was extrapolated by LATEX from earlier codes instead of encoded.
+    Never set together with KEYFRAME (such a message is rejected as "schema")."""
 
 
 KEYFRAME = FrameFlags.KEYFRAME
 EXTRAPOLATED = FrameFlags.EXTRAPOLATED
 _KNOWN_FLAGS = int(KEYFRAME | EXTRAPOLATED)
 
-WIRE_ERROR_KINDS = ("oversize", "msgpack", "schema", "version", "dtype", "shape", "non_finite")
+WIRE_ERROR_KINDS = ("oversize", "msgpack", "schema", "version", "dtype", "shape", "non_finite", "code_range")
 """Every ``WireError.kind``; receivers count bad messages by these names."""
+
+RECEIVER_CHECK_KINDS = ("multipart", "stream", "model_mismatch", "timestamp_range")
+"""Bad-message kinds a :class:`transport.sockets.FrameSubscriber` counts beyond
+:func:`decode_frame`'s: a multipart ZeroMQ message (never decoded), a valid
+frame of another stream, of another model, or with a capture time outside the
+receiver's window (``docs/protocol.md`` section 3.6)."""
+
+BAD_MESSAGE_KINDS = WIRE_ERROR_KINDS + RECEIVER_CHECK_KINDS
+"""Every key a receiver's ``StreamStats.bad`` counter can hold."""
 
 _U64 = 2**64
 _I64 = 2**63
 _STREAM_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 _STAGE_NAME_RE = re.compile(r"[a-z0-9_]{1,16}")
+_MODEL_ID_RE = re.compile(r"[A-Za-z0-9._:/-]{1,64}")
 _MAX_STAGES = 8
 
 # msgpack container limits. They only bound work and memory (msgpack already
@@ -64,9 +82,12 @@ _MAX_STAGES = 8
 _MAX_STR_LEN = 256
 _MAX_ARRAY_LEN = 64
 _MAX_MAP_LEN = 32
+_MAX_DEPTH = 8
+"""Deepest container nesting accepted; the top-level map is depth 1 and a v2
+frame needs 3 (map -> array map -> shape array)."""
 
 _FRAME_REQUIRED = frozenset({"v", "id", "n", "tc", "dt", "f", "z", "g"})
-_FRAME_OPTIONAL = frozenset({"kp", "st"})
+_FRAME_OPTIONAL = frozenset({"kp", "st", "m"})
 _ARRAY_KEYS = frozenset({"t", "s", "d"})
 
 
@@ -103,6 +124,22 @@ class WireLimits:
     allowed_dtypes: frozenset[str] = frozenset({"<f2", "<f4"})
     """Accepted dtype strings for every array ("dtype" otherwise). Only
     little-endian IEEE floats make sense here; never allow ``"|O"``."""
+    code_abs_max: float | None = None
+    """If set, every element of ``z`` must satisfy ``|z_i| <= code_abs_max``
+    ("code_range" otherwise). Fill it from the model's training statistics
+    (e.g. a few times the largest absolute code value seen in training)."""
+    code_low: Any = field(default=None, compare=False, repr=False)
+    """Optional per-dimension lower bounds of ``z`` (a length-D sequence);
+    given together with ``code_high``. ``z_i < code_low[i]`` is "code_range";
+    a ``z`` of another length is "shape"."""
+    code_high: Any = field(default=None, compare=False, repr=False)
+    """Per-dimension upper bounds of ``z``, the partner of ``code_low``."""
+    max_future_s: float = 1.0
+    """A frame subscriber that knows the clock offset rejects a frame whose
+    capture time, on the receiver's clock, lies more than this far in the
+    future ("timestamp_range")."""
+    max_past_s: float = 30.0
+    """... or more than this far in the past ("timestamp_range")."""
 
     def __post_init__(self) -> None:
         if self.max_bytes < 64:
@@ -110,6 +147,29 @@ class WireLimits:
         bad = set(self.allowed_dtypes) - {"<f2", "<f4", "<f8"}
         if bad:
             raise ValueError(f"allowed_dtypes may only hold little-endian floats, got {sorted(bad)}")
+        if self.code_abs_max is not None and not (math.isfinite(self.code_abs_max) and self.code_abs_max > 0):
+            raise ValueError(f"code_abs_max must be a positive finite number, got {self.code_abs_max!r}")
+        if not (math.isfinite(self.max_future_s) and self.max_future_s >= 0):
+            raise ValueError(f"max_future_s must be a finite number >= 0, got {self.max_future_s!r}")
+        if not (math.isfinite(self.max_past_s) and self.max_past_s >= 0):
+            raise ValueError(f"max_past_s must be a finite number >= 0, got {self.max_past_s!r}")
+        if (self.code_low is None) != (self.code_high is None):
+            raise ValueError("code_low and code_high go together: give both or neither")
+        if self.code_low is not None:
+            low = np.array(self.code_low, dtype=np.float64)
+            high = np.array(self.code_high, dtype=np.float64)
+            if low.ndim != 1 or low.shape != high.shape or low.size == 0:
+                raise ValueError(f"code_low and code_high must be 1-D of the same length, got {low.shape} and {high.shape}")
+            if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+                raise ValueError("code_low and code_high must be finite")
+            if np.any(low > high):
+                raise ValueError(f"code_low > code_high at dimension {int(np.argmax(low > high))}")
+            if self.latent_dim is not None and low.size != self.latent_dim:
+                raise ValueError(f"code_low/code_high have {low.size} dimensions but latent_dim is {self.latent_dim}")
+            low.flags.writeable = False
+            high.flags.writeable = False
+            object.__setattr__(self, "code_low", low)
+            object.__setattr__(self, "code_high", high)
 
 
 @dataclass(eq=False)
@@ -138,7 +198,12 @@ class FrameMessage:
     """(3, K, 2) float16/float32 2D keypoints per HMC view (left eye, right eye, mouth), or None."""
     stage_ts_ns: dict[str, int] = field(default_factory=dict)
     """Optional sender stage marks, e.g. ``{"enc": t}``: sender clock, ns,
-    each >= capture_ts_ns. Names: 1-16 characters of ``[a-z0-9_]``, at most 8."""
+    each >= capture_ts_ns. Names: 1-16 characters of ``[a-z0-9_]``, at most 8.
+    On an EXTRAPOLATED frame ``"enc"`` is when the extrapolated code was ready."""
+    model: str | None = None
+    """Which model the code belongs to (e.g. ``"avatar-s1:3f2a9c"``), or None:
+    1-64 characters of ``[A-Za-z0-9._:/-]``. A receiver decoding with another
+    model rejects the frame ("model_mismatch")."""
 
     @property
     def is_keyframe(self) -> bool:
@@ -215,6 +280,10 @@ def encode_frame(msg: FrameMessage) -> bytes:
     flags = _check_uint(msg.flags, "flags", 256)
     if flags & ~_KNOWN_FLAGS:
         raise ValueError(f"flags {flags:#x} use reserved bits")
+    if flags & KEYFRAME and flags & EXTRAPOLATED:
+        raise ValueError("flags KEYFRAME and EXTRAPOLATED must not both be set")
+    if msg.model is not None and (not isinstance(msg.model, str) or not _MODEL_ID_RE.fullmatch(msg.model)):
+        raise ValueError(f"model must be 1-64 chars of [A-Za-z0-9._:/-], got {msg.model!r}")
     z = np.asarray(msg.z)
     if z.ndim != 1 or z.shape[0] < 1:
         raise ValueError(f"z must have shape (D,), got {z.shape}")
@@ -248,13 +317,15 @@ def encode_frame(msg: FrameMessage) -> bytes:
                 raise ValueError(f"stage {name} is earlier than capture_ts_ns")
             st[name] = t - tc
         body["st"] = st
+    if msg.model is not None:
+        body["m"] = msg.model
     return msgpack.packb(body, use_bin_type=True)
 
 
 def encode_clock_request(req: ClockRequest) -> bytes:
     return msgpack.packb(
         {
-            "v": PROTOCOL_VERSION,
+            "v": CLOCK_PROTOCOL_VERSION,
             "q": _check_uint(req.request_id, "request_id"),
             "t0": _check_uint(req.t0_ns, "t0_ns"),
         },
@@ -265,7 +336,7 @@ def encode_clock_request(req: ClockRequest) -> bytes:
 def encode_clock_reply(rep: ClockReply) -> bytes:
     return msgpack.packb(
         {
-            "v": PROTOCOL_VERSION,
+            "v": CLOCK_PROTOCOL_VERSION,
             "q": _check_uint(rep.request_id, "request_id"),
             "t0": _check_uint(rep.t0_ns, "t0_ns"),
             "t1": _check_uint(rep.t1_ns, "t1_ns"),
@@ -290,8 +361,25 @@ def _str_key_map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
     return out
 
 
-def _unpack(data: Any, max_bytes: int) -> dict[str, Any]:
-    """Size cap, msgpack parse with limits, top-level map and version check."""
+def _too_deep(obj: Any, limit: int) -> bool:
+    """True if containers nest deeper than ``limit`` (the top level is depth 1). Iterative."""
+    stack = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _unpack(data: Any, max_bytes: int, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    """Size cap, msgpack parse with limits, nesting depth, top-level map and version check."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("schema", f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
@@ -313,11 +401,13 @@ def _unpack(data: Any, max_bytes: int) -> dict[str, Any]:
         raise
     except Exception as exc:  # untrusted bytes: any parser failure is one kind
         raise WireError("msgpack", f"{type(exc).__name__}: {exc}") from None
+    if _too_deep(obj, _MAX_DEPTH):
+        raise WireError("msgpack", f"containers nested deeper than {_MAX_DEPTH}")
     if not isinstance(obj, dict):
         raise WireError("schema", f"top level is {type(obj).__name__}, not a map")
     v = obj.get("v")
-    if type(v) is not int or v != PROTOCOL_VERSION:
-        raise WireError("version", f"version {v!r}, expected {PROTOCOL_VERSION}")
+    if type(v) is not int or v != version:
+        raise WireError("version", f"version {v!r}, expected {version}")
     return obj
 
 
@@ -378,11 +468,12 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
     """Validate and decode one frame message; raise :class:`WireError` on anything wrong.
 
     Check order (each failure's kind in brackets): size [oversize]; msgpack
-    parse with limits, str keys, no duplicate keys [msgpack]; top level is a
-    map [schema]; ``"v"`` == 1 [version]; exact key set and scalar fields
-    [schema]; for ``z``, ``g``, ``kp`` in that order: dtype [dtype], shape
-    and data length [shape], finite values [non_finite]. ``docs/protocol.md``
-    section 3.4 is the same list.
+    parse with limits, str keys, no duplicate keys, nesting depth [msgpack];
+    top level is a map [schema]; ``"v"`` == 2 [version]; exact key set and
+    scalar fields, flags, model id [schema]; for ``z``, ``g``, ``kp`` in that
+    order: dtype [dtype], shape and data length [shape], finite values
+    [non_finite]; ``z`` within the code bounds of ``limits`` [code_range].
+    ``docs/protocol.md`` section 3.4 is the same list.
     """
     limits = limits or WireLimits()
     obj = _unpack(data, limits.max_bytes)
@@ -399,6 +490,13 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
     flags = _uint(obj, "f", 256)
     if flags & ~_KNOWN_FLAGS:
         raise WireError("schema", f"reserved flag bits set in {flags:#x}")
+    if flags & KEYFRAME and flags & EXTRAPOLATED:
+        raise WireError("schema", "flags KEYFRAME and EXTRAPOLATED both set")
+    model = obj.get("m")
+    if model is not None and (type(model) is not str or not _MODEL_ID_RE.fullmatch(model)):
+        raise WireError("schema", f"bad model id {model!r}")
+    if "m" in obj and model is None:
+        raise WireError("schema", "model id 'm' is nil (omit the key instead)")
     stages: dict[str, int] = {}
     if "st" in obj:
         st = obj["st"]
@@ -416,6 +514,8 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
             return f"expected [D] with 1 <= D <= {limits.max_latent_dim}"
         if limits.latent_dim is not None and shape[0] != limits.latent_dim:
             return f"this receiver takes D = {limits.latent_dim}"
+        if limits.code_low is not None and shape[0] != len(limits.code_low):
+            return f"this receiver's code bounds have D = {len(limits.code_low)}"
         return None
 
     def kp_rule(shape: tuple[int, ...]) -> str | None:
@@ -426,6 +526,7 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
     z = _decode_array(obj["z"], "z", limits, z_rule)
     gaze = _decode_array(obj["g"], "g", limits, lambda s: None if s == (2, 2) else "expected [2, 2]")
     keypoints = _decode_array(obj["kp"], "kp", limits, kp_rule) if "kp" in obj else None
+    _check_code_range(z, limits)
 
     return FrameMessage(
         stream_id=stream_id,
@@ -437,19 +538,38 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
         flags=flags,
         keypoints=keypoints,
         stage_ts_ns=stages,
+        model=model,
     )
+
+
+def _check_code_range(z: np.ndarray, limits: WireLimits) -> None:
+    """[code_range] when ``z`` leaves ``limits.code_abs_max`` or ``[code_low, code_high]``."""
+    if limits.code_abs_max is not None:
+        mag = np.abs(z.astype(np.float64))
+        if np.any(mag > limits.code_abs_max):
+            i = int(np.argmax(mag))
+            raise WireError("code_range", f"z[{i}] = {float(z[i]):.6g}, |z| must be <= {limits.code_abs_max:g}")
+    if limits.code_low is not None:
+        z64 = z.astype(np.float64)
+        out = (z64 < limits.code_low) | (z64 > limits.code_high)
+        if np.any(out):
+            i = int(np.argmax(out))
+            raise WireError(
+                "code_range",
+                f"z[{i}] = {float(z[i]):.6g} outside [{limits.code_low[i]:.6g}, {limits.code_high[i]:.6g}]",
+            )
 
 
 def decode_clock_request(data: bytes) -> ClockRequest:
     """Validate a clock request (``{"v", "q", "t0"}``); :class:`WireError` otherwise."""
-    obj = _unpack(data, CLOCK_MAX_BYTES)
+    obj = _unpack(data, CLOCK_MAX_BYTES, CLOCK_PROTOCOL_VERSION)
     _check_keys(obj, frozenset({"v", "q", "t0"}), frozenset(), "clock request")
     return ClockRequest(request_id=_uint(obj, "q"), t0_ns=_uint(obj, "t0"))
 
 
 def decode_clock_reply(data: bytes) -> ClockReply:
     """Validate a clock reply (``{"v", "q", "t0", "t1", "t2"}``); :class:`WireError` otherwise."""
-    obj = _unpack(data, CLOCK_MAX_BYTES)
+    obj = _unpack(data, CLOCK_MAX_BYTES, CLOCK_PROTOCOL_VERSION)
     _check_keys(obj, frozenset({"v", "q", "t0", "t1", "t2"}), frozenset(), "clock reply")
     return ClockReply(
         request_id=_uint(obj, "q"), t0_ns=_uint(obj, "t0"), t1_ns=_uint(obj, "t1"), t2_ns=_uint(obj, "t2")
@@ -462,27 +582,41 @@ ZMTP_FRAME_OVERHEAD = 9
 """Bytes ZeroMQ (ZMTP 3) adds per message longer than 255 bytes: 1 flags + 8 length."""
 
 
-def reference_frame(latent_dim: int = 256, keypoints: int | None = None, stream_id: str = "alice") -> FrameMessage:
+def reference_frame(
+    latent_dim: int = 256,
+    keypoints: int | None = None,
+    stream_id: str = "alice",
+    code_dtype: Any = np.float16,
+    model: str | None = None,
+) -> FrameMessage:
     """A worst-case-timestamp frame used to state the bandwidth budget.
 
     ``seq`` needs 4 bytes (about 4.5 years at 30 fps), ``capture_ts_ns`` 8 and
     the send delay 4, so real frames are never larger than this one.
+    ``code_dtype=np.float32`` is what ``--f32`` sends.
     """
     return FrameMessage(
         stream_id=stream_id,
         seq=2**31,
         capture_ts_ns=2**62,
         send_ts_ns=2**62 + 20_000_000,
-        z=np.zeros(latent_dim, np.float16),
+        z=np.zeros(latent_dim, code_dtype),
         gaze=np.zeros((2, 2), np.float16),
         flags=int(KEYFRAME),
         keypoints=None if keypoints is None else np.zeros((3, keypoints, 2), np.float16),
+        model=model,
     )
 
 
-def reference_frame_size(latent_dim: int = 256, keypoints: int | None = None, stream_id: str = "alice") -> int:
+def reference_frame_size(
+    latent_dim: int = 256,
+    keypoints: int | None = None,
+    stream_id: str = "alice",
+    code_dtype: Any = np.float16,
+    model: str | None = None,
+) -> int:
     """Bytes of one encoded :func:`reference_frame` (msgpack body only)."""
-    return len(encode_frame(reference_frame(latent_dim, keypoints, stream_id)))
+    return len(encode_frame(reference_frame(latent_dim, keypoints, stream_id, code_dtype, model)))
 
 
 def kbit_per_s(frame_bytes: int, fps: float = 30.0, per_message_overhead: int = 0) -> float:

@@ -1,0 +1,71 @@
+"""Image-quality metrics shared by every evaluation: MSE, PSNR, SSIM (numpy + OpenCV, no torch).
+
+Conventions: images are arrays of the same shape, (H, W) or (H, W, C), on a scale whose maximum is
+``peak`` (255 for uint8 images, 1 for images in [0, 1]).
+
+- MSE: mean of the squared difference over all pixels and channels.
+- PSNR: ``10 log10(peak² / MSE)`` dB; infinite for identical images.
+- SSIM (Wang et al. 2004): Gaussian window 11×11, σ 1.5, K1 = 0.01, K2 = 0.03, per channel, averaged over
+  the pixels at least 5 px from the border (where the window fits) and over channels.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+
+
+def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        raise ValueError("empty images")
+    return a, b
+
+
+def mse(a, b) -> float:
+    """Mean squared difference of two images."""
+    a, b = _pair(a, b)
+    return float(np.mean((a - b) ** 2))
+
+
+def psnr_from_mse(m: float, peak: float = 255.0) -> float:
+    """``10 log10(peak² / m)`` (dB); ``inf`` for ``m`` = 0."""
+    if m < 0 or not math.isfinite(m):
+        raise ValueError(f"MSE must be finite and >= 0, got {m}")
+    return math.inf if m == 0 else 10.0 * math.log10(peak * peak / m)
+
+
+def psnr(a, b, peak: float = 255.0) -> float:
+    """PSNR (dB) of image ``b`` against ``a`` on a scale whose maximum is ``peak``."""
+    return psnr_from_mse(mse(a, b), peak)
+
+
+def ssim(a, b, peak: float = 255.0) -> float:
+    """Mean SSIM of two images (H, W) or (H, W, C), H and W >= 11 (see the module docstring)."""
+    import cv2
+
+    a, b = _pair(a, b)
+    if a.ndim == 2:
+        a, b = a[..., None], b[..., None]
+    if a.ndim != 3 or min(a.shape[:2]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs (H, W) or (H, W, C) images of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {a.shape}")
+    c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
+    blur = lambda x: cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
+    r = SSIM_WINDOW // 2
+    vals = []
+    for ch in range(a.shape[2]):
+        x, y = np.ascontiguousarray(a[..., ch]), np.ascontiguousarray(b[..., ch])
+        mx, my = blur(x), blur(y)
+        sxx = blur(x * x) - mx * mx
+        syy = blur(y * y) - my * my
+        sxy = blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+        vals.append(s[r:-r, r:-r].mean())
+    return float(np.mean(vals))
