@@ -151,8 +151,11 @@ def register(sub) -> None:
     ks = k.add_subparsers(dest="keys_command", metavar="WHAT")
     ks.required = True
     kn = ks.add_parser("new", help="write NAME.key (public, give it to the other side) and NAME.key_secret (mode 0600)")
-    kn.add_argument("--name", required=True, help="key pair name, e.g. alice")
+    kn.add_argument("--name", required=True, help="key pair name, e.g. alice: letters, digits, . _ -, not starting with '.'")
     kn.add_argument("--dir", default="keys", help="directory (default ./keys)")
+    kn.add_argument("--force", action="store_true",
+                    help="replace an existing key pair of this name (every allowlist holding the old public key "
+                         "must then get the new one)")
     kn.set_defaults(func=_keys_new)
 
     # ---- models
@@ -357,9 +360,12 @@ def _call(args) -> int:
 
 
 def _keys_new(args) -> int:
-    from transport import generate_keypair
+    from transport import KeyPairError, generate_keypair
 
-    pub, sec = generate_keypair(args.dir, args.name)
+    try:
+        pub, sec = generate_keypair(args.dir, args.name, force=args.force)
+    except KeyPairError as exc:  # existing key pair without --force, or a bad --name: one line, no traceback
+        raise UsageError(str(exc)) from None
     print(f"public key: {pub}  (give this to the other side)")
     print(f"secret key: {sec}  (keep private; mode 0600)")
     return 0

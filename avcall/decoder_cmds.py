@@ -6,11 +6,12 @@ moderngl and onnxruntime lazily and call one library function each.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
+
+from .args import HelpFormatter, positive_int
 
 TRAIN_EPILOG = """\
 examples:
@@ -37,17 +38,6 @@ examples:
   avcall bench decoder --json
   avcall bench decoder --model runs/decoder_S1 --iters 200
 """
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description and the examples epilog as written; appends each option's default to its help
-    unless the help already states it (or the default is None/False, where the help says what happens)."""
-
-    def _get_help_string(self, action) -> str:
-        h = action.help or ""
-        if "default" in h or not action.option_strings or action.default in (None, False, argparse.SUPPRESS):
-            return h
-        return h + " (default: %(default)s)"
 
 
 def _model_dir(args) -> Path:
@@ -81,7 +71,7 @@ def add_eval(sub) -> None:
                        epilog=EVAL_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--identity", default="S1", help="identity (default S1; picks the embedded model)")
     p.add_argument("--model", type=Path, default=None, metavar="DIR", help="model directory (default: embedded)")
-    p.add_argument("--frames", type=int, default=48, help="held-out frames, >= 1 (default 48)")
+    p.add_argument("--frames", type=positive_int, default=48, help="held-out frames, >= 1 (default 48)")
     p.add_argument("--linearity-frames", type=int, default=48,
                    help="frames of the smooth held-out performance for the linearity check (windows of 8; 0 skips it; "
                         "default 48)")

@@ -12,7 +12,8 @@ import shlex
 import sys
 
 
-from .decoder_cmds import HelpFormatter, strict_json
+from .args import HelpFormatter, positive_int
+from .decoder_cmds import strict_json
 
 TRAIN_EPILOG = """\
 examples:
@@ -95,7 +96,7 @@ def add_eval(sub) -> None:
     p.add_argument("--data", default=None, metavar="FILE.npz",
                    help="HMC data cache whose test split is evaluated (default: the identity's shared test frames under "
                    "runs/encoder, rendered on first use)")
-    p.add_argument("--frames", type=int, default=240, help="test frames evaluated, evenly spaced, >= 1")
+    p.add_argument("--frames", type=positive_int, default=240, help="test frames evaluated, evenly spaced, >= 1")
     p.add_argument("--size", type=int, default=256, help="render size in pixels")
     p.add_argument("--attribute", action="store_true",
                    help="also split the error: render with only the predicted code (true gaze) and only the predicted "
@@ -119,7 +120,7 @@ def add_eval(sub) -> None:
     t.add_argument("--data-dir", default=None, metavar="DIR",
                    help="each identity's test data, DIR/test_IDENTITY.npz or DIR/data_IDENTITY.npz (default: the shared "
                    "caches under runs/encoder, rendered on first use)")
-    t.add_argument("--frames", type=int, default=240, help="test frames per identity, >= 1")
+    t.add_argument("--frames", type=positive_int, default=240, help="test frames per identity, >= 1")
     t.add_argument("--size", type=int, default=256, help="render size in pixels")
     t.add_argument("--bench-runs", type=int, default=200, help="timed onnxruntime runs per model")
     t.set_defaults(func=_table)
@@ -184,8 +185,6 @@ def _eval(args: argparse.Namespace) -> int:
     from encoder.table import find_model_dir
     from encoder.train import load_test_data
 
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1 (got {args.frames})")
     d = Path(args.model_dir) if args.model_dir else find_model_dir(args.identity, args.arch, Path(args.runs))
     if d is None:
         raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
@@ -217,8 +216,6 @@ def _table(args: argparse.Namespace) -> int:
     argv = sys.argv[1:]
     command = ("avcall " + " ".join(shlex.quote(a) for a in argv)) if "table" in argv else \
         f"avcall eval table --identities {args.identities} --models {args.models} --out {args.out}"
-    if args.frames < 1:
-        raise ValueError(f"--frames must be >= 1 (got {args.frames})")
     t = build_table(args.identities.split(","), args.models.split(","), args.out, command=command, runs_root=args.runs,
                     max_frames=args.frames, render_size=args.size, bench_runs=args.bench_runs,
                     decoders_root=args.decoders, data_dir=args.data_dir)

@@ -43,10 +43,10 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true",
                    help="print exactly one JSON object on stdout instead of readable text")
     p.add_argument("--rate", choices=("native", "fast"), default=None,
-                   help="native: pace frames by their capture timestamps (default); "
-                        "fast: no waiting")
+                   help="native: pace frames by their capture timestamps; "
+                        "fast: no waiting (default: native)")
     p.add_argument("--speed", type=float, default=None,
-                   help="playback speed factor for --rate native (default 1.0)")
+                   help="playback speed factor for --rate native (default: 1.0)")
     p.add_argument("--loop", action="store_true",
                    help="start over after the last frame, until interrupted (Ctrl-C)")
     p.add_argument("--out-dir", type=Path, default=None, metavar="DIR",

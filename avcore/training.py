@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .errors import UsageError
+
 CHECKPOINT_FILE = "checkpoint.pt"
 """Name of the resumable checkpoint inside a run directory."""
 
@@ -100,7 +102,7 @@ class TrainingLoop:
                  checkpoint_every_s: float = math.inf, step: int = 0, elapsed_s: float = 0.0, desc: str = "train",
                  progress: bool = True, handle_sigint: bool = True):
         if steps < 0 or not time_budget_s >= 0:
-            raise ValueError(f"steps ({steps}) and time_budget_s ({time_budget_s}) must be >= 0")
+            raise UsageError(f"steps ({steps}) and time_budget_s ({time_budget_s}) must be >= 0")
         self.checkpoint_path = Path(checkpoint_path)
         self.snapshot = snapshot
         self.steps = int(steps)

@@ -998,7 +998,10 @@ def _slots(schedule: list[tuple[float, int]], pass_s: float, loop: bool,
         k = int(math.floor(t / pass_s + 1e-9))
         if k >= 1 and not loop:
             return
-        j = max(bisect.bisect_right(positions, t - k * pass_s + 1e-9) - 1, 0)
+        within = t - k * pass_s
+        j = min(bisect.bisect_left(positions, within), len(positions) - 1)
+        if j > 0 and within - positions[j - 1] <= positions[j] - within:
+            j -= 1  # the recorded frame nearest in time to the tick (the earlier one on a tie)
         yield t, schedule[j][1], k
         n += 1
 
@@ -1018,9 +1021,9 @@ def replay(reader: HmcReader, *, rate: str = "native", loop: bool = False, speed
     has passed are dropped (counted in ``stats.dropped``) so playback keeps the
     recording's pace instead of turning into slow motion. ``rate="fast"``
     never waits. ``resample_fps > 0`` delivers frames at that rate instead of
-    the recording's own: at each tick ``n / resample_fps`` the latest frame
-    whose schedule position has come (frames are repeated when resampling up,
-    left out when resampling down). ``loop=True`` starts over after the last
+    the recording's own: at each tick ``n / resample_fps`` the frame whose
+    schedule position is nearest the tick (frames are repeated when resampling
+    up, left out when resampling down). ``loop=True`` starts over after the last
     frame (one frame period later) until the consumer stops; it stops if a
     whole pass yields nothing. Damaged frames are skipped, logged once each and
     counted in ``stats.skipped``; they never raise.

@@ -73,6 +73,7 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
     ``progress`` shows a bar on stderr."""
     import torch
 
+    from avcore.errors import UsageError
     from avcore.metrics import psnr_from_mse, ssim
     from avcore.progress import progress as progress_bar
     from capture.expression import NAMED_POSES
@@ -84,9 +85,9 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
     from .runtime import OnnxAvatarDecoder
 
     if num_test < 1:
-        raise ValueError(f"frames must be >= 1 (got {num_test})")
+        raise UsageError(f"frames must be >= 1 (got {num_test})")
     if linearity_frames and linearity_frames < LINEARITY_WINDOW:
-        raise ValueError(f"linearity frames must be 0 (skip) or >= {LINEARITY_WINDOW} (got {linearity_frames})")
+        raise UsageError(f"linearity frames must be 0 (skip) or >= {LINEARITY_WINDOW} (got {linearity_frames})")
     torch.set_num_threads(2)
     model_dir = Path(model_dir)
     dec = OnnxAvatarDecoder(model_dir)

@@ -174,13 +174,15 @@ def read_test_split(path: str | Path) -> dict:
     """The ``test`` split of the HMC data cache ``path``, whatever settings built its training split.
 
     Raises FileNotFoundError if the file is missing and ValueError if it holds no test split."""
+    from avcore.errors import UsageError
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"HMC data cache {path} missing")
     with np.load(path) as z:
         test = {k[5:]: z[k] for k in z.files if k.startswith("test_")}
     if not test or "views" not in test:
-        raise ValueError(f"{path} holds no test split (test_views missing)")
+        raise UsageError(f"{path} holds no test split (test_views missing)")
     return test
 
 

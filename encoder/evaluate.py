@@ -106,12 +106,14 @@ def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int =
 
     ``attribute``: also render with only the predicted code (true gaze) and with only the predicted gaze
     (true code), so the error can be split between the two (``attribution``; three times the renders)."""
+    from avcore.errors import UsageError
+
     from .codec import attach_codes
 
     if max_frames is not None and max_frames < 1:
-        raise ValueError(f"frames must be >= 1 (got {max_frames})")
+        raise UsageError(f"frames must be >= 1 (got {max_frames})")
     if len(test["views"]) == 0:
-        raise ValueError("the test set has no frames")
+        raise UsageError("the test set has no frames")
     attach_codes(test, vae)
     n = len(test["views"]) if max_frames is None else min(max_frames, len(test["views"]))
     sel = np.linspace(0, len(test["views"]) - 1, n).astype(int) if n < len(test["views"]) else np.arange(n)

@@ -51,6 +51,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
     ``decoders_root``: directory with one trained decoder per identity (``ROOT/IDENTITY``; default the embedded
     ``decoder/models``). ``data_dir``: directory with each identity's test data (:func:`test_data_path`; default
     the shared caches under ``runs/encoder``, rendered on first use)."""
+    from avcore.errors import UsageError
     from decoder.export import load_vae
 
     from .arch import get_arch
@@ -60,7 +61,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
     from .train import load_test_data, parse_model_name
 
     if max_frames is not None and max_frames < 1:
-        raise ValueError(f"frames must be >= 1 (got {max_frames})")
+        raise UsageError(f"frames must be >= 1 (got {max_frames})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs_root = Path(runs_root)

@@ -149,6 +149,7 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
     """
     import torch
 
+    from avcore.errors import UsageError
     from avcore.training import CHECKPOINT_FILE, TrainingLoop, load_checkpoint
 
     from .losses import GazeReweighting, autocard_loss
@@ -163,6 +164,9 @@ def train_encoder(out_dir: str | Path, arch: EncoderArch, tcfg: EncoderTrainConf
         arch = EncoderArch.from_dict(ckpt["arch"])
         tcfg = EncoderTrainConfig.from_dict(ckpt["train_config"])
     _codec.attach_codes(data, vae)
+    if not np.isfinite(data["z_gt"]).all():
+        raise UsageError("the decoder's VAE encoder gives non-finite ground-truth codes on these frames; "
+                         "check the decoder (a degenerate geometry basis?) before training an encoder on it")
     z_std = np.maximum(data["z_gt"].std(0), 1e-2).astype(np.float32) if ckpt is None else ckpt["z_std"].numpy()
     torch.manual_seed(tcfg.seed)
     model = build_encoder(arch).to(memory_format=torch.channels_last)  # ~1.5x faster convs on CPU

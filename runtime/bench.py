@@ -9,7 +9,6 @@ is paced at the recorded rate, like a camera). Warm-up frames (the first
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,60 +120,11 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
 
 def transport_floor(seconds: float, fps: float) -> dict:
     """Latency percentiles (ms) of a bare PUB -> SUB hop between this process and a child at ``fps``:
-    what the machine's scheduler and loopback cost without any pipeline."""
-    import subprocess
-    import sys
+    what the machine's scheduler and loopback cost without any pipeline (:func:`transport.floor.measure_pubsub_floor`;
+    its first second, connection set-up, is left out)."""
+    from transport.floor import measure_pubsub_floor
 
-    import zmq
-
-    from transport.clock import now_ns
-
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.bind("tcp://127.0.0.1:*")
-    endpoint = sub.getsockopt_string(zmq.LAST_ENDPOINT)
-    child = subprocess.Popen([sys.executable, "-m", "runtime.bench", "floor-pub", endpoint, str(seconds), str(fps)])
-    lat = []
-    try:
-        while child.poll() is None or sub.poll(0):
-            if sub.poll(100):
-                lat.append((now_ns() - int(sub.recv())) / 1e6)
-    finally:
-        child.kill()
-        child.wait()
-        sub.close(linger=0)
-        ctx.term()
-    return percentiles(lat[int(fps):])  # the first second is connection set-up
-
-
-def _floor_pub(endpoint: str, seconds: float, fps: float) -> None:
-    import time as _time
-
-    import zmq
-
-    from transport.clock import now_ns
-
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    pub.linger = 0
-    pub.connect(endpoint)
-    t0 = _time.monotonic() + 0.5  # let the subscription arrive
-    for i in range(int((seconds + 1) * fps)):
-        wait = t0 + i / fps - _time.monotonic()
-        if wait > 0:
-            _time.sleep(wait)
-        pub.send(str(now_ns()).encode())
-    pub.close(linger=0)
-    ctx.term()
-
-
-if __name__ == "__main__":  # python -m runtime.bench floor-pub ENDPOINT SECONDS FPS (used by transport_floor)
-    import sys
-
-    if len(sys.argv) == 5 and sys.argv[1] == "floor-pub":
-        _floor_pub(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]))
+    return percentiles(measure_pubsub_floor(seconds, fps))
 
 
 def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:

@@ -19,9 +19,10 @@ from typing import Any
 from avcore.config import ConfigDict, from_dict, require_non_negative, require_positive, to_dict
 from avcore.errors import UsageError
 from encoder.latex import LatexConfig
+from transport import check_clock_endpoint, clock_endpoint_for
 
 __all__ = ["LatexConfig", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
-           "from_dict", "load_config", "save_config", "to_dict"]
+           "check_clock_endpoint", "clock_endpoint_for", "from_dict", "load_config", "save_config", "to_dict"]
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 """What a stream id may be (``docs/protocol.md``)."""
@@ -54,8 +55,8 @@ class SourceConfig(ConfigDict):
     """HMC view size in pixels (square); camera frames are resized to it."""
     replay_fps: float = 0.0
     """Replay: delivery rate. 0 = the recording's own capture timestamps (a 90 Hz
-    recording plays at 90 Hz); > 0 = resample to this rate by timestamp (the latest
-    recorded frame at each tick). Either way the replay keeps real time: frames whose
+    recording plays at 90 Hz); > 0 = resample to this rate by timestamp (at each
+    tick the recorded frame nearest in time). Either way the replay keeps real time: frames whose
     time passed while the encoder was busy are dropped (the sender's
     ``source_dropped``), never played late. ``fps`` does not apply to a replay."""
 
@@ -248,18 +249,3 @@ def load_config(path: str | Path) -> Any:
     if d.get("kind") not in kinds:
         raise UsageError(f"{path}: not a sender or receiver config (kind {d.get('kind')!r})")
     return from_dict(kinds[d["kind"]], d["config"])
-
-
-def clock_endpoint_for(frames_endpoint: str) -> str:
-    """The clock channel's endpoint next to a frames endpoint: TCP port + 1, ``ipc://P.clock``.
-
-    A wildcard port (``*``) stays a wildcard (the binding side reports what it got).
-    """
-    if frames_endpoint.startswith("ipc://"):
-        return frames_endpoint + ".clock"
-    head, sep, port = frames_endpoint.rpartition(":")
-    if not sep or not head.startswith(("tcp://", "tcp:")):
-        raise ValueError(f"cannot derive a clock endpoint from {frames_endpoint!r}; pass it explicitly")
-    if port == "*":
-        return frames_endpoint
-    return f"{head}:{int(port) + 1}"

@@ -20,8 +20,9 @@ import numpy as np
 
 from avcore.errors import UsageError
 from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now_ns
+from transport.clock import clock_request_gap_s
 
-from .config import ReceiverConfig, ViewerConfig, clock_endpoint_for
+from .config import ReceiverConfig, ViewerConfig, check_clock_endpoint, clock_endpoint_for
 from .models import load_avatar, model_id
 from .presenters import PngPresenter, Presenter, VideoPresenter, WindowPresenter
 from .telemetry import FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
@@ -50,15 +51,14 @@ class ClockThread:
     Replies are stamped (``t3``) as soon as they arrive instead of when the
     render loop gets around to them; a late ``t3`` inflates the sample's delay
     and makes the offset asymmetric. Starts with a quick burst so the offset is
-    good from the first frames.
+    good from the first frames; the schedule is the protocol's
+    (:func:`transport.clock.clock_request_gap_s`, documented in ``docs/protocol.md``).
     """
 
-    def __init__(self, client: ClockClient, interval_s: float = 0.25, burst: int = 8) -> None:
+    def __init__(self, client: ClockClient) -> None:
         import threading
 
         self.client = client
-        self.interval_s = interval_s
-        self.burst = burst
         self.offset_ns: int | None = None
         """Sender clock - receiver clock from the best recent sample (None before the first)."""
         self.uncertainty_ns: int | None = None
@@ -75,7 +75,7 @@ class ClockThread:
             while not self._stop.is_set():
                 if self.client.request():
                     sent += 1
-                wait = 0.02 if sent <= self.burst else self.interval_s
+                wait = clock_request_gap_s(sent)
                 deadline = time.monotonic() + wait
                 while not self._stop.is_set():
                     remaining = deadline - time.monotonic()
@@ -132,8 +132,9 @@ class Receiver:
             raise
         try:
             # A CURVE server owns a private context per socket (its ZAP allowlist is per context).
-            self.clock_client = ClockClient(cfg.clock_endpoint or clock_endpoint_for(cfg.endpoint), bind=cfg.bind,
-                                            curve=curve)
+            clock_ep = cfg.clock_endpoint or clock_endpoint_for(cfg.endpoint)
+            check_clock_endpoint(cfg.endpoint, clock_ep)
+            self.clock_client = ClockClient(clock_ep, bind=cfg.bind, curve=curve)
             self.clock_endpoint = self.clock_client.endpoint
             self.clock = ClockThread(self.clock_client)
             self.presenters = _presenters(cfg)

@@ -21,7 +21,7 @@ import numpy as np
 from avcore.errors import UsageError
 from transport import EXTRAPOLATED, KEYFRAME, ClockServer, CurveConfig, FrameMessage, FramePublisher, encode_frame, now_ns
 
-from .config import SenderConfig, clock_endpoint_for
+from .config import SenderConfig, check_clock_endpoint, clock_endpoint_for
 from .models import ensure_encoder_dir, load_encoder, model_id
 from .sources import open_source
 from .telemetry import percentiles, write_json
@@ -29,6 +29,9 @@ from .telemetry import percentiles, write_json
 log = logging.getLogger(__name__)
 
 _DTYPES = {"<f2": np.float16, "<f4": np.float32}
+MODEL_ID_INTERVAL_NS = 1_000_000_000
+"""How often a frame declares the model id (the receiver keeps the last declared one per stream), so the id
+costs a few bytes a second instead of a few bytes a frame."""
 
 
 def fit_views(views: np.ndarray, size: int) -> np.ndarray:
@@ -87,6 +90,8 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     """Run until ``cfg.seconds`` pass, the source ends or ``should_stop()``; returns the sender report."""
     check_sender(cfg)
     wire_dtype = _DTYPES[cfg.latent_dtype]
+    clock_ep = cfg.clock_endpoint or clock_endpoint_for(cfg.endpoint)
+    check_clock_endpoint(cfg.endpoint, clock_ep)
     encoder = load_encoder(cfg.encoder_dir, threads=cfg.threads, latex=cfg.latex)
     model = model_id(encoder.identity, encoder.latent_dim)
     curve = _curve(cfg)
@@ -100,15 +105,14 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     frames_to_receiver = 0  # sent after a receiver first asked for the time
     t_start = time.monotonic()
     try:
-        clock = ClockServer(cfg.clock_endpoint or clock_endpoint_for(cfg.endpoint), bind=cfg.bind, curve=curve)
+        clock = ClockServer(clock_ep, bind=cfg.bind, curve=curve)
         clock.start()
         source = open_source(cfg.source)
         if cfg.tap_path:
             from capture.recording import HmcWriter
 
-            tap = HmcWriter(cfg.tap_path, fps=cfg.source.fps, size=(cfg.source.size, cfg.source.size),
-                            meta={"stream_id": cfg.stream_id, "note": "frame index = sequence number",
-                                  "clock": "monotonic"})
+            tap = HmcWriter(cfg.tap_path, fps=source.fps or cfg.source.fps, size=(cfg.source.size, cfg.source.size),
+                            clock=source.clock, meta={"stream_id": cfg.stream_id, "note": "frame index = sequence number"})
         status_due = 0.0
         log.info("sender %s: frames %s %s, clock %s, model %s", cfg.stream_id, "bound on" if cfg.bind else "connecting to",
                  pub.endpoint, clock.endpoint, model)
@@ -116,6 +120,7 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
         encoder.encode(np.zeros((3, encoder.input_size, encoder.input_size), np.uint8))  # first ONNX runs allocate
         encoder.reset()
         receiver_seen = False
+        model_due = 0
         for cap in source:
             tc = cap.capture_ts_ns
             t0 = time.perf_counter()
@@ -132,8 +137,10 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
                 gaze=np.asarray(result.gaze, np.float32).reshape(2, 2).astype(wire_dtype),
                 flags=int(KEYFRAME if result.keyframe else EXTRAPOLATED),
                 stage_ts_ns={"enc": t_enc},
-                model=model,
+                model=model if tc >= model_due else None,  # declared on the first frame, then once a second
             )
+            if tc >= model_due:
+                model_due = tc + MODEL_ID_INTERVAL_NS
             pub.send_encoded(encode_frame(msg))
             if not receiver_seen and clock.served > 0:
                 receiver_seen = True

@@ -204,3 +204,39 @@ def test_performance_is_deterministic_with_segment_split():
     assert 0 <= a.expression.min() and a.expression.max() <= 1
     with pytest.raises(ValueError):
         generate_performance(0, -1)
+
+
+def test_check_identity_accepts_only_the_studio_identities():
+    from avcore.errors import UsageError
+    from capture.identity import check_identity
+
+    for name in IDENTITIES:
+        assert check_identity(name) == name
+    for bad in ("S9", "S0", "s1", "bob", ""):
+        with pytest.raises(UsageError, match="S1, S2, S3, S4, S5, S6"):
+            check_identity(bad)
+
+
+def test_output_checks_create_parents_and_leave_nothing_behind(tmp_path):
+    from capture.paths import IMAGE_SUFFIXES, OutputPathError, check_output_dir, check_output_file
+
+    target = tmp_path / "a" / "b" / "rec.hmc"
+    assert check_output_file(target) == target
+    assert target.parent.is_dir() and list(target.parent.iterdir()) == []  # the probe is gone
+    existing = tmp_path / "keep.hmc"
+    existing.write_bytes(b"data")
+    check_output_file(existing, append=True)
+    check_output_file(existing)
+    assert existing.read_bytes() == b"data"  # checked, not truncated
+    with pytest.raises(OutputPathError, match="extension"):
+        check_output_file(tmp_path / "sheet.txt", suffixes=IMAGE_SUFFIXES)
+    with pytest.raises(OutputPathError, match="not a directory"):
+        check_output_file(existing / "x.hmc")
+    with pytest.raises(OutputPathError, match="directory"):
+        check_output_file(tmp_path)
+    with pytest.raises(OutputPathError, match="/sys/avcall-probe.hmc"):
+        check_output_file("/sys/avcall-probe.hmc")
+    d = check_output_dir(tmp_path / "out" / "pngs")
+    assert d.is_dir() and list(d.iterdir()) == []
+    with pytest.raises(OutputPathError, match="not a directory"):
+        check_output_dir(existing)

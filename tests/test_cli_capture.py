@@ -60,3 +60,70 @@ def test_bench_capture_json():
     res = json.loads(r.stdout)
     assert res["hmc_fps"] > 0 and res["dome_fps"] > 0
     assert res["hmc_ms"]["p50"] <= res["hmc_ms"]["p99"]
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert r.stderr.startswith("avcall ") and "wrote" not in r.stdout
+    for needle in needles:
+        assert needle in r.stderr, (needle, r.stderr)
+
+
+def test_capture_sheet_checks_its_output_and_numbers_first(tmp_path):
+    assert_one_line_error(avcall("capture", "sheet", "--out", str(tmp_path / "sheet.txt")), "extension", ".png")
+    assert_one_line_error(avcall("capture", "sheet", "--out", str(tmp_path / "sheet")), "extension")
+    assert_one_line_error(avcall("capture", "sheet", "--out", "/sys/avcall-sheet.png"), "/sys/avcall-sheet.png")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep")
+    assert_one_line_error(avcall("capture", "sheet", "--out", str(blocker / "s.png")), "not a directory")
+    for tile in ("0", "-5", "100000"):
+        assert_one_line_error(avcall("capture", "sheet", "--out", str(tmp_path / "s.png"), "--tile", tile), "--tile")
+    assert_one_line_error(avcall("capture", "sheet", "--out", str(tmp_path / "s.png"), "--identities", "S1,S9"),
+                          "S9", "S1, S2, S3, S4, S5, S6")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"] and blocker.read_text() == "keep"
+
+
+def test_capture_generate_checks_its_output_and_numbers_first(tmp_path):
+    out = tmp_path / "ds"
+    assert_one_line_error(avcall("capture", "generate", "--frames", "0", "--out", str(out)), "--frames")
+    assert_one_line_error(avcall("capture", "generate", "--frames", "-3", "--out", str(out)), "--frames")
+    for fps in ("0", "-1", "inf", "nan"):
+        assert_one_line_error(avcall("capture", "generate", "--frames", "5", "--fps", fps, "--out", str(out)), "--fps")
+    assert_one_line_error(avcall("capture", "generate", "--identity", "S9", "--frames", "5", "--out", str(out)),
+                          "S9", "S1, S2, S3, S4, S5, S6")
+    assert_one_line_error(avcall("capture", "generate", "--frames", "5", "--dome-views", "top", "--out", str(out)),
+                          "top")
+    assert not out.exists()
+    assert_one_line_error(avcall("capture", "generate", "--frames", "5", "--out", "/sys/avcall-ds"), "/sys/avcall-ds")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep")
+    assert_one_line_error(avcall("capture", "generate", "--frames", "5", "--out", str(blocker)), "not a directory")
+    assert_one_line_error(avcall("capture", "generate", "--frames", "5", "--out", str(blocker / "ds")),
+                          "not a directory")
+    assert blocker.read_text() == "keep"
+    # A directory that already holds a dataset is refused before rendering, and left as it was.
+    out.mkdir()
+    (out / "hmc.hmc").write_bytes(b"previous dataset")
+    assert_one_line_error(avcall("capture", "generate", "--frames", "5", "--out", str(out)), "already holds a dataset")
+    assert (out / "hmc.hmc").read_bytes() == b"previous dataset"
+
+
+def test_bench_capture_checks_numbers_and_identity():
+    assert_one_line_error(avcall("bench", "capture", "--frames", "0"), "--frames")
+    assert_one_line_error(avcall("bench", "capture", "--dome-frames", "0"), "--dome-frames")
+    assert_one_line_error(avcall("bench", "capture", "--identity", "S9"), "S9", "S1, S2, S3, S4, S5, S6")
+
+
+def test_capture_help_shows_defaults_and_examples():
+    for cmd in (["capture"], ["capture", "sheet"], ["capture", "generate"], ["bench", "capture"], ["record"],
+                ["replay"]):
+        r = avcall(*cmd, "--help")
+        assert r.returncode == 0, r.stderr
+        assert "example" in r.stdout, cmd
+        if cmd != ["capture"]:
+            assert "(default: " in r.stdout, cmd
+    sheet = avcall("capture", "sheet", "--help").stdout
+    assert "(default: 112)" in sheet and "avcall capture sheet --out" in sheet
+    generate = avcall("capture", "generate", "--help").stdout
+    assert "(default: 90.0)" in generate and "(default: S1)" in generate

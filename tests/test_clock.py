@@ -8,8 +8,19 @@ import msgpack
 import pytest
 import zmq
 
-from transport.clock import ClockClient, ClockServer, OffsetEstimator, now_ns, offset_and_delay
-from transport.sockets import CurveConfig, generate_keypair
+from transport.clock import (
+    CLOCK_BURST_GAP_S,
+    CLOCK_BURST_REQUESTS,
+    CLOCK_INTERVAL_S,
+    ClockClient,
+    ClockServer,
+    OffsetEstimator,
+    clock_request_gap_s,
+    now_ns,
+    offset_and_delay,
+)
+from transport.endpoints import EndpointError, check_clock_endpoint, clock_endpoint_for
+from transport.sockets import CurveConfig, FramePublisher, generate_keypair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -209,3 +220,86 @@ def test_clock_exchange_with_curve(owned, keys, who):
         assert sample is not None and abs(client.offset_ns - SKEW) < 50 * MS
     else:
         assert sample is None and client.offset_ns is None
+
+
+# --------------------------------------------------------------------------- clock endpoint
+
+
+@pytest.mark.parametrize(
+    "frames, clock",
+    [
+        ("tcp://10.0.0.2:5555", "tcp://10.0.0.2:5556"),
+        ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"),
+        ("tcp://127.0.0.1:0", "tcp://127.0.0.1:*"),  # any free port: the clock gets any free port too, not port 1
+        ("tcp://*:7000", "tcp://*:7001"),
+        ("tcp://[::1]:5555", "tcp://[::1]:5556"),
+        ("tcp://host.example:65534", "tcp://host.example:65535"),
+        ("ipc:///tmp/a", "ipc:///tmp/a.clock"),
+        ("ipc://*", "ipc://*"),
+    ],
+)
+def test_clock_endpoint_for(frames, clock):
+    assert clock_endpoint_for(frames) == clock
+
+
+def test_clock_endpoint_for_port_65535_asks_for_clock():
+    with pytest.raises(EndpointError) as info:
+        clock_endpoint_for("tcp://10.0.0.2:65535")
+    msg = str(info.value)
+    assert "65536" in msg and "--clock" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("bad", ["abc", "udp://x:1", "tcp://127.0.0.1:", "tcp://127.0.0.1:99999"])
+def test_clock_endpoint_for_bad_frames_endpoint(bad):
+    with pytest.raises(EndpointError):
+        clock_endpoint_for(bad)
+
+
+def test_wildcard_frames_bind_gives_the_clock_a_free_port_too(owned):
+    pub = owned(FramePublisher("tcp://127.0.0.1:0", bind=True))
+    server = owned(ClockServer(clock_endpoint_for("tcp://127.0.0.1:0"), bind=True))
+    assert pub.endpoint != server.endpoint and not server.endpoint.endswith(":1")
+    check_clock_endpoint(pub.endpoint, server.endpoint)
+
+
+@pytest.mark.parametrize(
+    "frames, clock",
+    [
+        ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5555"),
+        ("tcp://*:5555", "tcp://127.0.0.1:5555"),
+        ("tcp://HOST:5555", "tcp://host:5555"),
+        ("ipc:///tmp/f", "ipc:///tmp/f"),
+    ],
+)
+def test_check_clock_endpoint_rejects_the_frames_endpoint(frames, clock):
+    with pytest.raises(EndpointError) as info:
+        check_clock_endpoint(frames, clock)
+    assert "frames endpoint" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "frames, clock",
+    [
+        ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5556"),
+        ("tcp://127.0.0.1:*", "tcp://127.0.0.1:*"),
+        ("tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"),
+        ("ipc:///tmp/f", "ipc:///tmp/f.clock"),
+        ("ipc:///tmp/f", "tcp://127.0.0.1:5555"),
+    ],
+)
+def test_check_clock_endpoint_accepts_distinct_endpoints(frames, clock):
+    assert check_clock_endpoint(frames, clock) is None
+
+
+def test_clock_cadence_of_the_reference_receiver():
+    gaps = [clock_request_gap_s(sent) for sent in range(0, 12)]
+    assert gaps[: CLOCK_BURST_REQUESTS + 1] == [CLOCK_BURST_GAP_S] * (CLOCK_BURST_REQUESTS + 1)
+    assert gaps[CLOCK_BURST_REQUESTS + 1 :] == [CLOCK_INTERVAL_S] * (11 - CLOCK_BURST_REQUESTS)
+    assert (CLOCK_BURST_REQUESTS, CLOCK_BURST_GAP_S, CLOCK_INTERVAL_S) == (8, 0.02, 0.25)
+
+
+def test_clock_sockets_validate_endpoints_too():
+    with pytest.raises(EndpointError):
+        ClockServer("tcp://127.0.0.1:99999", bind=True)
+    with pytest.raises(EndpointError):
+        ClockClient("tcp://nope:5556")

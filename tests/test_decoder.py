@@ -13,6 +13,8 @@ torch = pytest.importorskip("torch")
 from decoder.config import DecoderConfig, TrainConfig  # noqa: E402
 from decoder.model import AvatarDecoder, CodecAvatarVAE  # noqa: E402
 
+torch.set_num_threads(1)
+
 
 def tiny_config(**kw) -> DecoderConfig:
     base = dict(identity="S1", latent_dim=16, geometry_basis=8, geometry_hidden=32, texture_seed=4,
@@ -23,7 +25,7 @@ def tiny_config(**kw) -> DecoderConfig:
 
 def tiny_train_config(**kw) -> TrainConfig:
     base = dict(num_train_poses=6, views_per_pose=1, image_size=32, batch_size=4, lr=3e-3, lr_final=3e-3,
-                steps=40, time_budget_s=120.0, checkpoint_every_s=1e9, threads=2)
+                steps=40, time_budget_s=120.0, checkpoint_every_s=1e9, threads=1)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -136,6 +138,39 @@ def test_eval_output_schema(tmp_path, capsys):
     assert args.func(args) == 0
     b = json.loads(capsys.readouterr().out)
     assert b["decode_ms_p50"] > 0 and b["render_ms_p50"] > 0
+
+
+def test_psnr_of_images_differing_by_a_constant():
+    """What ``avcall eval decoder`` reports: PSNR = 10 log10(peak^2 / MSE), on 0..255 and on 0..1 images."""
+    from avcore.metrics import mse, psnr, psnr_from_mse
+
+    a = np.random.default_rng(0).integers(10, 240, (32, 40, 3)).astype(np.uint8)
+    for c in (1, 5, 10):
+        b = a.astype(np.int16) + c
+        assert mse(a, b) == c * c
+        assert psnr(a, b) == pytest.approx(10 * np.log10(255.0**2 / c**2), abs=1e-9)
+        assert psnr(a / 255.0, b / 255.0, peak=1.0) == pytest.approx(10 * np.log10(255.0**2 / c**2), abs=1e-6)
+    assert psnr(a, a) == float("inf") and psnr_from_mse(1e-4, peak=1.0) == pytest.approx(40.0)
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, a[:-1])
+
+
+def test_ssim_is_one_for_identical_images_and_follows_the_formula():
+    from avcore.metrics import ssim
+
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (48, 40, 3)).astype(np.float64)
+    assert ssim(img, img) == pytest.approx(1.0, abs=1e-9)
+    assert ssim(img[..., 0], img[..., 0]) == pytest.approx(1.0, abs=1e-9)
+    # Two flat images a and b: no variance, so SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1), C1 = (0.01 L)^2.
+    a, b, c1 = 100.0, 140.0, (0.01 * 255) ** 2
+    flat = np.full((16, 16), a), np.full((16, 16), b)
+    assert ssim(*flat) == pytest.approx((2 * a * b + c1) / (a * a + b * b + c1), rel=1e-9)
+    # More noise, lower SSIM.
+    noisy = [ssim(img, np.clip(img + rng.normal(0, s, img.shape), 0, 255)) for s in (2, 10, 40)]
+    assert 1 > noisy[0] > noisy[1] > noisy[2] > 0
+    with pytest.raises(ValueError, match="11"):
+        ssim(np.zeros((8, 8)), np.zeros((8, 8)))
 
 
 def test_receiver_path_does_not_import_torch():

@@ -380,7 +380,7 @@ def test_latex_cli_help_shows_defaults_and_examples(capsys):
 def test_sender_flags_keyframes_and_extrapolated_frames(tmp_path, tiny_latex):
     from runtime.config import SenderConfig, SourceConfig
     from runtime.launch import Worker
-    from test_runtime_support import make_pattern_recording
+    from runtime_support import make_pattern_recording
     from transport import EXTRAPOLATED, KEYFRAME, decode_frame
 
     d, _ = tiny_latex

@@ -123,7 +123,7 @@ def test_other_containers_decode(tmp_path, ext):
 
 def test_compose_writes_a_shareable_video(tmp_path):
     from runtime.compose import compose_call_video
-    from test_runtime_support import make_pattern_recording
+    from runtime_support import make_pattern_recording
 
     hmc = make_pattern_recording(tmp_path / "tap.hmc", frames=5)
     src = tmp_path / "r.mp4"

@@ -553,6 +553,10 @@ def test_cli_record_synthetic_then_sigkill(tmp_path):
                    "--fps", "30", "--out", path, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "frames" in proc.stdout
+    # The progress bar counts the capture schedule's frame slots: a finished recording ends at 100%,
+    # even when the renderer dropped frames; its lines are plain (stderr is not a terminal).
+    last_bar = [line for line in proc.stderr.splitlines() if line.startswith("recording ")][-1]
+    assert "100%" in last_bar and "15/15" in last_bar and "\r" not in proc.stderr
     with HmcReader(path) as r:
         info = r.info()
         assert info["errors"] == [] and info["frames"] >= 10 and info["has_ground_truth"]
@@ -579,3 +583,309 @@ def test_cli_record_synthetic_then_sigkill(tmp_path):
     with HmcReader(killed) as r:
         assert len(r) >= 5 and all("truncated" in e for e in r.errors)
         assert all(f.views.shape[0] == 3 for f in r)
+
+
+# ----------------------------------------------------------------------------- format version 2: prefix CRC, clock, sessions
+
+
+def test_flipped_version_byte_is_a_damaged_header_not_a_newer_version(tmp_path):
+    path = tmp_path / "s.hmc"
+    write_recording(path, 2)
+    data = path.read_bytes()
+    assert struct.unpack_from("<H", data, 8)[0] == FORMAT_VERSION == 2
+    for offset, bit in ((8, 0x01), (8, 0x08), (9, 0x01), (10, 0x01), (13, 0x02)):  # version, flags, header_len
+        bad = bytearray(data)
+        bad[offset] ^= bit
+        damaged = tmp_path / f"flip{offset}_{bit}.hmc"
+        damaged.write_bytes(bytes(bad))
+        with pytest.raises(HmcFormatError) as exc:
+            HmcReader(damaged)
+        assert "damaged header" in str(exc.value) and "newer" not in str(exc.value).replace(
+            "not from a newer", ""), str(exc.value)
+
+
+def test_version_1_files_still_read(tmp_path):
+    """A version-1 file (20-byte prefix without CRC, no clock key) reads, as wall-clock stamps."""
+    path = tmp_path / "s.hmc"
+    write_recording(path, 3)
+    with HmcReader(path) as r:
+        start = r.record_span(0)[0]
+    body = msgpack.packb({"format": "avcall.hmc", "fps": FPS, "view_names": ["left_eye", "right_eye", "mouth"],
+                          "size": list(SIZE), "meta": {"identity": "S1"}, "created_ns": 0}, use_bin_type=True)
+    v1 = tmp_path / "v1.hmc"
+    v1.write_bytes(struct.pack("<8sHHII", HMC_MAGIC, 1, 0, len(body), zlib.crc32(body)) + body
+                   + path.read_bytes()[start:])
+    with HmcReader(v1) as r:
+        assert r.version == 1 and r.clock == "wall" and len(r) == 3 and r.errors == []
+        for i in range(3):
+            assert_frame_matches(r[i], i)
+    # A flipped version byte in a version-1 file is damage too, not "newer".
+    bad = bytearray(v1.read_bytes())
+    bad[8] ^= 0x04
+    (tmp_path / "v1bad.hmc").write_bytes(bytes(bad))
+    with pytest.raises(HmcFormatError, match="damaged header"):
+        HmcReader(tmp_path / "v1bad.hmc")
+
+
+def test_clock_is_stored_and_append_must_match_it(tmp_path):
+    path = tmp_path / "tap.hmc"
+    with HmcWriter(path, fps=FPS, size=SIZE, clock="monotonic") as w:
+        stats = record_session(((make_frame(i, SIZE, False)[0], time.monotonic_ns(), None) for i in range(5)), w)
+    # Deadlines are measured on the recording's own clock: monotonic stamps written at once are on time
+    # (against time.time_ns() every one of them would count as decades late).
+    assert stats.frames == 5 and stats.missed_deadline == 0
+    with HmcReader(path) as r:
+        assert r.clock == "monotonic" and r.info()["clock"] == "monotonic"
+    with pytest.raises(HmcFormatError, match="clock"):
+        HmcWriter(path, fps=FPS, size=SIZE, append=True, clock="wall")
+    with pytest.raises(ValueError, match="clock"):
+        HmcWriter(tmp_path / "x.hmc", fps=FPS, size=SIZE, clock="gps")
+    assert len(HmcReader(path)) == 5
+
+
+def test_appended_sessions_count_only_captured_time(tmp_path):
+    path = tmp_path / "s.hmc"
+    write_recording(path, 5)  # frames 10 ms apart from T0
+    hour = 3600 * 10**9
+    with HmcWriter(path, fps=FPS, size=SIZE, append=True, match_meta={"identity": "S1"}) as w:
+        for i in range(5, 10):
+            views, ts, gt = make_frame(i, SIZE)
+            w.append(views, ts + hour, gt)  # the second session an hour later
+    with HmcReader(path) as r:
+        assert [r.starts_session(i) for i in range(10)] == [True] + [False] * 4 + [True] + [False] * 4
+        info = r.info()
+        schedule, pass_s = recording.replay_schedule(r)
+    assert info["sessions"] == 2 and info["frames"] == 10
+    assert info["duration_s"] == pytest.approx(10 / FPS, abs=1e-4)  # not an hour
+    assert info["recorded_fps"] == pytest.approx(FPS, rel=1e-3)
+    # Replay: the next session follows one frame period after the previous one's last frame.
+    positions = [p for p, _ in schedule]
+    assert positions[5] - positions[4] == pytest.approx(1 / FPS, abs=1e-4)
+    assert pass_s == pytest.approx(10 / FPS, abs=1e-4)
+
+    with pytest.raises(HmcFormatError, match="identity 'S1' in the file, 'S2'"):
+        HmcWriter(path, fps=FPS, size=SIZE, append=True, match_meta={"identity": "S2"})
+    with pytest.raises(HmcFormatError, match="identity"):
+        recording.check_append(path, fps=FPS, match_meta={"identity": "S2", "source": "synthetic"})
+    assert recording.check_append(path, fps=FPS, match_meta={"identity": "S1"}) == 10
+    assert recording.check_append(tmp_path / "new.hmc", fps=FPS) == 0
+
+
+# ----------------------------------------------------------------------------- real-time replay: drop, never slow down
+
+
+def _consume_slowly(frames, seconds_per_frame):
+    """(frame, t_requested, t_received) per frame, sleeping after each (a slow encoder)."""
+    out = []
+    it = iter(frames)
+    while True:
+        t_req = time.monotonic()
+        try:
+            frame = next(it)
+        except StopIteration:
+            return out
+        out.append((frame, t_req, time.monotonic()))
+        time.sleep(seconds_per_frame)
+
+
+def test_replay_drop_late_keeps_the_recording_pace(tmp_path):
+    """A consumer slower than the recording gets the latest due frame; older ones are dropped, counted."""
+    n = 40
+    path = tmp_path / "s.hmc"
+    write_recording(path, n, gt=False)  # 100 fps: 10 ms apart
+    with HmcReader(path) as r:
+        positions = [p for p, _ in recording.replay_schedule(r)[0]]
+        stats = ReplayStats()
+        got = _consume_slowly(replay(r, stats=stats, drop_late=True), 0.035)
+    idx = [f.index for f, _, _ in got]
+    assert stats.frames == len(got) and stats.frames + stats.dropped == n and stats.skipped == 0
+    assert idx == sorted(set(idx)) and idx[-1] == n - 1  # in order, and the replay reaches the end
+    t0 = stats.start_monotonic_s
+    for (frame, t_req, t_got) in got:
+        assert t0 + positions[frame.index] <= t_got + 1e-3  # never before its time
+        if frame.index + 1 < n:  # never a stale frame: the next one was not yet due when asked for
+            assert t0 + positions[frame.index + 1] > t_req
+    # A consumer taking 35 ms per frame sees at most one frame in every 3 of a 10 ms recording.
+    assert len(got) <= 1 + (n - 1) // 3 and stats.dropped >= n - 1 - (n - 1) // 3
+
+    with HmcReader(path) as r:  # without drop_late every frame comes, late: slow motion
+        stats = ReplayStats()
+        got = _consume_slowly(replay(r, stats=stats), 0.02)
+    assert len(got) == n and stats.dropped == 0
+
+
+def write_regular(path: Path, n: int, fps: float = FPS) -> None:
+    """``n`` frames stamped exactly 1/fps apart."""
+    with HmcWriter(path, fps=fps, size=SIZE, meta={"identity": "S1"}) as w:
+        for i in range(n):
+            w.append(make_frame(i, SIZE, False)[0], T0 + round(i * 1e9 / fps))
+
+
+def test_replay_resamples_by_timestamp(tmp_path):
+    path = tmp_path / "s.hmc"
+    write_regular(path, 40)  # 100 fps, 0.4 s
+    with HmcReader(path) as r:
+        stats = ReplayStats()
+        idx = [f.index for f in replay(r, rate="fast", resample_fps=50.0, stats=stats)]
+        assert idx == list(range(0, 40, 2))  # ticks every 20 ms: every other frame
+        idx = [f.index for f in replay(r, rate="fast", resample_fps=300.0)]
+        assert idx == [min(int(k / 3 + 0.5), 39) for k in range(120)]  # the nearest frame at each tick
+        with pytest.raises(ValueError, match="resample_fps"):
+            next(replay(r, resample_fps=-1.0))
+
+
+def test_sender_replay_source_drops_late_frames_and_follows_timestamps(tmp_path):
+    """runtime.sources.ReplaySource with a slow consumer (the encoder): real time, not slow motion."""
+    from runtime.config import SourceConfig
+    from runtime.sources import open_source
+    from transport.clock import now_ns
+
+    n = 40
+    path = tmp_path / "s.hmc"
+    write_recording(path, n, gt=False)
+    src = open_source(SourceConfig(kind="replay", path=str(path), loop=False, fps=30.0))
+    try:
+        assert src.fps == FPS and src.clock == "monotonic"  # the recording's rate, not cfg.fps
+        before = now_ns()
+        got = _consume_slowly(src, 0.035)
+        after = now_ns()
+        with HmcReader(path) as r:
+            positions = [p for p, _ in recording.replay_schedule(r)[0]]
+    finally:
+        src.close()
+    idx = [c.frame_index for c, _, _ in got]
+    assert idx == sorted(set(idx)) and idx[-1] == n - 1
+    assert src.dropped == n - len(got) and src.dropped >= n - 1 - (n - 1) // 3
+    t0 = src.stats.start_monotonic_s
+    for cap, t_req, t_got in got:
+        assert t0 + positions[cap.frame_index] <= t_got + 1e-3
+        if cap.frame_index + 1 < n:
+            assert t0 + positions[cap.frame_index + 1] > t_req
+        assert before <= cap.capture_ts_ns <= after  # stamped on the runtime clock
+    # replay_fps resamples by timestamp: 50 Hz from a 100 Hz recording is every other frame.
+    write_regular(path, n)
+    src = open_source(SourceConfig(kind="replay", path=str(path), loop=False, replay_fps=50.0))
+    try:
+        assert src.fps == 50.0
+        idx = [c.frame_index for c in src]
+    finally:
+        src.close()
+    assert all(i % 2 == 0 for i in idx) and len(idx) + src.dropped == 20
+    with pytest.raises(ValueError, match="replay_fps"):
+        open_source(SourceConfig(kind="replay", path=str(path), replay_fps=float("nan")))
+
+
+# ----------------------------------------------------------------------------- CLI: bad input is one line
+
+
+def assert_one_line_error(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("avcall ") and "error:" in proc.stderr
+    assert "wrote" not in proc.stdout
+    for needle in needles:
+        assert needle in proc.stderr, (needle, proc.stderr)
+
+
+def test_cli_replay_info_into_a_closed_pipe_exits_quietly(tmp_path):
+    path = tmp_path / "s.hmc"
+    write_recording(path, 3)
+    for extra in ((), ("--json",)):
+        r_fd, w_fd = os.pipe()
+        os.close(r_fd)  # the reader is gone before a byte is written (`| head -1` that already exited)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "avcall.cli", "replay", str(path), "--info", *extra],
+                                  cwd=ROOT, stdout=w_fd, stderr=subprocess.PIPE, text=True, timeout=60)
+        finally:
+            os.close(w_fd)
+        assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_cli_replay_rejects_contradictory_options(tmp_path):
+    path = tmp_path / "s.hmc"
+    write_recording(path, 3)
+    out = tmp_path / "pngs"
+    assert_one_line_error(run_cli("replay", path, "--rate", "fast", "--speed", "2"), "--speed")
+    assert_one_line_error(run_cli("replay", path, "--info", "--out-dir", out), "--info", "--out-dir")
+    assert_one_line_error(run_cli("replay", path, "--info", "--speed", "2"), "--speed")
+    assert_one_line_error(run_cli("replay", path, "--info", "--rate", "native"), "--rate")
+    assert_one_line_error(run_cli("replay", path, "--loop", "--out-dir", out), "--loop")
+    assert_one_line_error(run_cli("replay", path, "--speed", "nan"), "--speed")
+    assert_one_line_error(run_cli("replay", path, "--speed", "-1"), "--speed")
+    assert not out.exists()
+    # An --out-dir that cannot be written fails before replaying.
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep")
+    assert_one_line_error(run_cli("replay", path, "--rate", "fast", "--out-dir", blocker / "pngs"), "not a directory")
+    assert_one_line_error(run_cli("replay", path, "--rate", "fast", "--out-dir", "/sys/avcall-pngs"), "/sys/avcall-pngs")
+    assert blocker.read_text() == "keep"
+    # A damaged header is reported as damage.
+    bad = bytearray(path.read_bytes())
+    bad[8] ^= 0x08
+    (tmp_path / "bad.hmc").write_bytes(bytes(bad))
+    proc = run_cli("replay", tmp_path / "bad.hmc", "--info")
+    assert_one_line_error(proc, "damaged header")
+    assert "upgrade" not in proc.stderr
+
+
+def test_cli_record_checks_arguments_before_starting(tmp_path):
+    out = tmp_path / "r.hmc"
+    proc = run_cli("record", "--identity", "S9", "--seconds", "1", "--out", out)
+    assert_one_line_error(proc, "S9", "S1, S2, S3, S4, S5, S6")
+    for flag, value in (("--seconds", "inf"), ("--seconds", "-1"), ("--seconds", "nan"), ("--seconds", "0"),
+                        ("--fps", "0"), ("--fps", "inf"), ("--fps", "-30")):
+        args = ["--seconds", "1", "--fps", "30"]
+        args[args.index(flag) + 1] = value
+        assert_one_line_error(run_cli("record", *args, "--out", out), flag)
+    assert_one_line_error(run_cli("record", "--seconds", "1", "--out", "/sys/avcall-x.hmc"), "/sys/avcall-x.hmc")
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep")
+    assert_one_line_error(run_cli("record", "--seconds", "1", "--out", blocker / "r.hmc"), "not a directory")
+    assert_one_line_error(run_cli("record", "--seconds", "1", "--out", tmp_path), "directory")
+    assert not out.exists() and blocker.read_text() == "keep"
+    assert not Path("/sys/avcall-x.hmc").exists()
+
+
+def test_cli_record_append_refuses_another_identity(tmp_path):
+    pytest.importorskip("capture.source", reason="synthetic HMC source not available yet")
+    path = tmp_path / "s1.hmc"
+    write_recording(path, 4, meta={"source": "synthetic", "identity": "S1", "seed": 0, "ground_truth": True})
+    before = path.read_bytes()
+    proc = run_cli("record", "--identity", "S2", "--seconds", "0.2", "--fps", "100", "--append", "--out", path)
+    assert_one_line_error(proc, "identity", "'S1'", "'S2'")
+    assert path.read_bytes() == before  # untouched
+    proc = run_cli("record", "--identity", "S1", "--seconds", "0.2", "--fps", "30", "--append", "--out", path)
+    assert_one_line_error(proc, "fps")
+    assert path.read_bytes() == before
+
+
+def test_cli_record_until_ctrl_c_keeps_every_frame(tmp_path):
+    """Without --seconds, record runs until SIGINT, then closes the file with every frame in it."""
+    pytest.importorskip("capture.source", reason="synthetic HMC source not available yet")
+    path = tmp_path / "open.hmc"
+    child = subprocess.Popen([sys.executable, "-m", "avcall.cli", "record", "--fps", "30", "--out", str(path)],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "recording too slow"
+            if path.exists() and path.stat().st_size > 0:
+                try:
+                    if len(HmcReader(path)) >= 5:
+                        break
+                except HmcFormatError:
+                    pass
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err
+    assert "Traceback" not in err
+    written = int(out.split("wrote ")[1].split(" frames")[0])
+    with HmcReader(path) as r:
+        assert len(r) == written >= 5 and r.errors == [] and r.info()["errors"] == []
+        assert r.clock == "wall" and r.meta["identity"] == "S1"

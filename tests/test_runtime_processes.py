@@ -14,16 +14,8 @@ import numpy as np
 import pytest
 import zmq
 
-from test_runtime_support import (  # noqa: F401 - fixtures
-    bad_total,
-    pattern_hmc,
-    presented,
-    receiver_config,
-    sender_config,
-    tiny_models,
-    workers,
-)
-from transport import KEYFRAME, FrameMessage, encode_frame, generate_keypair, now_ns
+from runtime_support import bad_total, presented, receiver_config, sender_config
+from transport import KEYFRAME, PROTOCOL_VERSION, FrameMessage, encode_frame, generate_keypair, now_ns
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -83,7 +75,7 @@ def _hostile(n: int, rng: random.Random):
         lambda: (b"\xc1" + rng.randbytes(rng.randrange(0, 600)), "msgpack"),  # 0xc1 is never valid msgpack
         lambda: (rng.randbytes(rng.randrange(1, 600)), None),
         lambda: (good[: rng.randrange(1, len(good))], "msgpack"),
-        lambda: (variant(v=rng.choice([0, 2, 7])), "version"),
+        lambda: (variant(v=rng.choice([0, PROTOCOL_VERSION + 1, 7])), "version"),
         lambda: (variant(z__t=rng.choice(["|O", ">f4", "<f8", "<i4"])), "dtype"),
         lambda: (variant(z__s=[255]), "shape"),
         lambda: (variant(z__s=[16, 16]), "shape"),
@@ -183,3 +175,22 @@ def test_secure_sender_with_unknown_key_delivers_nothing(tiny_models, pattern_hm
     workers("good", good_cfg, tmp_path)
     st = rx.wait_status(lambda s: presented(s) >= 5, UP)  # the allowed key gets through
     assert st["transport"]["events"].get("handshake_succeeded", 0) >= 1
+
+
+def test_receiver_refuses_codes_of_another_model_in_words(pattern_hmc, workers, tmp_path):
+    """An S1 encoder's codes sent to a receiver that decodes S2's latent space are refused and named."""
+    from tiny_models import build_tiny
+
+    s1 = build_tiny(tmp_path / "s1", identity="S1", latent_dim=16)
+    s2 = build_tiny(tmp_path / "s2", identity="S2", latent_dim=16)
+    rx = workers("rx", receiver_config((None, s2[1]), tmp_path), tmp_path)
+    st = rx.wait_status(lambda s: bool(s.get("endpoint")), UP)
+    tx = workers("tx", sender_config((s1[0], None), pattern_hmc, tmp_path, st, seconds=2.0), tmp_path)
+    st = rx.wait_status(lambda s: s["transport"]["bad"].get("model_mismatch", 0) >= 10, UP)
+    assert presented(st) == 0  # not one frame of the stranger's code was drawn
+    assert tx.wait(UP) == 0
+    rx.stop()
+    rep = json.loads((tmp_path / "rx.report.json").read_text())
+    assert rep["model"] == "S2/z16" and rep["presented"] == 0
+    assert "S1/z16" in rep["refused"]
+    assert "refusing frames of model S1/z16" in (tmp_path / "rx.log").read_text()

@@ -1,7 +1,6 @@
 """Runtime pieces in one process: configs, models, telemetry, presenters, composition, CLI parsing."""
 from __future__ import annotations
 
-import argparse
 import math
 
 import numpy as np
@@ -19,7 +18,7 @@ from runtime.config import (
 )
 from runtime.receiver import viewer_direction
 from runtime.telemetry import FrameRecord, Telemetry, latency_histogram, percentiles
-from test_runtime_support import make_pattern_recording, pattern_hmc, tiny_models  # noqa: F401 - fixtures
+from runtime_support import make_pattern_recording
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,18 +6,25 @@ with a deadline: no sleeps as synchronisation.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
 
-from transport.sockets import CurveConfig, FramePublisher, FrameSubscriber, SocketOptions, generate_keypair
-from transport.wire import KEYFRAME, FrameMessage, WireLimits, encode_frame
+from transport.endpoints import EndpointError
+from transport.floor import measure_pubsub_floor
+from transport.sockets import CurveConfig, FramePublisher, FrameSubscriber, KeyPairError, SocketOptions, generate_keypair
+from transport.stats import StreamStats
+from transport.wire import KEYFRAME, PROTOCOL_VERSION, FrameMessage, WireLimits, encode_frame
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,8 +32,8 @@ ANY_PORT = "tcp://127.0.0.1:*"
 BIG_QUEUES = SocketOptions(sndhwm=100_000, rcvhwm=100_000)
 
 
-def frame(seq: int, stream_id: str = "alice", dim: int = 256) -> FrameMessage:
-    t = time.monotonic_ns()
+def frame(seq: int, stream_id: str = "alice", dim: int = 256, model: str | None = None, capture_ts_ns: int | None = None) -> FrameMessage:
+    t = time.monotonic_ns() if capture_ts_ns is None else capture_ts_ns
     return FrameMessage(
         stream_id=stream_id,
         seq=seq,
@@ -35,6 +42,7 @@ def frame(seq: int, stream_id: str = "alice", dim: int = 256) -> FrameMessage:
         z=np.full(dim, seq % 100, np.float16),
         gaze=np.zeros((2, 2), np.float16),
         flags=int(KEYFRAME),
+        model=model,
     )
 
 
@@ -186,7 +194,7 @@ def hostile_messages(n: int, rng: random.Random, limits: WireLimits):
         lambda: (rng.randbytes(rng.randrange(1, 600)), None),
         lambda: (good[: rng.randrange(1, len(good))], "msgpack"),
         lambda: (b"\x00" * rng.randrange(limits.max_bytes + 1, limits.max_bytes + 5000), "oversize"),
-        lambda: (variant(v=rng.choice([0, 2, 3, 255])), "version"),
+        lambda: (variant(v=rng.choice([v for v in (0, 1, 2, 3, 255) if v != PROTOCOL_VERSION])), "version"),
         lambda: (variant(z__t=rng.choice(["|O", ">f4", "<f8", "<i2", "<U1"])), "dtype"),
         lambda: (variant(z__s=[16, 16]), "shape"),
         lambda: (variant(g__s=[4]), "shape"),
@@ -201,7 +209,7 @@ def hostile_messages(n: int, rng: random.Random, limits: WireLimits):
         data, kind = rng.choice(makers)()
         if kind == "oversize":
             if oversize_budget == 0:
-                data, kind = variant(v=9), "version"
+                data, kind = variant(v=PROTOCOL_VERSION + 7), "version"
             oversize_budget -= 1
         yield data, kind
 
@@ -359,10 +367,15 @@ def test_publisher_delivers_again_after_subscriber_restarts(owned):
     pub = owned(FramePublisher(endpoint, bind=False))
     try:
         handshake(pub, sub)
+        assert pub.wait_for_peer(5000) and pub.peers == 1
     finally:
         sub.close()
+    assert until(lambda: pub.peers == 0, step=lambda: pub.wait_events(20))  # it noticed the receiver went away
     sub = owned(FrameSubscriber(endpoint, bind=True))
-    handshake(pub, sub)
+    got = handshake(pub, sub)
+    assert got.stream_id == "alice" and got.seq >= 10**9  # a probe frame of the new connection
+    assert sub.stats.decoded >= 1 and sub.stats.bad_total == 0
+    assert pub.stats.events["disconnected"] >= 1 and pub.peers == 1
 
 
 # --------------------------------------------------------------------------- statistics
@@ -392,3 +405,316 @@ def test_bandwidth_meter_sliding_window():
     assert meter.kbit_per_s(now) == pytest.approx(144, rel=0.02)
     assert meter.bytes_per_s(now + 5 * 10**9) == 0.0  # silence empties the window
     assert meter.total_bytes == 18_000
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def closed_port() -> str:
+    """A TCP endpoint on loopback where nobody listens (bound once to learn a free port, then closed)."""
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUB)
+    s.linger = 0
+    try:
+        s.bind(ANY_PORT)
+        return s.getsockopt_string(zmq.LAST_ENDPOINT)
+    finally:
+        s.close(linger=0)
+        ctx.term()
+
+
+@pytest.mark.parametrize(
+    "endpoint, bind, words",
+    [
+        ("tcp://nope", False, "no port"),
+        ("tcp://nope", True, "no port"),
+        ("tcp://nope:5555", False, "does not resolve"),
+        ("tcp://nope:5555", True, "not an interface of this machine"),
+        ("abc", False, "not an endpoint"),
+        ("abc", True, "not an endpoint"),
+        ("tcp://127.0.0.1:", True, "no port"),
+        ("tcp://127.0.0.1:", False, "no port"),
+        ("udp://127.0.0.1:5000", False, "unsupported transport"),
+        ("tcp://256.1.1.1:5000", False, "not a valid IPv4 address"),
+        ("tcp://256.1.1.1:5000", True, "not a valid IPv4 address"),
+        ("tcp://127.0.0.1:99999", True, "out of range"),
+        ("tcp://127.0.0.1:99999", False, "out of range"),
+        ("tcp://127.0.0.1:*", False, "needs the actual port"),
+        ("tcp://127.0.0.1:0", False, "needs the actual port"),
+        ("tcp://*:5555", False, "only makes sense when binding"),
+        ("tcp://127.0.0.1:http", False, "not a number"),
+        ("tcp://::1:5555", False, "brackets"),
+        ("", True, "empty"),
+        ("ipc://", True, "no path"),
+    ],
+)
+@pytest.mark.parametrize("cls", [FramePublisher, FrameSubscriber])
+def test_bad_endpoints_give_one_clear_line(cls, endpoint, bind, words):
+    with pytest.raises(EndpointError) as info:
+        cls(endpoint, bind=bind)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError) and not isinstance(info.value, zmq.ZMQError)
+    assert words in msg and "\n" not in msg
+    assert endpoint in msg or not endpoint
+
+
+def test_port_in_use_is_said_in_words(owned):
+    first = owned(FrameSubscriber(ANY_PORT, bind=True))
+    for cls in (FrameSubscriber, FramePublisher):
+        with pytest.raises(EndpointError) as info:
+            cls(first.endpoint, bind=True)
+        assert "address in use" in str(info.value) and first.endpoint in str(info.value)
+
+
+def test_bind_failures_are_wrapped_with_the_endpoint(tmp_path):
+    missing = f"ipc://{tmp_path}/no/such/dir/frames"
+    with pytest.raises(EndpointError) as info:
+        FrameSubscriber(missing, bind=True)
+    assert missing in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(EndpointError) as info:
+        FramePublisher("tcp://10.255.255.254:5000", bind=True)  # a valid IP that is not this machine's
+    assert "tcp://10.255.255.254:5000" in str(info.value)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://127.0.0.1:*", "tcp://127.0.0.1:0", "tcp://localhost:*", "tcp://lo:*", "ipc://*"])
+def test_valid_bind_endpoints_still_work(owned, endpoint):
+    sub = owned(FrameSubscriber(endpoint, bind=True))
+    pub = owned(FramePublisher(sub.endpoint, bind=False))
+    assert handshake(pub, sub).stream_id == "alice"
+
+
+def test_ipc_endpoint_delivers(owned, tmp_path):
+    sub = owned(FrameSubscriber(f"ipc://{tmp_path}/frames", bind=True))
+    pub = owned(FramePublisher(f"ipc://{tmp_path}/frames", bind=False))
+    assert sub.endpoint == f"ipc://{tmp_path}/frames"
+    assert handshake(pub, sub).stream_id == "alice"
+
+
+# --------------------------------------------------------------------------- receiver checks
+
+
+def raw_pub_to(sub: FrameSubscriber):
+    """A bare PUB (the hostile sender) connected to ``sub``; returns (ctx, socket)."""
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.PUB)
+    raw.linger = 0
+    raw.sndhwm = 0
+    raw.connect(sub.endpoint)
+    return ctx, raw
+
+
+def test_multipart_messages_are_dropped_whole(owned):
+    sub = owned(FrameSubscriber(ANY_PORT, bind=True))
+    ctx, raw = raw_pub_to(sub)
+    try:
+        good = encode_frame(frame(1))
+        assert until(lambda: sub.stats.decoded > 0, step=lambda: (raw.send(good), sub.recv_latest(timeout_ms=20)))
+        before = sub.stats.snapshot()
+        raw.send_multipart([encode_frame(frame(500)), encode_frame(frame(501)), b"junk"])
+        raw.send_multipart([encode_frame(frame(502)), b""])
+        raw.send(encode_frame(frame(503)))
+        got = []
+        assert until(lambda: got and got[-1] == 503, step=lambda: (f := sub.recv_latest(timeout_ms=50)) and got.append(f.seq))
+        assert 500 not in got and 501 not in got and 502 not in got
+        assert sub.stats.bad["multipart"] == 2
+        assert sub.stats.bad["msgpack"] == 0  # no part was decoded as garbage
+        assert sub.stats.received - before["received"] == 3  # a multipart message is one message
+        assert sub.stats.decoded - before["decoded"] == 1
+    finally:
+        raw.close(linger=0)
+        ctx.term()
+
+
+def test_model_mismatch_is_counted_and_remembered(owned):
+    sub = owned(FrameSubscriber(ANY_PORT, bind=True, options=BIG_QUEUES, expected_model="avatar-s1"))
+    pub = owned(FramePublisher(sub.endpoint, bind=False, options=BIG_QUEUES))
+    handshake(pub, sub)  # no model declared: accepted
+    pub.send(frame(1, model="avatar-s1"))
+    assert sub.recv_latest(timeout_ms=2000).model == "avatar-s1"
+    pub.send(frame(2, model="avatar-xl"))
+    pub.send(frame(3))  # no "m": the stream's last declared model still applies
+    pub.send(frame(4, model="avatar-s1"))
+    got = sub.recv_latest(timeout_ms=2000)
+    assert got is not None and got.seq == 4
+    assert sub.stats.bad["model_mismatch"] == 2
+    assert sub.stats.last_model_mismatch == "avatar-xl"
+    assert sub.declared_model("alice") == "avatar-s1"
+    assert sub.stats.lost == 2  # rejected frames never reach the sequence statistics
+
+
+def test_capture_times_outside_the_window_are_rejected(owned):
+    sub = owned(FrameSubscriber(ANY_PORT, bind=True, options=BIG_QUEUES))
+    pub = owned(FramePublisher(sub.endpoint, bind=False, options=BIG_QUEUES))
+    handshake(pub, sub)
+    offset = 7 * 10**9  # the sender's clock reads 7 s ahead of ours
+    far_future = time.monotonic_ns() + offset + 3600 * 10**9
+    pub.send(frame(1, capture_ts_ns=far_future))
+    assert sub.recv_latest(timeout_ms=2000).seq == 1  # offset unknown: no check
+    sub.set_clock_offset(offset)
+    now_sender = time.monotonic_ns() + offset
+    pub.send(frame(2, capture_ts_ns=far_future))  # an hour ahead
+    pub.send(frame(3, capture_ts_ns=now_sender - 120 * 10**9))  # two minutes old
+    pub.send(frame(4, capture_ts_ns=now_sender + 5 * 10**9))  # 5 s ahead > max_future_s
+    pub.send(frame(5, capture_ts_ns=time.monotonic_ns() + offset))  # now: fine
+    got = sub.recv_latest(timeout_ms=2000)
+    assert got is not None and got.seq == 5
+    assert sub.stats.bad["timestamp_range"] == 3
+    sub.set_clock_offset(None)
+    pub.send(frame(6, capture_ts_ns=far_future))
+    assert sub.recv_latest(timeout_ms=2000).seq == 6
+
+
+def test_sequence_jump_to_near_2_64_is_a_restart_not_loss():
+    stats = StreamStats()
+    stats.record_frame("alice", 5, 600)
+    stats.record_frame("alice", 2**64 - 1, 600)
+    assert stats.lost == 0 and stats.restarts == 1
+    stats.record_frame("alice", 5, 600)  # back down: another restart
+    stats.record_frame("alice", 5 + StreamStats.MAX_SEQ_JUMP + 1, 600)  # gap of exactly MAX_SEQ_JUMP: loss
+    assert stats.lost == StreamStats.MAX_SEQ_JUMP and stats.restarts == 2
+    stats.record_frame("alice", 5 + StreamStats.MAX_SEQ_JUMP + 1, 600)
+    assert stats.duplicates == 1
+
+
+def test_stream_bytes_accessor():
+    stats = StreamStats()
+    stats.record_frame("alice", 0, 600)
+    stats.record_frame("alice", 1, 610)
+    stats.record_frame("bob", 0, 50)
+    assert stats.stream_bytes("alice") == 1210 and stats.stream_bytes("bob") == 50
+    assert stats.stream_bytes("carol") == 0
+    assert stats.stream_ids() == ["alice", "bob"]
+    assert stats.snapshot()["streams"]["alice"]["bytes"] == 1210
+
+
+# --------------------------------------------------------------------------- peers and refusals
+
+
+def test_nobody_listening_is_visible(owned):
+    pub = owned(FramePublisher(closed_port(), bind=False))
+    assert not pub.wait_for_peer(50)
+    assert until(lambda: pub.stats.events["connect_retried"] > 0, step=lambda: pub.wait_events(50))
+    assert pub.peers == 0 and pub.last_refusal is None
+    assert "nobody is accepting connections" in pub.connection_status()
+
+
+def test_plain_peer_is_counted_and_uncounted(owned):
+    sub = owned(FrameSubscriber(ANY_PORT, bind=True))
+    assert sub.peers == 0 and "no peer" in sub.connection_status()
+    pub = owned(FramePublisher(sub.endpoint, bind=False))
+    assert pub.wait_for_peer(5000) and sub.wait_for_peer(5000)
+    assert pub.peers == 1 and sub.peers == 1 and "1 peer connected" in sub.connection_status()
+    pub2 = owned(FramePublisher(sub.endpoint, bind=False))
+    assert pub2.wait_for_peer(5000)
+    assert until(lambda: sub.peers == 2, step=lambda: sub.wait_events(50))
+    pub2.close()
+    assert until(lambda: sub.peers == 1, step=lambda: sub.wait_events(50))
+
+
+@pytest.mark.parametrize("sub_binds", [True, False])
+def test_curve_accepted_sender_sees_a_peer(owned, keys, sub_binds):
+    if sub_binds:
+        sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
+        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=keys["allowed"]))
+    else:
+        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=keys["allowed"]))
+        sub = owned(FrameSubscriber(pub.endpoint, bind=False, curve=keys["server"]))
+    assert pub.wait_for_peer(5000) and sub.wait_for_peer(5000)
+    assert pub.peers == 1 and sub.peers == 1
+    assert pub.last_refusal is None and sub.last_refusal is None
+
+
+@pytest.mark.parametrize("sub_binds", [True, False])
+def test_curve_refused_sender_is_told_why(owned, keys, sub_binds):
+    if sub_binds:
+        sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
+        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=keys["stranger"]))
+    else:
+        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=keys["stranger"]))
+        sub = owned(FrameSubscriber(pub.endpoint, bind=False, curve=keys["server"]))
+    assert until(lambda: pub.last_refusal is not None, step=lambda: pub.wait_events(50))
+    assert pub.last_refusal == "the receiver refused this sender's key (not in its --allow directory)"
+    assert until(lambda: sub.last_refusal is not None, step=lambda: sub.wait_events(50))
+    assert "not in the --allow directory" in sub.last_refusal
+    assert pub.peers == 0 and sub.peers == 0
+    assert "refused this sender's key" in pub.connection_status()
+
+
+def test_curve_wrong_server_key_is_named(owned, keys, tmp_path):
+    other_pub, _ = generate_keypair(tmp_path / "other", "other_receiver")
+    wrong = CurveConfig.client(keys["allowed"].secret_key_file, other_pub)
+    sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
+    pub = owned(FramePublisher(sub.endpoint, bind=False, curve=wrong))
+    assert until(lambda: pub.last_refusal is not None, step=lambda: pub.wait_events(50))
+    assert until(lambda: sub.last_refusal is not None, step=lambda: sub.wait_events(50))
+    assert pub.last_refusal.startswith("CURVE handshake failed: server key does not match")
+    assert sub.last_refusal.startswith("CURVE handshake failed: server key does not match")
+    assert pub.peers == 0 and sub.peers == 0
+
+
+def test_curve_against_plaintext_is_a_security_mismatch(owned, keys):
+    sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
+    pub = owned(FramePublisher(sub.endpoint, bind=False))  # no --secure
+    # per connection, whichever side reads the other's greeting first names the mismatch; the other sees it dropped
+    seen = lambda: [s for s in (*pub.refusals, *sub.refusals) if s.startswith("security mismatch")]  # noqa: E731
+    assert until(lambda: seen(), step=lambda: (sub.wait_events(20), pub.wait_events(20)))
+    assert sub.peers == 0 and pub.peers == 0 and sub.last_refusal is not None and pub.last_refusal is not None
+
+
+# --------------------------------------------------------------------------- latency floor
+
+
+def test_pubsub_floor_measures_per_message_latency():
+    lat = measure_pubsub_floor(0.4, 50, warmup_s=0.2)
+    assert len(lat) >= 5  # ~20 expected; PUB may drop a few before the subscription lands
+    assert all(isinstance(x, float) and 0 <= x < 10_000 for x in lat)
+    with pytest.raises(ValueError):
+        measure_pubsub_floor(0, 30)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_generate_keypair_refuses_to_replace_without_force(tmp_path):
+    pub1, sec1 = generate_keypair(tmp_path, "alice")
+    before = pub1.read_text()
+    with pytest.raises(KeyPairError) as info:
+        generate_keypair(tmp_path, "alice")
+    assert "--force" in str(info.value) and "\n" not in str(info.value)
+    assert pub1.read_text() == before  # untouched
+    pub2, sec2 = generate_keypair(tmp_path, "alice", force=True)
+    assert pub2 == pub1 and pub2.read_text() != before
+    assert (sec2.stat().st_mode & 0o777) == 0o600
+    # a public key of the same name (someone else's, in an allowlist) is protected too
+    (tmp_path / "allow").mkdir()
+    shutil.copy(pub1, tmp_path / "allow" / "bob.key")
+    with pytest.raises(KeyPairError):
+        generate_keypair(tmp_path / "allow", "bob")
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "..", "a/b", "../x", "a\\b", "x" * 65, "sp ace", "ä"])
+def test_generate_keypair_rejects_bad_names(tmp_path, name):
+    with pytest.raises(KeyPairError):
+        generate_keypair(tmp_path / "keys", name)
+    assert not (tmp_path / "keys").exists() or not any((tmp_path / "keys").iterdir())
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "avcall.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_keys_new_cli_refuses_overwrite_and_bad_names(tmp_path):
+    d = str(tmp_path / "keys")
+    ok = _cli("keys", "new", "--name", "x", "--dir", d, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    first = (tmp_path / "keys" / "x.key").read_text()
+    for args in (["--name", "x"], ["--name", ""], ["--name", "../evil"], ["--name", ".x"]):
+        r = _cli("keys", "new", *args, "--dir", d, cwd=tmp_path)
+        assert r.returncode != 0, args
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (tmp_path / "keys" / "x.key").read_text() == first
+    forced = _cli("keys", "new", "--name", "x", "--dir", d, "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "keys" / "x.key").read_text() != first

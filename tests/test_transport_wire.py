@@ -10,10 +10,13 @@ import msgpack
 import numpy as np
 import pytest
 
+from transport.clock import CLOCK_BURST_GAP_S, CLOCK_BURST_REQUESTS, CLOCK_INTERVAL_S
 from transport.wire import (
+    CLOCK_PROTOCOL_VERSION,
     EXTRAPOLATED,
     KEYFRAME,
     PROTOCOL_VERSION,
+    RECEIVER_CHECK_KINDS,
     WIRE_ERROR_KINDS,
     ZMTP_FRAME_OVERHEAD,
     ClockReply,
@@ -87,14 +90,15 @@ def assert_kind(data, kind: str, limits: WireLimits | None = None) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
 @pytest.mark.parametrize("keypoints", [None, 5])
-def test_round_trip_is_exact(dtype, keypoints):
+@pytest.mark.parametrize("flags, model", [(KEYFRAME, None), (EXTRAPOLATED, "avatar-s1:3f2a9c/v2_b.x")])
+def test_round_trip_is_exact(dtype, keypoints, flags, model):
     rng = np.random.default_rng(0)
-    msg = make_frame(rng, dtype=dtype, keypoints=keypoints, flags=int(KEYFRAME | EXTRAPOLATED))
+    msg = make_frame(rng, dtype=dtype, keypoints=keypoints, flags=int(flags), model=model)
     msg.stage_ts_ns = {"enc": msg.capture_ts_ns + 7, "fuse": msg.capture_ts_ns + 9}
     out = decode_frame(encode_frame(msg), WireLimits())
-    for name in ("stream_id", "seq", "capture_ts_ns", "send_ts_ns", "flags", "stage_ts_ns"):
+    for name in ("stream_id", "seq", "capture_ts_ns", "send_ts_ns", "flags", "stage_ts_ns", "model"):
         assert getattr(out, name) == getattr(msg, name), name
-    assert out.is_keyframe and out.is_extrapolated
+    assert out.is_keyframe == (flags == KEYFRAME) and out.is_extrapolated == (flags == EXTRAPOLATED)
     for name in ("z", "gaze", "keypoints"):
         a, b = getattr(msg, name), getattr(out, name)
         if a is None:
@@ -128,7 +132,12 @@ def test_round_trip_extreme_integers_and_big_endian_input():
         dict(seq=True),
         dict(send_ts_ns=0),
         dict(flags=4),
+        dict(flags=int(KEYFRAME | EXTRAPOLATED)),
         dict(stage_ts_ns={"Enc": 10**12}),
+        dict(model=""),
+        dict(model="x" * 65),
+        dict(model="has space"),
+        dict(model=b"s1"),
     ],
 )
 def test_encoder_refuses_what_a_receiver_would_reject(change):
@@ -171,7 +180,8 @@ HUGE_DECLARED = [
         (b"\x81\xa1v\xa2\xff\xfe", "msgpack"),  # invalid UTF-8
         (pack([1, 2, 3]), "schema"),
         (pack(42), "schema"),
-        (pack(body(v=2)), "version"),
+        (pack(body(v=PROTOCOL_VERSION + 1)), "version"),
+        (pack(body(v=1)), "version"),  # version 1 frames are refused whole, not half understood
         (pack(body(v=0)), "version"),
         (pack(body(v=...)), "version"),
         (pack(body(v="1")), "version"),
@@ -187,6 +197,16 @@ HUGE_DECLARED = [
         (pack(body(tc=2**64 - 1, dt=1)), "schema"),
         (pack(body(f=4)), "schema"),
         (pack(body(f=256)), "schema"),
+        (pack(body(f=3)), "schema"),  # KEYFRAME and EXTRAPOLATED both set
+        (pack(body(m="")), "schema"),
+        (pack(body(m="x" * 65)), "schema"),
+        (pack(body(m="a b")), "schema"),
+        (pack(body(m="é")), "schema"),
+        (pack(body(m=5)), "schema"),
+        (pack(body(m=None)), "schema"),
+        (pack(body(m=b"s1")), "schema"),
+        (pack(body(extra=[[[[[[[[1]]]]]]]])), "msgpack"),  # depth 9: top map + 8 arrays
+        (pack({"v": 2, "x": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}}), "msgpack"),  # 9 maps deep
         (pack(body(id="")), "schema"),
         (pack(body(id="a/b")), "schema"),
         (pack(body(id=b"alice")), "schema"),
@@ -224,6 +244,68 @@ HUGE_DECLARED = [
 )
 def test_hostile_message_rejected_with_its_kind(data, kind):
     assert_kind(data, kind)
+
+
+def test_nesting_depth_limit_is_eight():
+    # depth 8 parses and is reported by what is actually wrong with it, depth 9 is "msgpack"
+    assert_kind(pack(body(extra=[[[[[[1]]]]]])), "schema")
+    assert_kind(pack({"v": 99, "x": [[[[[[[1]]]]]]]}), "version")
+    assert_kind(pack({"v": 99, "x": [[[[[[[[1]]]]]]]]}), "msgpack")
+
+
+def test_model_id_is_optional_and_validated():
+    assert decode_frame(pack(body(m="s1"))).model == "s1"
+    assert decode_frame(pack(body())).model is None
+    assert decode_frame(pack(body(m="a" * 64))).model == "a" * 64
+
+
+def test_code_range_bounds():
+    z = np.linspace(-1, 1, 8, dtype="<f2")  # what body() carries
+    ok = pack(body())
+    assert np.array_equal(decode_frame(ok, WireLimits(code_abs_max=1.0)).z, z)
+    assert_kind(ok, "code_range", WireLimits(code_abs_max=0.5))
+    huge = np.zeros(8, "<f4")
+    huge[3] = -3e38  # finite float32, accepted by every other check
+    hostile = pack(body(z={"t": "<f4", "s": [8], "d": huge.tobytes()}))
+    assert decode_frame(hostile).z[3] == np.float32(-3e38)  # no bound, no check
+    assert_kind(hostile, "code_range", WireLimits(code_abs_max=50.0))
+    low, high = np.full(8, -1.0), np.full(8, 1.0)
+    assert decode_frame(ok, WireLimits(code_low=low, code_high=high)).z.shape == (8,)
+    high[7] = 0.99  # z[7] == 1.0
+    with pytest.raises(WireError) as info:
+        decode_frame(ok, WireLimits(code_low=low, code_high=high))
+    assert info.value.kind == "code_range" and "z[7]" in str(info.value)
+    assert_kind(ok, "shape", WireLimits(code_low=np.zeros(4) - 1, code_high=np.ones(4)))
+    # the encoder does not know the receiver's bounds: the frame is valid on the wire
+    assert encode_frame(make_frame(np.random.default_rng(0), z=np.full(4, 1e4, np.float32)))
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(code_abs_max=0.0),
+        dict(code_abs_max=float("inf")),
+        dict(code_abs_max=float("nan")),
+        dict(code_low=[0.0]),
+        dict(code_low=[0.0, 1.0], code_high=[1.0]),
+        dict(code_low=[2.0], code_high=[1.0]),
+        dict(code_low=[[0.0]], code_high=[[1.0]]),
+        dict(code_low=[float("-inf")], code_high=[1.0]),
+        dict(code_low=[0.0] * 4, code_high=[1.0] * 4, latent_dim=8),
+        dict(max_future_s=-1.0),
+        dict(max_past_s=float("nan")),
+    ],
+)
+def test_wire_limits_refuse_nonsense(kw):
+    with pytest.raises(ValueError):
+        WireLimits(**kw)
+
+
+def test_wire_limits_stay_hashable_and_comparable_with_bounds():
+    a = WireLimits(code_low=[-1.0, -2.0], code_high=[1.0, 2.0])
+    b = WireLimits(code_low=[-1.0, -2.0], code_high=[1.0, 2.0])
+    assert a == b and hash(a) == hash(b)
+    assert not a.code_low.flags.writeable
 
 
 def test_limits_size_dim_and_exact_latent_dim():
@@ -318,6 +400,7 @@ def test_clock_messages_round_trip_and_reject_garbage():
         assert info.value.kind == kind
     with pytest.raises(WireError):
         decode_clock_reply(encode_clock_request(req))  # a request is not a reply
+    assert msgpack.unpackb(encode_clock_request(req))["v"] == CLOCK_PROTOCOL_VERSION == 1
 
 
 # --------------------------------------------------------------------------- the document
@@ -360,11 +443,16 @@ class DocumentSpec:
         self.optional = {_code(r[0])[0] for r in rows if r[1] == "no"}
         self.array_keys = {_code(r[0])[0] for r in _table(_section(doc, "### 3.2"))}
         self.flags = {r[2]: int(r[1]) for r in _table(_section(doc, "### 3.3")) if r[1].isdigit()}
+        self.model_re = re.compile(re.search(r"regex `\^(.*?)\$`", next(r[3] for r in rows if _code(r[0])[0] == "m")).group(1))
         limits = {_code(r[0])[0]: r[1] for r in _table(_section(doc, "### 3.5"))}
         self.dtypes = set(_code(limits["allowed_dtypes"]))
         self.max_bytes = int(limits["max_bytes"])
+        self.limits = limits
         self.kinds = {k for r in _table(_section(doc, "### 3.4")) for k in _code(r[1])}
+        self.receiver_kinds = {k for r in _table(_section(doc, "### 3.6")) for k in _code(r[1])}
         self.version = int(re.search(r"must be `(\d+)`", rows[0][3]).group(1))
+        self.max_depth = int(re.search(r"nest at most (\d+) deep", _section(doc, "## 2.")).group(1))
+        self.both_flags_forbidden = "must not both be set" in _section(doc, "### 3.3")
 
 
 def decode_by_the_document(data: bytes, spec: DocumentSpec) -> dict:
@@ -374,6 +462,17 @@ def decode_by_the_document(data: bytes, spec: DocumentSpec) -> dict:
     assert isinstance(obj, dict)
     assert obj["v"] == spec.version
     assert spec.required <= set(obj) <= spec.required | spec.optional
+
+    def depth(x) -> int:
+        kids = list(x.values()) if isinstance(x, dict) else x if isinstance(x, list) else None
+        return 0 if kids is None else 1 + max(map(depth, kids), default=0)
+
+    assert depth(obj) <= spec.max_depth
+    flags = obj["f"]
+    keyframe, extrapolated = bool(flags & spec.flags["KEYFRAME"]), bool(flags & spec.flags["EXTRAPOLATED"])
+    assert not (spec.both_flags_forbidden and keyframe and extrapolated)
+    if "m" in obj:
+        assert isinstance(obj["m"], str) and spec.model_re.fullmatch(obj["m"])
 
     def array(m: dict) -> np.ndarray:
         assert set(m) == spec.array_keys
@@ -388,8 +487,9 @@ def decode_by_the_document(data: bytes, spec: DocumentSpec) -> dict:
         "seq": obj["n"],
         "capture_ts_ns": tc,
         "send_ts_ns": tc + obj["dt"],
-        "keyframe": bool(obj["f"] & spec.flags["KEYFRAME"]),
-        "extrapolated": bool(obj["f"] & spec.flags["EXTRAPOLATED"]),
+        "keyframe": keyframe,
+        "extrapolated": extrapolated,
+        "model": obj.get("m"),
         "z": array(obj["z"]),
         "gaze": array(obj["g"]),
         "keypoints": array(obj["kp"]) if "kp" in obj else None,
@@ -408,6 +508,7 @@ def test_doc_example_bytes_are_what_the_encoder_writes():
         gaze=np.array([[0.25, -0.125], [0.25, -0.125]], np.float16),
         flags=int(KEYFRAME),
         stage_ts_ns={"enc": 1_002_000_000},
+        model="s1",
     )
     data = _hex_after(doc, "<!-- example-frame-hex -->")
     assert encode_frame(example) == data
@@ -418,6 +519,7 @@ def test_doc_example_bytes_are_what_the_encoder_writes():
     assert got["z"].tolist() == [0.5, -1.0, 2.0, 0.0]
     assert got["gaze"].tolist() == [[0.25, -0.125], [0.25, -0.125]]
     assert got["stage_ts_ns"] == {"enc": 1_002_000_000}
+    assert got["model"] == "s1"
 
     req = _hex_after(doc, "<!-- example-clock-request-hex -->")
     assert req == encode_clock_request(ClockRequest(42, 1_000_000_000))
@@ -429,13 +531,13 @@ def test_doc_example_bytes_are_what_the_encoder_writes():
 def test_document_decoder_agrees_with_module(dtype):
     spec = DocumentSpec()
     rng = np.random.default_rng(5)
-    msg = make_frame(rng, dtype=dtype, keypoints=6, flags=int(EXTRAPOLATED))
+    msg = make_frame(rng, dtype=dtype, keypoints=6, flags=int(EXTRAPOLATED), model="enc-s1:ab12")
     msg.stage_ts_ns = {"enc": msg.capture_ts_ns + 3}
     data = encode_frame(msg)
     doc_view = decode_by_the_document(data, spec)
     mod_view = decode_frame(data)
     assert doc_view["extrapolated"] and not doc_view["keyframe"]
-    for key in ("stream_id", "seq", "capture_ts_ns", "send_ts_ns", "stage_ts_ns"):
+    for key in ("stream_id", "seq", "capture_ts_ns", "send_ts_ns", "stage_ts_ns", "model"):
         assert doc_view[key] == getattr(mod_view, key)
     for key, attr in (("z", "z"), ("gaze", "gaze"), ("keypoints", "keypoints")):
         assert np.array_equal(doc_view[key], getattr(mod_view, attr))
@@ -449,9 +551,17 @@ def test_document_tables_match_the_module():
     assert spec.dtypes == set(WireLimits().allowed_dtypes)
     assert spec.max_bytes == WireLimits().max_bytes
     assert spec.kinds == set(WIRE_ERROR_KINDS)
+    assert spec.receiver_kinds == set(RECEIVER_CHECK_KINDS)
+    assert float(spec.limits["max_future_s"]) == WireLimits().max_future_s
+    assert float(spec.limits["max_past_s"]) == WireLimits().max_past_s
+    assert spec.both_flags_forbidden
     # every documented key is accepted, and nothing else is
     rng = np.random.default_rng(6)
-    full = msgpack.unpackb(encode_frame(make_frame(rng, keypoints=2, stage_ts_ns={"enc": 2**62 + 1}, capture_ts_ns=2**62, send_ts_ns=2**62 + 5)))
+    full = msgpack.unpackb(
+        encode_frame(
+            make_frame(rng, keypoints=2, stage_ts_ns={"enc": 2**62 + 1}, capture_ts_ns=2**62, send_ts_ns=2**62 + 5, model="m1")
+        )
+    )
     assert set(full) == spec.required | spec.optional
     bare = msgpack.unpackb(encode_frame(make_frame(rng)))
     assert set(bare) == spec.required
@@ -478,9 +588,31 @@ def test_bandwidth_budget_as_documented():
     assert int(rows[1][1]) == len(encode_frame(with_mark))
     assert int(rows[2][1]) == reference_frame_size(keypoints=4)
     assert int(rows[3][1]) == reference_frame_size(keypoints=16)
+    f32 = reference_frame_size(code_dtype=np.float32)
+    assert int(rows[4][1]) == f32 == size + 256 * 2
+    assert float(rows[4][2]) == round(kbit_per_s(f32), 1)
+    assert float(rows[4][3]) == round(kbit_per_s(f32, per_message_overhead=ZMTP_FRAME_OVERHEAD), 1)
+    with_model = reference_frame(model="m" * 16)
+    with_model.stage_ts_ns = {"enc": with_model.send_ts_ns}
+    assert int(rows[5][1]) == len(encode_frame(with_model))
+    assert float(rows[5][2]) == round(kbit_per_s(int(rows[5][1])), 1)
+    # the prose quotes the same numbers for --f32
+    doc = _doc()
+    assert f"1024 code bytes per frame instead of 512, and {f32} bytes" in doc
+    assert f"{round(kbit_per_s(f32), 1)} instead of {round(kbit_per_s(size), 1)} kbit/s at 30 fps" in doc
     # the requirement: a 256-d float16 code plus its header at 30 fps stays within 150 kbit/s,
     # counting ZeroMQ's own framing too
     assert kbit_per_s(size, 30, ZMTP_FRAME_OVERHEAD) <= 150.0
+
+
+def test_clock_cadence_as_documented():
+    sec = _section(_doc(), "### 8.2")
+    m = re.search(r"waits (\d+) ms after each of its first (\d+) requests and (\d+) ms after\s+every later one", sec)
+    assert m, "8.2 must state the reference receiver's clock request cadence"
+    assert int(m.group(1)) / 1000 == CLOCK_BURST_GAP_S
+    assert int(m.group(2)) == CLOCK_BURST_REQUESTS
+    assert int(m.group(3)) / 1000 == CLOCK_INTERVAL_S
+    assert "one request per\nsecond" not in sec and "one request per second" not in sec
 
 
 def test_transport_never_imports_torch():

@@ -186,7 +186,6 @@ def build_tiny(out_dir: str | Path, *, latent_dim: int = 256, size: int = 192, p
     th, ph = np.meshgrid(np.linspace(-1.3, 1.3, grid), np.linspace(-1.0, 1.1, grid), indexing="ij")
     normal = np.stack([np.sin(th) * np.cos(ph), np.sin(ph), np.cos(th) * np.cos(ph)], -1).reshape(-1, 3)
     mean = normal * 1.0 + np.array([0.0, -0.12, 0.0])
-    V = len(mean)
     uvs = np.stack([(th.ravel() + 1.3) / 2.6, (ph.ravel() + 1.0) / 2.1], -1)
     i, j = np.meshgrid(np.arange(grid - 1), np.arange(grid - 1), indexing="ij")
     a = (i * grid + j).ravel()

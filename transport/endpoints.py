@@ -23,6 +23,8 @@ collide with the frames endpoint.
 """
 from __future__ import annotations
 
+from avcore.errors import UsageError
+
 import ipaddress
 import re
 import socket
@@ -42,7 +44,7 @@ _HOSTNAME_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})")
 _WILDCARD_HOSTS = ("*", "0.0.0.0", "::")
 
 
-class EndpointError(ValueError):
+class EndpointError(UsageError):
     """An endpoint that avcall cannot bind or connect; the message is one line for humans."""
 
 

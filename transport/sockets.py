@@ -24,11 +24,14 @@ Pattern (see ``docs/protocol.md`` for the why):
 """
 from __future__ import annotations
 
+from avcore.errors import UsageError
+
 import errno
 import logging
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +112,7 @@ class CurveConfig:
         return cls(secret_key_file=Path(secret_key_file), server_public_key_file=Path(server_public_key_file))
 
 
-class KeyPairError(ValueError):
+class KeyPairError(UsageError):
     """A key pair that cannot be written (bad name, or it would replace existing keys)."""
 
 
@@ -273,12 +276,12 @@ class SocketOwner:
         self._monitor: zmq.Socket | None = None
         self.curve_role: str | None = None if curve is None else ("server" if curve.is_server else "client")
         """``"client"`` (sender), ``"server"`` (receiver) or None (no CURVE)."""
-        self._handshakes_ok = 0
-        self._handshakes_failed = 0
-        self._disconnects = 0
+        self._peers = 0  # connections whose handshake succeeded and that have not disconnected
+        self._failed_open = 0  # connections whose handshake failed and whose "disconnected" is still to come
         self._connect_retries = 0
         self._last_refusal: str | None = None
-        self._logged_refusals: set[str] = set()
+        self.refusals: Counter[str] = Counter()
+        """Failed handshakes so far by sentence (:func:`refusal_sentence`); at most 16 distinct sentences."""
         self.endpoint = endpoint
         if curve is not None and curve.is_server and context is not None:
             raise ValueError("a CURVE server owns a private context (its ZAP allowlist is per context); pass context=None")
@@ -369,25 +372,30 @@ class SocketOwner:
 
     def _track(self, name: str, value: int) -> None:
         if name == "handshake_succeeded":
-            self._handshakes_ok += 1
+            self._peers += 1
             self._connect_retries = 0
         elif name.startswith("handshake_failed"):
-            self._handshakes_failed += 1
+            self._failed_open += 1
             sentence = refusal_sentence(name, value, self.curve_role)
             self._last_refusal = sentence
-            if sentence not in self._logged_refusals and len(self._logged_refusals) < 16:
-                self._logged_refusals.add(sentence)
-                log.warning("%s on %s: %s; further failures are counted", type(self).__name__, self.endpoint, sentence)
+            if sentence in self.refusals or len(self.refusals) < 16:
+                if sentence not in self.refusals:
+                    log.warning("%s on %s: %s; further failures are counted", type(self).__name__, self.endpoint, sentence)
+                self.refusals[sentence] += 1
         elif name == "disconnected":
-            self._disconnects += 1
+            # Events carry no connection id; a failed connection always disconnects right after its failure,
+            # so a disconnect is charged to a pending failure first. Interleavings only delay the count.
+            if self._failed_open:
+                self._failed_open -= 1
+            elif self._peers:
+                self._peers -= 1
         elif name == "connected":
             self._connect_retries = 0
         elif name == "connect_retried":
             self._connect_retries += 1
 
     # Every connection emits one handshake outcome (succeeded or failed_*) before
-    # its "disconnected" (libzmq 4.3 stream engine), so the connections that
-    # succeeded and are still up number succeeded + failed - disconnected.
+    # its "disconnected" (libzmq 4.3 stream engine); see _track.
     @property
     def peers(self) -> int:
         """Peers connected right now with the handshake (CURVE or plain) done.
@@ -396,7 +404,7 @@ class SocketOwner:
         to nobody; see :attr:`last_refusal` for why. Needs the monitor (the
         default); without it, always 0."""
         self.poll_events()
-        return max(0, self._handshakes_ok + self._handshakes_failed - self._disconnects)
+        return self._peers
 
     @property
     def last_refusal(self) -> str | None:
@@ -416,6 +424,13 @@ class SocketOwner:
             return f"no peer connected: nobody is accepting connections at {self.endpoint} yet (retrying)"
         return f"no peer connected on {self.endpoint} yet"
 
+    def wait_events(self, timeout_ms: int) -> list[str]:
+        """Like :meth:`poll_events`, but wait up to ``timeout_ms`` for the first event."""
+        names = self.poll_events()
+        if not names and self._monitor is not None and self._monitor.poll(max(0, timeout_ms), zmq.POLLIN):
+            names = self.poll_events()
+        return names
+
     def wait_for_peer(self, timeout_ms: int) -> bool:
         """Wait up to ``timeout_ms`` until :attr:`peers` > 0; True if there is one."""
         deadline = time.monotonic() + timeout_ms / 1000.0
@@ -425,7 +440,7 @@ class SocketOwner:
             remaining = int((deadline - time.monotonic()) * 1000)
             if remaining <= 0 or self._monitor is None:
                 return False
-            self._monitor.poll(remaining, zmq.POLLIN)
+            self.wait_events(remaining)
 
     def close(self) -> None:
         """Close the socket (LINGER=0: nothing queued is sent), the monitor,

@@ -12,7 +12,7 @@ fully validated :class:`FrameMessage` or raises :class:`WireError` whose
 
 Frame keys (top-level map)::
 
-    "v"  protocol version (1)        "id" stream id        "n"  sequence number
+    "v"  protocol version (2)        "id" stream id        "n"  sequence number
     "tc" capture time, ns            "dt" send - capture   "f"  flags
     "z"  latent code (D,)            "g"  gaze (2, 2)      "kp" keypoints (3, K, 2), optional
     "st" sender stage marks {name: ns after capture}, optional

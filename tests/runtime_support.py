@@ -1,4 +1,6 @@
-"""Shared fixtures and helpers of the runtime tests (imported by the other ``test_runtime_*`` modules).
+"""Helpers of the runtime tests: configs for tiny-model workers, a moving-pattern recording, status readers.
+
+The fixtures built from them (``tiny_models``, ``pattern_hmc``, ``workers``) live in ``conftest.py``.
 
 Models are the tiny stand-ins of ``tests/tiny_models.py`` (real ONNX graphs run
 by onnxruntime, real GL); HMC input is a small .hmc recording of a moving
@@ -9,10 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from runtime.config import ReceiverConfig, SenderConfig, SourceConfig
-from runtime.launch import Worker
 
 ANY = "tcp://127.0.0.1:*"
 
@@ -27,34 +26,6 @@ def make_pattern_recording(path: Path, frames: int = 60, fps: float = 30.0, size
             views = np.stack([(((xx + yy * (v + 1) + 7 * i * (v + 1)) % 64) * 4).astype(np.uint8) for v in range(3)])
             w.append(views, i * int(1e9 / fps))
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """(encoder_dir, avatar_dir) of the tiny stand-in models, latent_dim 256."""
-    from tiny_models import build_tiny
-
-    return build_tiny(tmp_path_factory.mktemp("tiny_models"))
-
-
-@pytest.fixture(scope="session")
-def pattern_hmc(tmp_path_factory):
-    return make_pattern_recording(tmp_path_factory.mktemp("hmc") / "pattern.hmc")
-
-
-@pytest.fixture
-def workers():
-    """Kills (SIGKILL) every worker a test started, whatever happened."""
-    started: list[Worker] = []
-
-    def start(name, cfg, workdir):
-        w = Worker(name, cfg, workdir).start()
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.kill()
 
 
 def receiver_config(tiny_models, tmp: Path, name: str = "rx", **kw) -> ReceiverConfig:

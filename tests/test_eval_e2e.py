@@ -1,0 +1,123 @@
+"""``avcall eval decoder``, ``avcall eval encoder`` and ``avcall eval table`` end to end, in-process through
+``avcall.cli.main``, on a tiny decoder and a tiny encoder trained here for a few steps on a few studio frames."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from avcall.cli import main  # noqa: E402
+
+torch.set_num_threads(1)
+LATENT = 8  # the "tiny" encoder architecture's code size
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """Paths: decoders root (ROOT/S1 a trained tiny decoder), encoder runs root (RUNS/S1/tiny), test data dir."""
+    from decoder.config import DecoderConfig, TrainConfig
+    from decoder.data import build_dataset
+    from decoder.export import load_vae
+    from decoder.train import train_decoder
+    from encoder.arch import get_arch
+    from encoder.data import HmcDataConfig, render_session
+    from encoder.train import EncoderTrainConfig, train_encoder
+
+    root = tmp_path_factory.mktemp("e2e")
+    dcfg = DecoderConfig(identity="S1", latent_dim=LATENT, geometry_basis=4, geometry_hidden=16,
+                         texture_seed=4, texture_channels=(8, 8), view_inject=1, encoder_texture_size=16,
+                         encoder_channels=(4, 8))
+    tcfg = TrainConfig(num_train_poses=6, views_per_pose=1, image_size=32, batch_size=4, steps=5, time_budget_s=120.0,
+                       checkpoint_every_s=1e9, threads=1)
+    dec_dir = root / "decoders" / "S1"
+    train_decoder(dec_dir, dcfg, tcfg, progress=False, data=build_dataset("S1", 6, 5, dcfg, tcfg, progress=False))
+
+    hcfg = HmcDataConfig(render_size=16, enc_texture_size=16)
+    train = render_session("S1", 3, 11, 1.0, 30.0, "train", hcfg, hmc_size=32)
+    test = render_session("S1", 101, 12, 0.4, 30.0, "all", hcfg, hmc_size=32)
+    data_dir = root / "data"
+    data_dir.mkdir()
+    np.savez(data_dir / "test_S1.npz", key=np.array("tiny"), **{f"test_{k}": v for k, v in test.items()})
+    vae = load_vae(model_dir=dec_dir)
+    train_encoder(root / "runs" / "S1" / "tiny", get_arch("tiny"),
+                  EncoderTrainConfig(batch_size=8, steps=3, augment=False, threads=1), data=train, vae=vae,
+                  progress=False)
+    return {"decoders": root / "decoders", "runs": root / "runs", "data": data_dir, "root": root}
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _finite(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x)
+
+
+def test_eval_decoder_json_and_progress(tiny_models, capsys):
+    out = tiny_models["root"] / "decoder_eval.json"
+    rc, stdout, stderr = _run(capsys, "eval", "decoder", "--model", str(tiny_models["decoders"] / "S1"), "--frames", "2",
+                              "--linearity-frames", "8", "--json", "--out", str(out))
+    assert rc == 0, stderr
+    res = json.loads(stdout)
+    assert json.loads(out.read_text()) == res
+    for v in ("front", "left", "right"):
+        assert _finite(res[f"psnr_{v}"]) and _finite(res[f"mse_{v}"]) and 0 < res[f"mse_{v}"] < 1
+        assert res[f"psnr_{v}"] == pytest.approx(-10 * math.log10(res[f"mse_{v}"]))  # images in [0, 1]
+        assert _finite(res[f"ssim_{v}"]) and -1 <= res[f"ssim_{v}"] <= 1
+    assert _finite(res["linearity_mse_ratio"]) and res["num_test_frames"] == 2
+    assert "eval decoder S1" in stderr  # progress, on stderr
+
+
+def test_eval_decoder_without_frames_is_a_clear_error_not_nan(tiny_models, capsys):
+    from avcore.errors import UsageError
+    from decoder.evaluate import evaluate_decoder
+
+    with pytest.raises(SystemExit) as e:  # refused while parsing: one usage line, nothing on stdout
+        main(["eval", "decoder", "--model", str(tiny_models["decoders"] / "S1"), "--frames", "0", "--json"])
+    cap = capsys.readouterr()
+    assert e.value.code == 2 and cap.out == ""
+    assert "argument --frames: must be >= 1" in cap.err and "nan" not in cap.err.lower()
+    for kw in ({"num_test": 0}, {"num_test": 1, "linearity_frames": 3}):  # the library refuses too, before any work
+        with pytest.raises(UsageError, match="frames"):
+            evaluate_decoder(tiny_models["decoders"] / "S1", progress=False, **kw)
+
+
+def test_eval_encoder_json(tiny_models, capsys):
+    argv = ["eval", "encoder", "--model-dir", str(tiny_models["runs"] / "S1" / "tiny"), "--identity", "S1",
+            "--decoder-dir", str(tiny_models["decoders"] / "S1"), "--data", str(tiny_models["data"] / "test_S1.npz"),
+            "--size", "32", "--json"]
+    rc, stdout, stderr = _run(capsys, *argv, "--frames", "3")
+    assert rc == 0, stderr
+    r = json.loads(stdout)  # strict JSON: json.loads would accept NaN, so check the values too
+    assert r["frames"] == 3 and set(r["mse"]) == {"front", "left", "right"}
+    assert all(_finite(x) and x > 0 for x in r["mse"].values()) and _finite(r["mse_mean"]) and _finite(r["gaze_mae_deg"])
+    assert r["mse_extreme"] is None or _finite(r["mse_extreme"])
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--frames", "0"])
+    cap = capsys.readouterr()
+    assert e.value.code == 2 and cap.out == "" and "argument --frames: must be >= 1" in cap.err
+
+
+def test_eval_table_writes_markdown_json_and_plot(tiny_models, capsys):
+    out = tiny_models["root"] / "results"
+    rc, stdout, stderr = _run(capsys, "eval", "table", "--identities", "S1", "--models", "tiny", "--out", str(out),
+                              "--runs", str(tiny_models["runs"]), "--decoders", str(tiny_models["decoders"]),
+                              "--data-dir", str(tiny_models["data"]), "--frames", "3", "--size", "32", "--bench-runs", "3")
+    assert rc == 0, stderr
+    table = json.loads((out / "table1.json").read_text())
+    row = table["models"]["tiny"]
+    assert {"mflops", "latency_ms", "latency_ms_per_stage", "mse", "mse_extreme", "mse_mean", "gaze_mae_deg",
+            "test_frames", "evaluated_by"} <= set(row)
+    assert _finite(row["mflops"]) and row["mflops"] > 0 and _finite(row["latency_ms"]) and row["latency_ms"] > 0
+    assert set(row["mse"]["S1"]) == {"front", "left", "right"} and all(_finite(x) for x in row["mse"]["S1"].values())
+    assert row["test_frames"]["S1"] == 3 and table["missing"] == []
+    md = (out / "table1.md").read_text()
+    assert md == stdout.rstrip("\n") + "\n" or md in stdout
+    assert "| tiny |" in md and "nan" not in md.lower()
+    assert (out / "table1.png").stat().st_size > 1000
