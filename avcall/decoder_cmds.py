@@ -7,7 +7,6 @@ moderngl and onnxruntime lazily and call one library function each.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -94,19 +93,10 @@ def add_bench(sub) -> None:
     p.set_defaults(func=run_bench)
 
 
-def strict_json(value):
-    """``value`` with every non-finite float (NaN, inf) replaced by None, so ``json.dumps(allow_nan=False)`` works."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    return value
-
-
 def _emit(res: dict, args) -> None:
-    text = json.dumps(strict_json(res), indent=2, allow_nan=False)
+    from runtime.telemetry import json_safe
+
+    text = json.dumps(json_safe(res), indent=2, allow_nan=False)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")

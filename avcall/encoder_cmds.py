@@ -12,8 +12,9 @@ import shlex
 import sys
 
 
+from runtime.telemetry import json_safe
+
 from .args import HelpFormatter, positive_int
-from .decoder_cmds import strict_json
 
 TRAIN_EPILOG = """\
 examples:
@@ -197,7 +198,7 @@ def _eval(args: argparse.Namespace) -> int:
         r = cached_evaluation(d, args.identity, test, vae, size=args.size, max_frames=args.frames, progress=True)
     r["model_dir"] = str(d)
     if args.json:
-        print(json.dumps(strict_json(r), allow_nan=False))
+        print(json.dumps(json_safe(r), allow_nan=False))
     else:
         print(f"{d}: {r['frames']} test frames ({r['extreme_frames']} extreme)")
         print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())

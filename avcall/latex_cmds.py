@@ -139,7 +139,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from encoder.codec import load_vae
+    from decoder.export import load_vae
     from encoder.latex_eval import LatexEvalConfig, evaluate_latex, write_results
 
     torch.set_num_threads(1)

@@ -61,6 +61,8 @@ import numpy as np
 
 from avcore.errors import UsageError
 
+from .rig import HMC_VIEWS
+
 try:  # POSIX advisory locks keep two writers off one file; absent on Windows.
     import fcntl
 except ImportError:  # pragma: no cover
@@ -106,7 +108,8 @@ never make the reader allocate more than this."""
 MAX_ARRAY_DIMS = 8
 MAX_GROUND_TRUTH_KEYS = 256
 
-DEFAULT_VIEW_NAMES = ("left_eye", "right_eye", "mouth")
+DEFAULT_VIEW_NAMES = HMC_VIEWS
+"""View names written when a writer is not told otherwise: the HMC rig's views, in frame order."""
 
 # Little-endian on disk, whatever the host.
 ARRAY_DTYPES: dict[str, np.dtype] = {

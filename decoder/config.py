@@ -1,16 +1,19 @@
 """Typed configuration of the codec-avatar VAE and its training.
 
-Both dataclasses round-trip through plain dicts (``asdict`` / ``from_dict``) so
-they are saved as JSON next to the weights: a checkpoint is a ``state_dict``
+Both dataclasses round-trip through plain dicts (``to_dict`` / ``from_dict``, the
+one rule of :mod:`avcore.config`: unknown keys are an error) so they are saved as
+JSON next to the weights: a checkpoint is a ``state_dict``
 plus these dicts, never a pickled object.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
+
+from avcore.config import ConfigDict
 
 
 @dataclass
-class DecoderConfig:
+class DecoderConfig(ConfigDict):
     """Architecture of the VAE; everything needed to rebuild the network from its weights."""
 
     identity: str = "S1"
@@ -36,20 +39,6 @@ class DecoderConfig:
     encoder_channels: tuple[int, ...] = (16, 32, 48, 64)
     """Channels of the encoder's stride-2 convolutions."""
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["texture_channels"] = list(self.texture_channels)
-        d["encoder_channels"] = list(self.encoder_channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("texture_channels", "encoder_channels"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
 
     @property
     def texture_feature_size(self) -> int:
@@ -58,7 +47,7 @@ class DecoderConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigDict):
     """Data and optimisation settings of decoder training."""
 
     num_train_poses: int = 1000
@@ -95,10 +84,3 @@ class TrainConfig:
     """Dataset cache (.npz) path; empty = ``<out>/dataset.npz``."""
     extra: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,7 +1,8 @@
 """Decoder (VAE) training: KL + reconstruction of geometry, texture and the rendered image.
 
 Checkpoints (``checkpoint.pt``) hold state_dicts plus the configs as plain dicts
-and resume an interrupted run; the finished model directory is written by
+and resume an interrupted run (the loop, its limits and Ctrl-C handling are
+:class:`avcore.training.TrainingLoop`); the finished model directory is written by
 :func:`decoder.export.save_model`.
 """
 from __future__ import annotations

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-VIEW_NAMES: tuple[str, ...] = ("left_eye", "right_eye", "mouth")
-"""HMC views in frame order (the studio's ``HMC_VIEWS``)."""
+from avcore.config import ConfigDict
+from capture.rig import HMC_VIEWS
+
+VIEW_NAMES: tuple[str, ...] = HMC_VIEWS
+"""HMC views in frame order (the rig's :data:`capture.rig.HMC_VIEWS`)."""
 
 OPS: tuple[str, ...] = ("fmb", "conv", "skip")
 """Operator vocabulary of a block."""
@@ -85,7 +88,7 @@ POOLS = ("mean", "flatten")
 
 
 @dataclass
-class ViewArch:
+class ViewArch(ConfigDict):
     """Architecture of one near-sensor per-view encoder."""
 
     resolution: int = 192
@@ -109,7 +112,7 @@ class ViewArch:
 
 
 @dataclass
-class EncoderArch:
+class EncoderArch(ConfigDict):
     """A whole HMC encoder: three per-view encoders and the fusion head."""
 
     name: str
@@ -127,7 +130,7 @@ class EncoderArch:
     """Side of the raw HMC view fed to every per-view model."""
 
     def __post_init__(self):
-        self.views = {k: (v if isinstance(v, ViewArch) else ViewArch(**v)) for k, v in self.views.items()}
+        self.views = {k: (v if isinstance(v, ViewArch) else ViewArch.from_dict(v)) for k, v in self.views.items()}
         self.fusion_hidden = tuple(self.fusion_hidden)
         if tuple(self.views) != VIEW_NAMES:
             raise ValueError(f"architecture {self.name!r} must define views {VIEW_NAMES} in that order")
@@ -138,17 +141,8 @@ class EncoderArch:
             if self.input_size % v.resolution:
                 raise ValueError(f"{self.name}/{k}: resolution {v.resolution} must divide input size {self.input_size}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["fusion_hidden"] = list(self.fusion_hidden)
-        return d
-
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderArch":
-        return cls(**d)
 
     @classmethod
     def from_json(cls, s: str) -> "EncoderArch":

@@ -197,7 +197,9 @@ def train_head(early: EarlyModel, cache: dict, cfg: EarlyConfig, z_scale: np.nda
 
 def export_early(early: EarlyModel, out_dir: Path) -> float:
     """Write ``early.onnx`` and check it against torch; returns the max relative error."""
-    from .export import _check_parity, _export
+    from avcore.export import check_parity, export_onnx_model
+
+    from .export import ONNX_OPSET, PARITY_ATOL
 
     S = early.input_size
     x = torch.randint(0, 256, (2, 3, S, S), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -214,9 +216,10 @@ def export_early(early: EarlyModel, out_dir: Path) -> float:
     w = W(early).eval()
     path = Path(out_dir) / EARLY_FILE
     with torch.no_grad():
-        _export(w, (x,), path, ["views"], ["z", "gaze"])
-        expected = [t.numpy() for t in w(x)]
-    return _check_parity(path, {"views": x.numpy()}, expected, ["z", "gaze"])
+        export_onnx_model(w, (x,), path, ["views"], ["z", "gaze"], opset=ONNX_OPSET)
+        expected = dict(zip(("z", "gaze"), (t.numpy() for t in w(x))))
+    errors = check_parity(path, {"views": x.numpy()}, expected, PARITY_ATOL, relative=True, threads=1)
+    return max(errors.values(), default=0.0)
 
 
 def early_outputs(early: EarlyModel, views: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:

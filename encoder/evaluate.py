@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from capture.rig import HMC_VIEWS as VIEW_NAMES
+
 EVAL_VIEWS: tuple[str, ...] = ("front", "left", "right")
 
 
@@ -150,7 +152,7 @@ def _fingerprint(model_dir, vae, identity: str, test: dict, size: int, max_frame
     from pathlib import Path
 
     h = hashlib.sha1()
-    for name in ("left_eye", "right_eye", "mouth", "fusion"):
+    for name in (*VIEW_NAMES, "fusion"):
         h.update((Path(model_dir) / f"{name}.onnx").read_bytes())
     for t in vae.state_dict().values():
         h.update(t.detach().float().numpy().tobytes()[:4096])

@@ -55,7 +55,7 @@ class _ViewExport:
 
 
 def _export(module, args, path: Path, input_names, output_names, *, float16_weights: bool = False) -> None:
-    """:func:`avcore.export.export_onnx_model` at :data:`ONNX_OPSET` (kept for ``encoder.early``)."""
+    """:func:`avcore.export.export_onnx_model` at :data:`ONNX_OPSET` ."""
     _avexport.export_onnx_model(module, args, path, input_names, output_names, opset=ONNX_OPSET,
                                 float16_weights=float16_weights)
 

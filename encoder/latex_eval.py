@@ -52,7 +52,7 @@ class LatexEvalConfig:
 def build_sequences(cfg: LatexEvalConfig, vae, *, progress: bool = True, cache: Path | None = None) -> dict:
     """Render (or load) the held-out sequences with their ground-truth codes."""
     from .data import HmcDataConfig, render_session
-    from .train import attach_codes
+    from .codec import attach_codes
 
     key = repr(sorted(vars(cfg).items()))
     if cache is not None and cache.exists():

@@ -22,14 +22,16 @@ unweighted objective; switched off, every w_i = 1.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+from avcore.config import ConfigDict
+
 
 @dataclass
-class LossWeights:
+class LossWeights(ConfigDict):
     """Weights of the Auto-CARD loss terms."""
 
     latent: float = 1.0
@@ -40,8 +42,6 @@ class LossWeights:
     keypoints: float = 1.0
     rendering: float = 1.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class GazeReweighting:

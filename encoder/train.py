@@ -7,16 +7,19 @@ the many rendered headset sessions in the data.
 
 ``checkpoint.pt`` in the output directory (state_dicts + the architecture and
 config as plain dicts, never pickled objects) resumes an interrupted run; the
-finished model directory is written by :func:`encoder.export.save_model`.
+loop, its limits, checkpoints and Ctrl-C handling are :class:`avcore.training.TrainingLoop`.
+The finished model directory is written by :func:`encoder.export.save_model`.
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from avcore.config import ConfigDict
 
 from . import codec as _codec
 from .arch import EncoderArch
@@ -24,7 +27,7 @@ from .losses import LossWeights
 
 
 @dataclass
-class EncoderTrainConfig:
+class EncoderTrainConfig(ConfigDict):
     """Optimisation, augmentation and re-weighting settings of one encoder training run."""
 
     identity: str = "S1"
@@ -59,19 +62,6 @@ class EncoderTrainConfig:
     checkpoint_every_s: float = 120.0
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["exposure_gain"], d["exposure_gamma"] = list(self.exposure_gain), list(self.exposure_gamma)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EncoderTrainConfig":
-        names = set(cls.__dataclass_fields__)
-        kw = {k: v for k, v in d.items() if k in names}
-        for k in ("exposure_gain", "exposure_gamma"):
-            if k in kw:
-                kw[k] = tuple(kw[k])
-        return cls(**kw)
 
 
 @dataclass

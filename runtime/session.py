@@ -98,9 +98,32 @@ def _read(path: str) -> dict | None:
         return None
 
 
+def _wait_for_senders(senders: dict[str, Worker], receivers: dict[str, Worker], seconds: float, deadline: float,
+                      progress: bool) -> None:
+    """Wait until every sender has exited (stopping those still running at ``deadline``), showing progress."""
+    from avcore.progress import progress as bar
+
+    started = time.monotonic()
+    with bar(total=round(seconds, 1), desc="streaming", unit="s", disable=not progress,
+             bar_format="{desc}: {n:.1f}/{total:.1f} s |{bar}| {postfix}") as b:
+        while any(w.alive() for w in senders.values()):
+            if time.monotonic() > deadline:
+                for name, w in senders.items():
+                    if w.alive():
+                        log.warning("sender %s overran; stopping it", name)
+                        w.stop()
+                break
+            time.sleep(0.2)
+            b.n = min(seconds, round(time.monotonic() - started, 1))
+            shown = {n: (w.status() or {}).get("presented", 0) for n, w in receivers.items()}
+            b.set_postfix_str("presented " + ", ".join(f"{n} {v}" for n, v in shown.items()), refresh=True)
+
+
 def run_session(links: list[Link], workdir: str | Path, *, seconds: float, startup_timeout_s: float = 120.0,
-                idle_stop_s: float = RECEIVER_IDLE_STOP_S) -> SessionResult:
-    """Run ``links`` as worker processes (logs, configs and reports in ``workdir``); see the module doc."""
+                idle_stop_s: float = RECEIVER_IDLE_STOP_S, progress: bool = True) -> SessionResult:
+    """Run ``links`` as worker processes (logs, configs and reports in ``workdir``); see the module doc.
+
+    With ``progress``, a bar on stderr follows the streaming seconds (frames presented so far in its label)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     receivers: dict[str, Worker] = {}
@@ -121,11 +144,7 @@ def run_session(links: list[Link], workdir: str | Path, *, seconds: float, start
                 ln.sender.endpoint, ln.sender.clock_endpoint, ln.sender.bind = st["endpoint"], st["clock_endpoint"], False
                 senders[ln.name] = Worker(f"{ln.name}_sender", ln.sender, workdir).start()
             # Senders stop by themselves after ``seconds``; a generous deadline covers start-up.
-            deadline = time.monotonic() + seconds + startup_timeout_s
-            for name, w in senders.items():
-                if w.wait(max(1.0, deadline - time.monotonic())) is None:
-                    log.warning("sender %s overran; stopping it", name)
-                    w.stop()
+            _wait_for_senders(senders, receivers, seconds, time.monotonic() + seconds + startup_timeout_s, progress)
             # Let the receivers present what is in flight (until their count stops moving), then stop them.
             for w in receivers.values():
                 wait_quiet(w)

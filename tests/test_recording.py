@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -559,7 +560,13 @@ def test_cli_record_synthetic_then_sigkill(tmp_path):
     assert "100%" in last_bar and "15/15" in last_bar and "\r" not in proc.stderr
     with HmcReader(path) as r:
         info = r.info()
-        assert info["errors"] == [] and info["frames"] >= 10 and info["has_ground_truth"]
+        # Every capture slot is either in the file or counted as dropped by the source (a loaded machine
+        # renders fewer than 30 fps; how many is up to the machine, the bookkeeping is not).
+        m = re.search(r"wrote (\d+) frames .* (\d+) frames dropped by the source", proc.stdout)
+        assert m, proc.stdout
+        written, dropped = int(m.group(1)), int(m.group(2))
+        assert info["errors"] == [] and info["frames"] == written >= 1 and written + dropped == 15
+        assert info["has_ground_truth"]
         assert r[0].views.dtype == np.uint8 and r[0].views.shape[0] == 3
 
     killed = tmp_path / "killed.hmc"
