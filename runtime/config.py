@@ -19,7 +19,7 @@ from typing import Any
 from avcore.config import ConfigDict, from_dict, require_non_negative, require_positive, to_dict
 from avcore.errors import UsageError
 from encoder.latex import LatexConfig
-from transport import check_clock_endpoint, clock_endpoint_for
+from transport import check_clock_endpoint, clock_endpoint_for, parse_endpoint
 
 __all__ = ["LatexConfig", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
            "check_clock_endpoint", "clock_endpoint_for", "from_dict", "load_config", "save_config", "to_dict"]
@@ -116,6 +116,7 @@ class SenderConfig(ConfigDict):
     """CurveZMQ keys (the sender is the CURVE client)."""
 
     def __post_init__(self) -> None:
+        _check_endpoints(self.endpoint, self.clock_endpoint, self.bind)
         _check_stream_id(self.stream_id, empty_ok=False)
         if self.latent_dtype not in LATENT_DTYPES:
             raise UsageError(f"latent_dtype must be one of {', '.join(LATENT_DTYPES)}, got {self.latent_dtype!r}")
@@ -188,6 +189,7 @@ class ReceiverConfig(ConfigDict):
     """CurveZMQ keys (the receiver is the CURVE server with an allowlist)."""
 
     def __post_init__(self) -> None:
+        _check_endpoints(self.endpoint, self.clock_endpoint, self.bind)
         _check_stream_id(self.stream_id, empty_ok=True)
         if not isinstance(self.size, int) or not 16 <= self.size <= MAX_IMAGE_SIZE:
             raise UsageError(f"receiver: size must be an integer from 16 to {MAX_IMAGE_SIZE} pixels, got {self.size!r}")
@@ -201,6 +203,15 @@ LATENT_DTYPES = ("<f2", "<f4")
 """Dtypes of the code on the wire: float16 (default) or float32 (``--f32``)."""
 SOURCE_KINDS = ("synthetic", "replay", "camera")
 """What an HMC source can be."""
+
+
+def _check_endpoints(endpoint: str, clock_endpoint: str, bind: bool) -> None:
+    """The frames and clock addresses are usable addresses (syntax, port range, clock port), before anything starts.
+    Host names are resolved later, when the socket connects."""
+    parse_endpoint(endpoint, bind, resolve=False)
+    clock = clock_endpoint or clock_endpoint_for(endpoint)
+    parse_endpoint(clock, bind, resolve=False)
+    check_clock_endpoint(endpoint, clock)
 
 
 def _check_stream_id(stream_id: str, *, empty_ok: bool) -> None:

@@ -48,26 +48,23 @@ def resolve_avatar_dir(model_dir: str | Path | None) -> Path | None:
     return default if (default / "config.json").is_file() and (default / "decoder.onnx").is_file() else None
 
 
+def _ensure(found: Path | None, default: str, marker: str, what: str, train: str, flag: str) -> Path:
+    if found is None or not (found / marker).is_file():
+        raise MissingModelError(f"no trained {what} at {found or PACKAGE_ROOT / default} ({marker} missing); train one "
+                                f"with '{train}' or pass {flag} DIR ('avcall models' lists the installed ones)")
+    return found
+
+
 def ensure_encoder_dir(model_dir: str | Path | None) -> Path:
     """``model_dir``, else the installed default encoder; a clear error naming the training command otherwise."""
-    d = resolve_encoder_dir(model_dir)
-    if d is None or not (d / "arch.json").is_file():
-        where = d or PACKAGE_ROOT / DEFAULT_ENCODER_DIR
-        raise MissingModelError(f"no trained encoder at {where} (arch.json missing); train one with "
-                                "'avcall train encoder --arch EEM --identity S1' or pass --encoder DIR "
-                                "('avcall models' lists the installed ones)")
-    return d
+    return _ensure(resolve_encoder_dir(model_dir), DEFAULT_ENCODER_DIR, "arch.json", "encoder",
+                   "avcall train encoder --arch EEM --identity S1", "--encoder")
 
 
 def ensure_avatar_dir(model_dir: str | Path | None) -> Path:
     """``model_dir``, else the installed default avatar (decoder); a clear error naming the training command otherwise."""
-    d = resolve_avatar_dir(model_dir)
-    if d is None or not (d / "config.json").is_file():
-        where = d or PACKAGE_ROOT / DEFAULT_AVATAR_DIR
-        raise MissingModelError(f"no trained avatar decoder at {where} (config.json missing); train one with "
-                                "'avcall train decoder --identity S1 --out DIR' or pass --avatar DIR "
-                                "('avcall models' lists the installed ones)")
-    return d
+    return _ensure(resolve_avatar_dir(model_dir), DEFAULT_AVATAR_DIR, "config.json", "avatar decoder",
+                   "avcall train decoder --identity S1 --out DIR", "--avatar")
 
 
 def model_id(identity: str, latent_dim: int) -> str:

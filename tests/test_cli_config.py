@@ -123,6 +123,14 @@ def _cli(*args, timeout=60):
     ["send", "--connect", "tcp://127.0.0.1:1", "--identity", "S2"],
     ["receive", "--bind", "tcp://127.0.0.1:*", "--out", "/sys/rx.mp4"],
     ["send", "--connect", "tcp://127.0.0.1:1", "--camera", "abc"],
+    ["send", "--connect", "abc"],
+    ["send", "--connect", "udp://127.0.0.1:5000"],
+    ["send", "--connect", "tcp://256.1.1.1:5000"],
+    ["send", "--connect", "tcp://127.0.0.1:"],
+    ["send", "--connect", "tcp://127.0.0.1:99999"],
+    ["receive", "--bind", "tcp://127.0.0.1:65535"],
+    ["send", "--connect", "tcp://127.0.0.1:5000", "--clock", "tcp://127.0.0.1:5000"],
+    ["send", "--connect", "tcp://nope.invalid:5000", "--seconds", "1"],
 ])
 def test_bad_input_is_one_line_and_nonzero(argv, tmp_path):
     r = _cli(*argv, "--out" if argv[0] == "call" else "--report", tmp_path / ("o" if argv[0] == "call" else "r.json"))
@@ -142,3 +150,17 @@ def test_version_and_models():
     kinds = {(m["kind"], m["identity"]) for m in models}
     assert ("decoder", "S1") in kinds and ("encoder", "S1") in kinds
     assert all(m["model_id"] == f"{m['identity']}/z{m['latent_dim']}" for m in models)
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = _cli("receive", "--bind", f"tcp://127.0.0.1:{port}", "--clock", "tcp://127.0.0.1:*", "--seconds", "1",
+                 "--report", tmp_path / "r.json")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "in use" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "r.json").exists()

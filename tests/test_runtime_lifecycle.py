@@ -146,3 +146,29 @@ def test_receivers_started_by_a_session_stop_when_idle(tiny_models, pattern_hmc,
         assert rx.wait(30) == 0  # ended by its idle bound, not killed
     finally:
         rx.kill()
+
+
+def test_sender_refused_by_curve_names_the_key_problem(tiny_models, pattern_hmc, tmp_path):
+    """A sender whose key the receiver does not allow hears why, in words, and exits non-zero."""
+    from runtime.config import ReceiverConfig, SecureConfig
+    from runtime.launch import Worker
+    from transport import generate_keypair
+
+    rx_pub, rx_sec = generate_keypair(tmp_path / "keys", "viewer")
+    _, mallory_sec = generate_keypair(tmp_path / "keys", "mallory")
+    generate_keypair(tmp_path / "allowed", "alice")  # the only key the receiver accepts
+    rc = ReceiverConfig(stream_id="alice", endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
+                        avatar_dir=str(tiny_models[1]), size=64,
+                        secure=SecureConfig(secret_key=str(rx_sec), allowed_dir=str(tmp_path / "allowed")))
+    rx = Worker("rx", rc, tmp_path).start()
+    try:
+        st = rx.wait_status(lambda s: bool(s.get("endpoint")), 60)
+        p = _avcall("send", "--source", "replay", pattern_hmc, "--connect", st["endpoint"], "--clock",
+                    st["clock_endpoint"], "--seconds", "2", "--encoder", tiny_models[0], "--secure", "--key",
+                    mallory_sec, "--server-key", rx_pub)
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 3, stderr
+        assert "nothing was delivered" in stderr and "refused this sender's key" in stderr
+        assert rx.status()["presented"] == 0
+    finally:
+        rx.kill()

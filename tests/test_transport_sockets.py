@@ -293,14 +293,21 @@ def keys(tmp_path):
     }
 
 
-@pytest.mark.parametrize("sub_binds", [True, False])
-def test_curve_allowed_sender_delivers(owned, keys, sub_binds):
+def curve_pair(owned, keys, client: str | None, sub_binds: bool):
+    """A publisher with ``keys[client]`` (None: no CURVE) and the receiver's CURVE subscriber; either side binds."""
+    curve = keys[client] if client else None
     if sub_binds:
         sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
-        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=keys["allowed"]))
+        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=curve))
     else:
-        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=keys["allowed"]))
+        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=curve))
         sub = owned(FrameSubscriber(pub.endpoint, bind=False, curve=keys["server"]))
+    return pub, sub
+
+
+@pytest.mark.parametrize("sub_binds", [True, False])
+def test_curve_allowed_sender_delivers(owned, keys, sub_binds):
+    pub, sub = curve_pair(owned, keys, "allowed", sub_binds)
     got = handshake(pub, sub)
     assert got.stream_id == "alice"
     assert sub.stats.events["handshake_succeeded"] >= 1
@@ -309,13 +316,7 @@ def test_curve_allowed_sender_delivers(owned, keys, sub_binds):
 @pytest.mark.parametrize("sender", ["stranger", "plaintext"])
 @pytest.mark.parametrize("sub_binds", [True, False])
 def test_curve_unknown_sender_delivers_nothing(owned, keys, sender, sub_binds):
-    curve = keys["stranger"] if sender == "stranger" else None
-    if sub_binds:
-        sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
-        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=curve))
-    else:
-        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=curve))
-        sub = owned(FrameSubscriber(pub.endpoint, bind=False, curve=keys["server"]))
+    pub, sub = curve_pair(owned, keys, "stranger" if sender == "stranger" else None, sub_binds)
     failed = ("handshake_failed_auth", "handshake_failed_protocol", "handshake_failed_no_detail")
     seq = 0
 
@@ -613,12 +614,7 @@ def test_plain_peer_is_counted_and_uncounted(owned):
 
 @pytest.mark.parametrize("sub_binds", [True, False])
 def test_curve_accepted_sender_sees_a_peer(owned, keys, sub_binds):
-    if sub_binds:
-        sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
-        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=keys["allowed"]))
-    else:
-        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=keys["allowed"]))
-        sub = owned(FrameSubscriber(pub.endpoint, bind=False, curve=keys["server"]))
+    pub, sub = curve_pair(owned, keys, "allowed", sub_binds)
     assert pub.wait_for_peer(5000) and sub.wait_for_peer(5000)
     assert pub.peers == 1 and sub.peers == 1
     assert pub.last_refusal is None and sub.last_refusal is None
@@ -626,12 +622,7 @@ def test_curve_accepted_sender_sees_a_peer(owned, keys, sub_binds):
 
 @pytest.mark.parametrize("sub_binds", [True, False])
 def test_curve_refused_sender_is_told_why(owned, keys, sub_binds):
-    if sub_binds:
-        sub = owned(FrameSubscriber(ANY_PORT, bind=True, curve=keys["server"]))
-        pub = owned(FramePublisher(sub.endpoint, bind=False, curve=keys["stranger"]))
-    else:
-        pub = owned(FramePublisher(ANY_PORT, bind=True, curve=keys["stranger"]))
-        sub = owned(FrameSubscriber(pub.endpoint, bind=False, curve=keys["server"]))
+    pub, sub = curve_pair(owned, keys, "stranger", sub_binds)
     assert until(lambda: pub.last_refusal is not None, step=lambda: pub.wait_events(50))
     assert pub.last_refusal == "the receiver refused this sender's key (not in its --allow directory)"
     assert until(lambda: sub.last_refusal is not None, step=lambda: sub.wait_events(50))
