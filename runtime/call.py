@@ -20,7 +20,7 @@ from avcore.errors import UsageError
 from .config import LatexConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig, check_source
 from .models import MissingModelError, ensure_avatar_dir, ensure_encoder_dir
 from .session import Link, SessionResult, run_session
-from .telemetry import Telemetry, format_summary, latency_histogram, percentiles, write_json
+from .telemetry import Telemetry, format_number, format_summary, latency_histogram, percentiles, write_json
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,6 @@ def summary_lines(report: dict) -> list[str]:
         d = s["dropped"]
         lines.append(f"  sent {s['sent']}, presented {s['presented']}; dropped: stale {d['stale']}, lost {d['lost_in_network']}, "
                      f"presenter {d['presenter']}, camera late {s['source_dropped']}; bad messages {sum(d['bad_messages'].values())}; "
-                     f"bandwidth {kb if kb is None else round(kb, 1)} kbit/s")
+                     f"bandwidth {format_number(kb)} kbit/s")
     return lines
 

@@ -103,7 +103,7 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     compute_ms: list[float] = []
     frames = keyframes = 0
     frames_to_receiver = 0  # sent after a receiver first asked for the time
-    t_start = time.monotonic()
+    t_start = time.monotonic()  # replaced by the first frame's time: ``seconds`` counts streaming, not start-up
     try:
         clock = ClockServer(clock_ep, bind=cfg.bind, curve=curve)
         clock.start()
@@ -121,8 +121,11 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
         encoder.reset()
         receiver_seen = False
         model_due = 0
+        t_start = time.monotonic()
         for cap in source:
             tc = cap.capture_ts_ns
+            if frames == 0:
+                t_start = time.monotonic()
             t0 = time.perf_counter()
             result = encoder.encode(fit_views(cap.views, encoder.input_size))
             t_enc = now_ns()

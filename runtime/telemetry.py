@@ -179,13 +179,22 @@ def latency_histogram(tables: dict[str, dict[str, np.ndarray]], path: str | Path
     plt.close(fig)
 
 
+def format_number(v: Any, digits: int = 1) -> str:
+    """A number for a summary line; "n/a" for a missing or non-finite one (a report read back from JSON holds
+    None where there was too little data, e.g. the fps of a single frame)."""
+    if v is None or not isinstance(v, (int, float)) or not math.isfinite(v):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
 def format_summary(name: str, s: dict[str, Any]) -> str:
-    """A few human lines for stdout."""
+    """A few human lines for stdout, from a :meth:`Telemetry.summary` (as computed, or read back from JSON)."""
     st = s.get("stages_ms", {})
     if not s.get("frames"):
         return f"{name}: no frames presented"
     e2e, ov = st["e2e"], st["overhead"]
-    parts = " ".join(f"{k} {st[k]['p50']:.1f}" for k in STAGES)
-    return (f"{name}: {s['frames']} frames, {s.get('fps', float('nan')):.1f} fps; capture->present p50 {e2e['p50']:.1f} "
-            f"p95 {e2e['p95']:.1f} p99 {e2e['p99']:.1f} ms; runtime overhead p99 {ov['p99']:.2f} ms\n"
+    n = format_number
+    parts = " ".join(f"{k} {n(st[k]['p50'])}" for k in STAGES)
+    return (f"{name}: {s['frames']} frames, {n(s.get('fps'))} fps; capture->present p50 {n(e2e['p50'])} "
+            f"p95 {n(e2e['p95'])} p99 {n(e2e['p99'])} ms; runtime overhead p99 {n(ov['p99'], 2)} ms\n"
             f"  stage p50 (ms): {parts}")

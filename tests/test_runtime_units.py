@@ -164,3 +164,18 @@ def test_replay_source_stamps_on_the_runtime_clock(pattern_hmc):
     ts = [c.capture_ts_ns for c in caps]
     assert before <= ts[0] and ts[-1] <= after and ts == sorted(ts)
     assert caps[0].views.shape == (3, 192, 192) and caps[0].views.dtype == np.uint8
+
+
+def test_summary_of_a_one_frame_report_read_back_from_json(tmp_path):
+    """A very short call presents a frame or two: its fps is NaN, which JSON stores as null; the summary still prints."""
+    import json
+
+    from runtime.telemetry import format_summary, write_json
+
+    tel = Telemetry()
+    tel.add(_record(0, 0, [1, 0.5, 2, 3, 4, 0.5]))
+    write_json(tmp_path / "r.json", tel.summary())
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert back["fps"] is None
+    line = format_summary("alice -> bob", back)
+    assert "1 frames, n/a fps" in line and "p50 11.0" in line
