@@ -48,12 +48,19 @@ def test_two_party_call_secure_writes_both_views_with_the_remote_input(tiny_mode
     assert len(summary_lines(report)) == 4  # two lines per stream
 
 
-def test_bench_e2e_reports_the_issue_metrics(tiny_models, tmp_path, monkeypatch):
+def test_bench_e2e_reports_the_issue_metrics(tiny_models, tmp_path, monkeypatch, capsys):
+    import tempfile
+
     from runtime.bench import E2EBenchConfig, bench_e2e
 
     monkeypatch.setenv("AVCALL_CACHE", str(tmp_path / "cache"))  # the bench's short recording goes here
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the bench's own working folder goes
     r = bench_e2e(E2EBenchConfig(seconds=3.0, warmup_s=1.0, encoder_dir=str(tiny_models[0]),
-                                 avatar_dir=str(tiny_models[1]), size=128, out_dir=str(tmp_path / "b"), floor_s=1.0))
+                                 avatar_dir=str(tiny_models[1]), size=128, floor_s=1.0))
+    assert list(scratch.iterdir()) == [] and r["out_dir"] == ""  # no temporary folder left behind
+    assert "streaming:" in capsys.readouterr().err  # not silent while it runs
     for key in ("e2e_ms_p50", "e2e_ms_p99", "runtime_overhead_ms_p99", "fps", "dropped", "encode_ms_p50",
                 "network_ms_p50", "decode_ms_p50", "render_ms_p50", "present_ms_p50"):
         assert key in r and r[key] is not None, key
