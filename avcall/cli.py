@@ -13,6 +13,7 @@ import os
 import sys
 
 from avcore.errors import UsageError
+from runtime.launch import WorkerFailed
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -69,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(exc) if not isinstance(exc, FileNotFoundError) or not exc.filename else f"{exc.strerror}: {exc.filename}"
         print(f"avcall {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except WorkerFailed as exc:
+        # A sender or receiver process of a call/bench failed: its last log line and where the whole log is.
+        print(f"avcall {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         # The reader went away (``avcall ... | head``): stop quietly, and keep Python from complaining at exit.
         devnull = os.open(os.devnull, os.O_WRONLY)

@@ -172,3 +172,31 @@ def test_sender_refused_by_curve_names_the_key_problem(tiny_models, pattern_hmc,
         assert rx.status()["presented"] == 0
     finally:
         rx.kill()
+
+
+def test_call_whose_receiver_cannot_start_fails_in_one_line(tiny_models, pattern_hmc, tmp_path):
+    """A worker that dies at start-up (here: a damaged decoder file) ends the call with its last log line and the log
+    path, not a traceback, and leaves no process behind."""
+    import shutil
+
+    broken = tmp_path / "avatar"
+    shutil.copytree(tiny_models[1], broken)
+    (broken / "decoder.onnx").write_bytes(b"not an onnx model")
+    call = _avcall("call", "--seconds", "2", "--out", tmp_path / "call", "--size", "64", "--encoder", tiny_models[0],
+                   "--avatar", broken, "--replay-a", pattern_hmc, "--replay-b", pattern_hmc)
+    _, stderr = call.communicate(timeout=120)
+    assert call.returncode == 1, stderr
+    assert "Traceback" not in stderr and "failed:" in stderr and "_receiver exited with" in stderr and ".log" in stderr
+    assert not _processes_mentioning(str(tmp_path))  # no worker of this call is left running
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text.encode() in (d / "cmdline").read_bytes() and _alive(int(d.name)):
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
