@@ -45,6 +45,6 @@ def _capture(args: argparse.Namespace) -> int:
     return 0
 
 
-from . import call_cmds, decoder_cmds, encoder_cmds  # noqa: E402
+from . import call_cmds, decoder_cmds, encoder_cmds, network_cmds  # noqa: E402
 
-_EXTENSIONS: list = [decoder_cmds, encoder_cmds, call_cmds]
+_EXTENSIONS: list = [decoder_cmds, encoder_cmds, call_cmds, network_cmds]

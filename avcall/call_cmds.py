@@ -19,6 +19,9 @@ from runtime.call import CallConfig, PartyConfig
 from runtime.config import ReceiverConfig, SenderConfig, SourceConfig, ViewerConfig
 
 from .args import HelpFormatter, add_latex_args, int_list, latex_from_args, non_negative_float, positive_float
+from transport.latent_codec import CodecConfig
+
+from .network_cmds import add_impair_arg, add_playout_args, playout_from_args
 
 SEND_EPILOG = """\
 examples:
@@ -106,8 +109,18 @@ def register(sub) -> None:
     p.add_argument("--encoder", default="", metavar="DIR", help="encoder model directory (default: installed model)")
     p.add_argument("--server-key", default="", metavar="FILE.key", help="--secure: the receiver's public key")
     p.add_argument("--tap", default="", metavar="FILE.hmc", help="also record every sent HMC frame (index = seq)")
-    p.add_argument("--f32", action="store_true", help="send float32 codes (default float16; twice the code bytes)")
+    p.add_argument("--f32", action="store_true", help="send plain float32 codes (implies --plain; for measurements)")
+    p.add_argument("--plain", action="store_true",
+                   help="send plain float16 frames (~147 kbit/s) instead of coded frames (default: coded, ~9 kbit/s; "
+                        "docs/protocol.md 3.7)")
+    p.add_argument("--latex-skip", action="store_true",
+                   help="with --latex: do not send the frames the gate extrapolated (the receiver extrapolates them)")
+    p.add_argument("--codec-coder", default=CodecConfig.coder, choices=("range", "raw"),
+                   help="payload coder of coded frames (default: %(default)s)")
+    p.add_argument("--intra-interval", type=int, default=CodecConfig.intra_interval, metavar="N",
+                   help="frames between intra frames of coded streams (default: %(default)s = 0.5 s at 30 fps)")
     add_latex_args(p)
+    add_impair_arg(p)
     _endpoint_args(p, snd.seconds)
     p.set_defaults(func=_send)
 
@@ -121,6 +134,9 @@ def register(sub) -> None:
     r.add_argument("--png-dir", default="", metavar="DIR", help="write every presented frame as PNG")
     r.add_argument("--window", action="store_true", help="show an OpenCV window (needs a display)")
     r.add_argument("--avatar", default="", metavar="DIR", help="decoder model directory (default: installed avatar)")
+    r.add_argument("--codec", default="", metavar="DIR",
+                   help="codec tables (codec.json + codec.npz) for coded frames, besides those installed next to the "
+                        "encoders of the avatar's model")
     r.add_argument("--size", type=int, default=rcv.size, help="rendered image size in pixels")
     r.add_argument("--yaw", type=float, default=vw.yaw_deg, help="viewer orbit amplitude, degrees (0 = fixed front view)")
     r.add_argument("--period", type=non_negative_float, default=vw.period_s, help="viewer orbit period, seconds")
@@ -129,6 +145,7 @@ def register(sub) -> None:
     r.add_argument("--allow", default="", metavar="DIR", help="--secure: directory of allowed senders' public keys")
     r.add_argument("--histogram", default="", metavar="FILE.png", help="write the latency histogram here")
     r.add_argument("--status", default="", metavar="FILE.json", help="rewrite a live status JSON here")
+    add_playout_args(r)
     r.set_defaults(func=_receive)
 
     # ---- call
@@ -185,6 +202,8 @@ def _call_args(c: argparse.ArgumentParser, default_seconds: float, default_out: 
                        help=f"party {x.upper()}'s performance seed (what the face does)")
         c.add_argument(f"--replay-{x}", default="", metavar="FILE.hmc", help=f"party {x.upper()}'s headset: this recording")
     add_latex_args(c)
+    add_impair_arg(c, who="both senders'")
+    add_playout_args(c)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("-v", "--verbose", action="store_true", help="log progress")
 
@@ -209,6 +228,8 @@ def add_bench(bench_sub) -> None:
     e.add_argument("--avatar", default="", metavar="DIR", help="avatar decoder (default: installed)")
     e.add_argument("--size", type=int, default=bc.size, help="rendered view size in pixels")
     add_latex_args(e)
+    add_impair_arg(e, who="the senders'")
+    add_playout_args(e)
     e.add_argument("--out", default="", metavar="DIR", help="keep logs and raw reports here (default: a temporary "
                    "directory, removed afterwards)")
     e.add_argument("--floor-seconds", type=non_negative_float, default=bc.floor_s, metavar="S",
@@ -236,7 +257,10 @@ def send_config(args) -> SenderConfig:
     return SenderConfig(stream_id=args.stream_id or SenderConfig.stream_id, endpoint=args.bind or args.connect,
                         bind=bool(args.bind), clock_endpoint=args.clock, source=src, encoder_dir=args.encoder,
                         latent_dtype="<f4" if args.f32 else "<f2", seconds=args.seconds, tap_path=args.tap,
-                        report_path=args.report, secure=_secure(args, "sender"), latex=latex_from_args(args))
+                        report_path=args.report, secure=_secure(args, "sender"), latex=latex_from_args(args),
+                        impair=args.impair,
+                        codec=CodecConfig(coded=not (args.plain or args.f32), coder=args.codec_coder,
+                                          intra_interval=args.intra_interval, latex_skip=args.latex_skip))
 
 
 def _with_fps(src: SourceConfig, fps: float) -> SourceConfig:
@@ -280,11 +304,13 @@ def receive_config(args) -> ReceiverConfig:
         if not has_display():
             raise UsageError("--window needs a display (DISPLAY is unset); use --out VIDEO.mp4")
     return ReceiverConfig(stream_id=args.stream_id, endpoint=args.bind or args.connect, bind=bool(args.bind),
+                          codec_dir=args.codec,
                           clock_endpoint=args.clock, avatar_dir=args.avatar, size=args.size,
                           viewer=ViewerConfig(yaw_deg=args.yaw, period_s=args.period), video_path=args.out,
                           png_dir=args.png_dir, window=args.window, seconds=args.seconds,
                           stop_after_idle_s=args.idle_stop, status_path=args.status, report_path=args.report,
-                          histogram_path=args.histogram, secure=_secure(args, "receiver"))
+                          histogram_path=args.histogram, secure=_secure(args, "receiver"),
+                          playout=playout_from_args(args))
 
 
 def _receive(args) -> int:
@@ -329,7 +355,7 @@ def call_config(args) -> CallConfig:
                PartyConfig(b.name, args.identity_b, args.seed_b, args.replay_b))
     return CallConfig(out_dir=args.out, seconds=args.seconds, fps=args.fps, encoder_dir=args.encoder,
                       latex=latex_from_args(args), avatar_dir=args.avatar, size=args.size, window=args.window,
-                      secure=args.secure, parties=parties)
+                      secure=args.secure, parties=parties, impair=args.impair, playout=playout_from_args(args))
 
 
 def _call(args) -> int:
@@ -393,7 +419,8 @@ def _bench_e2e(args) -> int:
 
     cfg = E2EBenchConfig(seconds=args.seconds, fps=args.fps, source=args.source, two_way=args.two_way,
                          video=args.video, encoder_dir=args.encoder, avatar_dir=args.avatar, size=args.size,
-                         out_dir=args.out, floor_s=args.floor_seconds, latex=latex_from_args(args))
+                         out_dir=args.out, floor_s=args.floor_seconds, latex=latex_from_args(args),
+                         impair=args.impair, playout=playout_from_args(args))
     print(f"bench e2e: {'two streams' if cfg.two_way else 'one stream'} for {cfg.seconds + cfg.warmup_s:g} s ...",
           file=sys.stderr)
     r = bench_e2e(cfg)

@@ -9,7 +9,7 @@ is paced at the recorded rate, like a camera). Warm-up frames (the first
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,7 @@ import numpy as np
 from avcore.config import ConfigDict, require_non_negative, require_positive
 from avcore.errors import UsageError
 
-from .config import LatexConfig, ReceiverConfig, SenderConfig, SourceConfig
+from .config import LatexConfig, PlayoutConfig, ReceiverConfig, SenderConfig, SourceConfig, check_impairment
 from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir
 from .session import Link, SessionResult, run_session
 from .telemetry import STAGES, Telemetry, percentiles
@@ -50,9 +50,14 @@ class E2EBenchConfig(ConfigDict):
     floor_s: float = 0.0
     """If > 0, first measure this long the bare floor of the machine: a timestamp sent PUB -> SUB
     between two processes at ``fps`` with no pipeline around it (``transport_floor_ms_*``)."""
+    impair: str = ""
+    """Impair the senders' transmit paths (``transport.impair`` spec; empty = none)."""
+    playout: PlayoutConfig = field(default_factory=PlayoutConfig)
+    """The receivers' jitter buffer and concealment."""
 
     def __post_init__(self) -> None:
         require_positive("bench e2e", seconds=self.seconds, fps=self.fps)
+        check_impairment(self.impair)
         require_non_negative("bench e2e", warmup_s=self.warmup_s, floor_s=self.floor_s)
         if self.source not in ("replay", "synthetic"):
             raise UsageError(f"bench e2e: source must be replay or synthetic, got {self.source!r}")
@@ -97,10 +102,11 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
         for k, name in enumerate(names):
             rc = ReceiverConfig(stream_id=name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
                                 bind=True, avatar_dir=av, size=cfg.size, report_path=str(out / f"{name}_rx.json"),
-                                video_path=str(out / f"{name}.mp4") if cfg.video else "")
+                                video_path=str(out / f"{name}.mp4") if cfg.video else "", playout=cfg.playout,
+                                codec_dir=str(enc or ""))  # the sender's codec tables, for an encoder not installed
             sc = SenderConfig(stream_id=name, source=SourceConfig(**{**src.__dict__, "seed": k}), encoder_dir=enc,
                               seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"),
-                              latex=cfg.latex)
+                              latex=cfg.latex, impair=cfg.impair)
             links.append(Link(name, sc, rc))
         session = run_session(links, out, seconds=cfg.seconds + cfg.warmup_s)
         if session.interrupted:
@@ -153,7 +159,9 @@ def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:
                                    "dropped": {**d, "camera_late": tx["source_dropped"]},
                                    "bad_messages": sum(d["bad_messages"].values()),
                                    "sender_skip_ratio": tx.get("skip_ratio", 0.0),
-                                   "encoder_compute_ms_mean": tx.get("encoder_compute_ms", {}).get("mean")}
+                                   "encoder_compute_ms_mean": tx.get("encoder_compute_ms", {}).get("mean"),
+                                   "freeze_ms_max": summ.get("freeze_ms_max"), "playout": rx.get("playout"),
+                                   "impairment": tx.get("impairment")}
     cat = {k: np.concatenate([t[k] for t in all_tables]) for k in all_tables[0]} if all_tables else {}
     e2e = percentiles(cat.get("e2e", []))
     result["e2e_ms_p50"] = e2e["p50"]

@@ -17,7 +17,8 @@ from pathlib import Path
 from avcore.config import ConfigDict, require_positive
 from avcore.errors import UsageError
 
-from .config import LatexConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig, check_source
+from .config import (LatexConfig, PlayoutConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig,
+                     check_impairment, check_source)
 from .models import MissingModelError, ensure_avatar_dir, ensure_encoder_dir
 from .session import Link, SessionResult, run_session
 from .telemetry import Telemetry, format_number, format_summary, latency_histogram, percentiles, write_json
@@ -75,9 +76,14 @@ class CallConfig(ConfigDict):
     """Write each party's view beside the far end's HMC input."""
     startup_timeout_s: float = 120.0
     """How long processes may take to come up (model loading, GL)."""
+    impair: str = ""
+    """Impair both senders' transmit paths (``transport.impair`` spec, e.g. ``loss=5%,jitter=20ms``; empty = none)."""
+    playout: PlayoutConfig = field(default_factory=PlayoutConfig)
+    """Both receivers' jitter buffer and concealment."""
 
     def __post_init__(self) -> None:
         require_positive("call", seconds=self.seconds, fps=self.fps, startup_timeout_s=self.startup_timeout_s)
+        check_impairment(self.impair)
         if len(self.parties) != 2 or self.parties[0].name == self.parties[1].name:
             raise UsageError("a call has two parties with different names")
 
@@ -134,13 +140,15 @@ def plan_call(cfg: CallConfig, out: Path) -> list[Link]:
         sc = SenderConfig(stream_id=speaker.name, source=src,  # endpoints: filled in by the session
                           encoder_dir=encoder_dir,
                           seconds=cfg.seconds, tap_path=str(raw / f"{speaker.name}_hmc.hmc"),
-                          report_path=str(raw / f"{speaker.name}_sender.json"), secure=tx_sec, latex=cfg.latex)
+                          report_path=str(raw / f"{speaker.name}_sender.json"), secure=tx_sec, latex=cfg.latex,
+                          impair=cfg.impair)
         check_sender(sc)
         rc = ReceiverConfig(
             stream_id=speaker.name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*", bind=True,
             avatar_dir=avatar_dir, size=cfg.size, viewer=cfg.viewer,
             video_path=str(raw / f"{viewer.name}_sees_{speaker.name}.mp4"), video_fps=cfg.fps, window=cfg.window,
-            report_path=str(raw / f"{viewer.name}_receiver.json"), secure=rx_sec)
+            report_path=str(raw / f"{viewer.name}_receiver.json"), secure=rx_sec, playout=cfg.playout,
+            codec_dir=str(encoder_dir or ""))  # the speaker's codec tables, for an encoder not installed
         links.append(Link(speaker.name, sc, rc, viewer=viewer.name))
     return links
 

@@ -19,9 +19,11 @@ from typing import Any
 from avcore.config import ConfigDict, from_dict, require_non_negative, require_positive, to_dict
 from avcore.errors import UsageError
 from encoder.latex import LatexConfig
-from transport import check_clock_endpoint, clock_endpoint_for, parse_endpoint
+from transport import CodecConfig, check_clock_endpoint, clock_endpoint_for, parse_endpoint
 
-__all__ = ["LatexConfig", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
+from .playout import PlayoutConfig
+
+__all__ = ["LatexConfig", "PlayoutConfig", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
            "check_clock_endpoint", "clock_endpoint_for", "from_dict", "load_config", "save_config", "to_dict"]
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
@@ -114,12 +116,23 @@ class SenderConfig(ConfigDict):
     """If set, the final sender report is written here as JSON."""
     secure: SecureConfig = field(default_factory=SecureConfig)
     """CurveZMQ keys (the sender is the CURVE client)."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    """How the code goes on the wire: coded frames (default; quantised, predicted, range-coded with the
+    encoder directory's ``codec.json``) or plain float frames (``coded = False``, ``--plain``)."""
+    impair: str = ""
+    """Impair this sender's transmit path in-process (``transport.impair``): e.g.
+    ``loss=5%,burst=3,jitter=20ms,reorder=1%,dup=1%,seed=7``; empty = none."""
 
     def __post_init__(self) -> None:
         _check_endpoints(self.endpoint, self.clock_endpoint, self.bind)
         _check_stream_id(self.stream_id, empty_ok=False)
+        check_impairment(self.impair)
         if self.latent_dtype not in LATENT_DTYPES:
             raise UsageError(f"latent_dtype must be one of {', '.join(LATENT_DTYPES)}, got {self.latent_dtype!r}")
+        if self.codec.coded and self.latent_dtype != "<f2":
+            raise UsageError("float32 codes are plain frames: pass --plain with --f32")
+        if self.codec.latex_skip and self.latex is None:
+            raise UsageError("--latex-skip needs the LATEX gate (--latex)")
         require_non_negative("sender", seconds=self.seconds)
         _check_threads(self.threads)
         check_source(self.source)
@@ -187,6 +200,11 @@ class ReceiverConfig(ConfigDict):
     """Latency histogram (PNG) written at the end."""
     secure: SecureConfig = field(default_factory=SecureConfig)
     """CurveZMQ keys (the receiver is the CURVE server with an allowlist)."""
+    codec_dir: str = ""
+    """A directory with codec tables (``codec.json`` + ``codec.npz``) for coded frames, besides those installed
+    next to the encoders of this receiver's model (``runtime.models.codecs_for``)."""
+    playout: PlayoutConfig = field(default_factory=PlayoutConfig)
+    """Jitter buffer and loss concealment (``max_delay_ms`` 0 = off: show the newest frame that arrived)."""
 
     def __post_init__(self) -> None:
         _check_endpoints(self.endpoint, self.clock_endpoint, self.bind)
@@ -217,6 +235,16 @@ def _check_endpoints(endpoint: str, clock_endpoint: str, bind: bool) -> None:
 def _check_stream_id(stream_id: str, *, empty_ok: bool) -> None:
     if (stream_id or not empty_ok) and not STREAM_ID.match(stream_id or ""):
         raise UsageError(f"stream id must be 1-32 characters of A-Z a-z 0-9 . _ -, got {stream_id!r}")
+
+
+def check_impairment(spec: str) -> None:
+    """A transmit-path impairment spec that parses (``transport.impair``), else one clear line."""
+    from transport.impair import ImpairmentError, ImpairmentModel, parse_impairment
+
+    try:
+        ImpairmentModel(parse_impairment(spec))  # also refuses loss/burst pairs no chain can make
+    except ImpairmentError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _check_threads(threads: int) -> None:

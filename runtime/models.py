@@ -125,6 +125,26 @@ def installed_models() -> list[InstalledModel]:
     return out
 
 
+def codecs_for(model: str, codec_dir: str | Path = "") -> dict:
+    """Codec tables a receiver of ``model`` (a model id) decodes coded frames with, by codec id: those of
+    ``codec_dir`` (when given) and those installed next to every encoder of that model. A missing or
+    unreadable ``codec_dir`` is a clear error."""
+    from transport.latent_codec import CODEC_JSON, load_codec
+
+    out = {}
+    if codec_dir:
+        if not (Path(codec_dir) / CODEC_JSON).is_file():
+            raise MissingModelError(f"no codec tables in {codec_dir} ({CODEC_JSON} missing); fit them with "
+                                    f"'avcall train codec --model-dir DIR'")
+        t = load_codec(codec_dir)
+        out[t.codec_id] = t
+    for m in installed_models():
+        if m.kind == "encoder" and m.model_id == model and (m.path / CODEC_JSON).is_file():
+            t = load_codec(m.path)
+            out.setdefault(t.codec_id, t)
+    return out
+
+
 def cache_dir() -> Path:
     """Per-user cache for files the runtime derives (bench recordings); ``AVCALL_CACHE`` overrides it."""
     base = os.environ.get("AVCALL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "avcall")

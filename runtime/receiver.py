@@ -23,9 +23,10 @@ from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now
 from transport.clock import clock_request_gap_s
 
 from .config import ReceiverConfig, ViewerConfig, check_clock_endpoint, clock_endpoint_for
-from .models import load_avatar, model_id
+from .models import codecs_for, load_avatar, model_id
+from .playout import PlayoutBuffer, PlayoutFrame
 from .presenters import PngPresenter, Presenter, VideoPresenter, WindowPresenter
-from .telemetry import FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
+from .telemetry import CONCEALED, FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ class Receiver:
             raise UsageError(f"latent_dim {latent_dim} does not match the decoder's {self.avatar.latent_dim}")
         self.model = model_id(self.avatar.decoder.identity, latent_dim)
         """The latent space this receiver decodes; frames of another model are refused."""
-        self._mismatch_reported = False
+        self._mismatch: str | None = None
+        """The first refused model, as reported (later frames of it may not repeat their model id)."""
         curve = _curve(cfg)
         self.clock: ClockThread | None = None
         self.clock_client: ClockClient | None = None
@@ -126,7 +128,8 @@ class Receiver:
         try:
             self.sub = FrameSubscriber(cfg.endpoint, bind=cfg.bind, curve=curve,
                                        limits=WireLimits(latent_dim=latent_dim, **self.avatar.code_limits()),
-                                       stream_id=cfg.stream_id or None, expected_model=self.model)
+                                       stream_id=cfg.stream_id or None, expected_model=self.model,
+                                       codecs=codecs_for(self.model, cfg.codec_dir))
         except BaseException:
             self.avatar.close()
             raise
@@ -142,6 +145,10 @@ class Receiver:
             self.close()
             raise
         self.telemetry = Telemetry()
+        self.playout = PlayoutBuffer(cfg.playout) if cfg.playout.enabled else None
+        """Jitter buffer + concealment (None: show the newest frame that arrived)."""
+        self._playout_offset: int | None = None
+        self._stream = cfg.stream_id or ""  # stream id of the last frame into the buffer (rows of concealed frames)
         self.presented = 0
         self.first_frame_s: float | None = None
         self.last_frame_s: float | None = None
@@ -149,8 +156,11 @@ class Receiver:
     # ------------------------------------------------------------------ loop
 
     def step(self, t_call_s: float, timeout_ms: int = 20) -> bool:
-        """Wait up to ``timeout_ms`` for a frame; decode, render and present the newest. True if one was presented."""
+        """Wait up to ``timeout_ms`` for a frame; decode, render and present the newest (with the jitter buffer:
+        the frame or concealment due now). True if one was presented."""
         self.sub.set_clock_offset(self.clock.offset_ns)  # timestamps are range-checked once the offset is known
+        if self.playout is not None:
+            return self._step_playout(t_call_s, timeout_ms)
         frame = self.sub.recv_latest(timeout_ms=timeout_ms)
         self._report_model_mismatch()
         if frame is None:
@@ -172,11 +182,56 @@ class Receiver:
         self.presented += 1
         return True
 
+    def _step_playout(self, t_call_s: float, timeout_ms: int) -> bool:
+        """Frames into the jitter buffer as they arrive; present what is due (a frame, or its concealment)."""
+        pb = self.playout
+        offset = self.clock.offset_ns or 0  # sender clock - receiver clock (0 until the first exchange)
+        if self._playout_offset is not None and abs(offset - self._playout_offset) > 1_000_000:
+            pb.rebase()  # transit times measured on the old offset are on another scale
+        self._playout_offset = offset
+        due = pb.next_due_ns()
+        wait_ms = timeout_ms if due is None else max(0, min(timeout_ms, (due - now_ns() + 999_999) // 1_000_000))
+        frames = self.sub.recv_all(timeout_ms=wait_ms)
+        self._report_model_mismatch()
+        t_arr = now_ns()
+        for f in frames:
+            pb.push(f.seq, f.capture_ts_ns - offset, t_arr, f.z, f.gaze, frame=f)
+            self._stream = f.stream_id
+        out = pb.pop(now_ns())
+        if out is None:
+            return False
+        self._present(out, t_call_s, offset)
+        return True
+
+    def _present(self, out: PlayoutFrame, t_call_s: float, offset: int) -> None:
+        """Decode, render and present one jitter-buffer output; its telemetry row (flagged CONCEALED if so)."""
+        t_play = now_ns()
+        view = viewer_direction(self.cfg.viewer, t_call_s)
+        vertices, texture = self.avatar.decode(out.z, view)
+        t_dec = now_ns()
+        image = self.avatar.render(vertices, texture, out.gaze, view)
+        t_ren = now_ns()
+        for p in self.presenters:
+            p.present(image, t_ren, out.seq)
+        t_pres = now_ns()
+        f = out.frame
+        if f is None:  # concealed: no message, its capture time is the slot's estimate
+            c = out.capture_ns
+            rec = FrameRecord(stream_id=self._stream, seq=out.seq, capture=c, enc=c, send=c, recv=c,
+                              dec=t_dec, ren=t_ren, pres=t_pres, flags=CONCEALED, play=t_play)
+        else:
+            enc = f.stage_ts_ns.get("enc", f.capture_ts_ns)
+            rec = FrameRecord(stream_id=f.stream_id, seq=f.seq, capture=out.capture_ns, enc=enc - offset,
+                              send=f.send_ts_ns - offset, recv=out.arrival_ns, dec=t_dec, ren=t_ren, pres=t_pres,
+                              flags=f.flags, play=t_play)
+        self.telemetry.add(rec)
+        self.presented += 1
+
     def _report_model_mismatch(self) -> None:
         """Say once, in words, that a sender streams codes of another model (they are refused, counted)."""
         other = self.sub.stats.last_model_mismatch
-        if other is not None and not self._mismatch_reported:
-            self._mismatch_reported = True
+        if other is not None and self._mismatch is None:
+            self._mismatch = other
             msg = (f"receiver: refusing frames of model {other}: this receiver decodes {self.model} "
                    f"(avatar {self.avatar.model_dir}); start it with that sender's avatar (--avatar DIR)")
             log.warning("%s", msg)
@@ -213,22 +268,26 @@ class Receiver:
                 "kbit_per_s_window": st["kbit_per_s"],
             }
         presenter_drops = sum(p.dropped for p in self.presenters)
+        pc = self.playout.counts if self.playout is not None else {}
+        stale = tstats["dropped_stale"] + pc.get("stale", 0)  # superseded on the socket, or due while rendering
         refused = None
         if not self.presented:
-            refused = (f"frames of another model ({self.sub.stats.last_model_mismatch}) were refused"
-                       if self.sub.stats.last_model_mismatch else self.sub.last_refusal)
+            refused = (f"frames of another model ({self._mismatch}) were refused" if self._mismatch
+                       else self.sub.last_refusal)
         return {
             "presented": self.presented,
             "model": self.model,
             "refused": refused,
             "latency": s,
             "dropped": {
-                "stale": tstats["dropped_stale"],
+                "stale": stale,
                 "lost_in_network": tstats["lost"],
+                "late": pc.get("late", 0),
                 "bad_messages": tstats["bad"],
                 "presenter": presenter_drops,
             },
-            "dropped_total": tstats["dropped_stale"] + tstats["lost"] + presenter_drops,
+            "dropped_total": stale + tstats["lost"] + presenter_drops,
+            "playout": self.playout.report() if self.playout is not None else {"enabled": False},
             "streams": streams,
             "transport": tstats,
             "clock": {

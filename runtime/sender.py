@@ -1,4 +1,10 @@
-"""The sender pipeline: HMC source -> encoder (per-view encoders + fusion, LATEX-gated or not) -> PUB.
+"""The sender pipeline: HMC source -> encoder (per-view encoders + fusion, LATEX-gated or not) -> coder -> PUB.
+
+By default the code and gaze go out as coded frames (quantised, predicted from the receiver's decoded
+frames, range-coded with the codec tables next to the encoder; ``docs/protocol.md`` 3.7): an intra frame
+every ``codec.intra_interval`` frames, first, and whenever a new receiver asks for the clock. With
+``codec.latex_skip`` the frames the LATEX gate extrapolated are not sent at all. ``codec.coded = False``
+(``--plain``) sends today's plain float frames.
 
 One frame message per HMC frame (flagged KEYFRAME when the encoder ran, EXTRAPOLATED
 when the LATEX gate skipped it and the code was extrapolated), stamped with its capture time, the time its
@@ -14,12 +20,15 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from avcore.errors import UsageError
-from transport import EXTRAPOLATED, KEYFRAME, ClockServer, CurveConfig, FrameMessage, FramePublisher, encode_frame, now_ns
+from transport import (EXTRAPOLATED, KEYFRAME, ClockServer, CurveConfig, FrameMessage, FramePublisher, LatentStreamEncoder,
+                       encode_frame, load_codec, now_ns)
+from transport.latent_codec import CODEC_JSON
 
 from .config import SenderConfig, check_clock_endpoint, clock_endpoint_for
 from .models import ensure_encoder_dir, load_encoder, model_id
@@ -29,6 +38,8 @@ from .telemetry import percentiles, write_json
 log = logging.getLogger(__name__)
 
 _DTYPES = {"<f2": np.float16, "<f4": np.float32}
+REJOIN_INTRA_FRAMES = 4
+"""Intra frames sent in a row when a receiver (re)joins (its subscription can lag its connection by a few frames)."""
 MODEL_ID_INTERVAL_NS = 1_000_000_000
 """How often a frame declares the model id (the receiver keeps the last declared one per stream), so the id
 costs a few bytes a second instead of a few bytes a frame."""
@@ -95,7 +106,18 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     encoder = load_encoder(cfg.encoder_dir, threads=cfg.threads, latex=cfg.latex)
     model = model_id(encoder.identity, encoder.latent_dim)
     curve = _curve(cfg)
+    coder = None
+    if cfg.codec.coded and (Path(encoder.model_dir) / CODEC_JSON).is_file():
+        coder = LatentStreamEncoder(load_codec(encoder.model_dir), cfg.stream_id, cfg.codec)
+    elif cfg.codec.coded:  # a freshly trained encoder: plain frames until its codec is fitted
+        msg = (f"sender {cfg.stream_id}: no codec tables in {encoder.model_dir} ({CODEC_JSON}); sending plain float16 "
+               f"frames (~147 kbit/s). Fit them with 'avcall train codec --model-dir {encoder.model_dir}'")
+        log.warning("%s", msg)
+        print(msg, file=sys.stderr, flush=True)
+    clients_seen = frame_peers = intra_repeats = 0
     pub = FramePublisher(cfg.endpoint, bind=cfg.bind, curve=curve)
+    impair = _impairment(cfg, pub)
+    transmit = impair.send if impair is not None else pub.send_encoded
     clock = None
     tap = None
     source = None
@@ -131,20 +153,40 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
             t_enc = now_ns()
             compute_ms.append((time.perf_counter() - t0) * 1e3)
             keyframes += result.keyframe
-            msg = FrameMessage(
-                stream_id=cfg.stream_id,
-                seq=frames,
-                capture_ts_ns=tc,
-                send_ts_ns=now_ns(),
-                z=np.asarray(result.z).astype(wire_dtype),
-                gaze=np.asarray(result.gaze, np.float32).reshape(2, 2).astype(wire_dtype),
-                flags=int(KEYFRAME if result.keyframe else EXTRAPOLATED),
-                stage_ts_ns={"enc": t_enc},
-                model=model if tc >= model_due else None,  # declared on the first frame, then once a second
-            )
-            if tc >= model_due:
-                model_due = tc + MODEL_ID_INTERVAL_NS
-            pub.send_encoded(encode_frame(msg))
+            if coder is not None:
+                peers = pub.peers
+                if clock.clients_seen > clients_seen or peers > frame_peers:
+                    # A receiver (re)joined: let it decode from the next frames. Its subscription may reach this
+                    # PUB a little after its clock request or connection, and frames sent before are filtered
+                    # out, so the intra frame is repeated over the next few frames.
+                    intra_repeats = REJOIN_INTRA_FRAMES
+                clients_seen, frame_peers = clock.clients_seen, peers
+                if intra_repeats > 0:
+                    intra_repeats -= 1
+                    coder.request_intra()
+                data = coder.encode(frames, tc, now_ns(), result.z, result.gaze,
+                                    flags=int(KEYFRAME if result.keyframe else EXTRAPOLATED), enc_ts_ns=t_enc,
+                                    model=model if tc >= model_due else None,
+                                    skip=cfg.codec.latex_skip and not result.keyframe)
+                if coder.last_intra and tc >= model_due:  # the model id travels on intra frames, about once a second
+                    model_due = tc + MODEL_ID_INTERVAL_NS
+                if data is not None:
+                    transmit(data)
+            else:
+                msg = FrameMessage(
+                    stream_id=cfg.stream_id,
+                    seq=frames,
+                    capture_ts_ns=tc,
+                    send_ts_ns=now_ns(),
+                    z=np.asarray(result.z).astype(wire_dtype),
+                    gaze=np.asarray(result.gaze, np.float32).reshape(2, 2).astype(wire_dtype),
+                    flags=int(KEYFRAME if result.keyframe else EXTRAPOLATED),
+                    stage_ts_ns={"enc": t_enc},
+                    model=model if tc >= model_due else None,  # declared on the first frame, then once a second
+                )
+                if tc >= model_due:
+                    model_due = tc + MODEL_ID_INTERVAL_NS
+                transmit(encode_frame(msg))
             if not receiver_seen and clock.served > 0:
                 receiver_seen = True
                 print(f"sender {cfg.stream_id}: receiver connected", file=sys.stderr, flush=True)
@@ -182,7 +224,15 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
             "kbit_per_s": pub.stats.bytes_sent * 8 / 1000 / elapsed if elapsed > 0 else 0.0,
             "events": dict(pub.stats.events),
             "clock_served": clock.served if clock is not None else 0,
+            "codec": None if coder is None else {
+                "codec_id": coder.tables.codec_id, "coder": cfg.codec.coder, "intra_interval": cfg.codec.intra_interval,
+                "latex_skip": cfg.codec.latex_skip, "intra_frames": coder.intra_frames,
+                "predicted_frames": coder.predicted_frames, "skipped_frames": coder.skipped_frames,
+                "escapes": coder.escapes},
         }
+        if impair is not None:
+            impair.close()  # before the socket it sends on; what is still in flight is lost
+            report["impairment"] = impair.report()
         if cfg.status_path:
             write_json(cfg.status_path, {**_status(cfg, pub, clock, frames, source, keyframes, frames_to_receiver),
                                          "done": True})
@@ -196,6 +246,18 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
     if cfg.report_path:
         write_json(cfg.report_path, report)
     return report
+
+
+def _impairment(cfg: SenderConfig, pub):
+    """The in-process impairment of the transmit path (``--impair``), a delay line that alone sends on
+    ``pub`` from then on; None without one."""
+    from transport.impair import DelayLine, parse_impairment
+
+    spec = parse_impairment(cfg.impair)
+    if not spec.active:
+        return None
+    log.info("sender %s: impairing the transmit path: %s", cfg.stream_id, spec.describe())
+    return DelayLine(spec, pub.send_encoded)
 
 
 def _status(cfg, pub, clock, frames, source, keyframes=0, frames_to_receiver=0) -> dict:

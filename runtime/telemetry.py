@@ -9,7 +9,8 @@ A presented frame's record holds its stage times on the **receiver's clock**
 * ``send``    = send - enc: message built and handed to ZeroMQ (sender)
 * ``network`` = recv - send: wire, ZeroMQ queues and the wait until the
   receiver's loop took the frame off its socket (clock offset corrected)
-* ``decode``  = dec - recv: validation already done; the ONNX decoder
+* ``buffer``  = play - recv: held in the jitter buffer until its slot (0 without one)
+* ``decode``  = dec - play: validation already done; the ONNX decoder
 * ``render``  = ren - dec: rasterizer (GL draw + read-back)
 * ``present`` = pres - ren: frame handed to the presenters
 * ``e2e``     = pres - capture
@@ -27,11 +28,16 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("encode", "send", "network", "decode", "render", "present")
+STAGES = ("encode", "send", "network", "buffer", "decode", "render", "present")
 """Stage names, in pipeline order."""
-FRAME_COLUMNS = ("seq", "capture", "enc", "send", "recv", "dec", "ren", "pres", "flags")
-"""Columns of a report's ``frames`` rows: stage times (ns, receiver clock) and the frame's wire flags
-(KEYFRAME / EXTRAPOLATED, so keyframes and extrapolated frames can be told apart)."""
+FRAME_COLUMNS = ("seq", "capture", "enc", "send", "recv", "dec", "ren", "pres", "flags", "play")
+"""Columns of a report's ``frames`` rows: stage times (ns, receiver clock), the frame's flags (wire flags
+KEYFRAME / EXTRAPOLATED, plus the receiver's :data:`CONCEALED`) and ``play``, when the jitter buffer
+released it (last, so rows of older reports, without it, keep their column positions)."""
+CONCEALED = 1 << 16
+"""Row flag (beside the wire flags, above any of them) of a frame the receiver did not get in time and
+showed an extrapolation for (:mod:`runtime.playout`). Its ``capture`` is the slot's estimated capture
+time; ``enc``, ``send`` and ``recv`` equal ``capture``; such rows are left out of the latency statistics."""
 
 
 @dataclass
@@ -48,14 +54,22 @@ class FrameRecord:
     ren: int
     pres: int
     flags: int = 0
-    """Wire flags of the frame (``transport.KEYFRAME`` / ``transport.EXTRAPOLATED``)."""
+    """Wire flags of the frame (``transport.KEYFRAME`` / ``transport.EXTRAPOLATED``), plus :data:`CONCEALED`."""
+    play: int = 0
+    """Released by the jitter buffer (0: no buffer; then ``buffer`` is 0 and ``decode`` starts at ``recv``)."""
+
+    @property
+    def concealed(self) -> bool:
+        return bool(self.flags & CONCEALED)
 
     def row(self) -> list[int]:
         """The frame as a report row, in :data:`FRAME_COLUMNS` order."""
-        return [self.seq, self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres, self.flags]
+        return [self.seq, self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres, self.flags,
+                self.play]
 
     def stage_ms(self) -> dict[str, float]:
-        t = (self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres)
+        play = self.play or self.recv
+        t = (self.capture, self.enc, self.send, self.recv, play, self.dec, self.ren, self.pres)
         d = {name: (t[i + 1] - t[i]) / 1e6 for i, name in enumerate(STAGES)}
         d["e2e"] = (self.pres - self.capture) / 1e6
         d["compute"] = d["encode"] + d["decode"] + d["render"]
@@ -86,10 +100,10 @@ class Telemetry:
 
     @classmethod
     def from_rows(cls, stream_id: str, rows) -> "Telemetry":
-        """Rebuild from a report's ``frames`` rows (:data:`FRAME_COLUMNS`; rows without flags read as 0)."""
+        """Rebuild from a report's ``frames`` rows (:data:`FRAME_COLUMNS`; missing trailing columns read as 0)."""
         t = cls()
         for r in rows:
-            t.add(FrameRecord(stream_id, *(int(x) for x in r[:9])))
+            t.add(FrameRecord(stream_id, *(int(x) for x in r[:10])))
         return t
 
     def add(self, rec: FrameRecord) -> None:
@@ -98,8 +112,9 @@ class Telemetry:
         self.records.append(rec)
 
     def stage_table(self) -> dict[str, np.ndarray]:
-        """Stage name (plus e2e, compute, overhead) -> (N,) float64 ms."""
-        rows = [r.stage_ms() for r in self.records]
+        """Stage name (plus e2e, compute, overhead) -> (N,) float64 ms, over the received frames
+        (concealed ones have no stages of their own)."""
+        rows = [r.stage_ms() for r in self.records if not r.concealed]
         keys = (*STAGES, "e2e", "compute", "overhead")
         return {k: np.array([row[k] for row in rows], np.float64) for k in keys}
 
@@ -107,12 +122,17 @@ class Telemetry:
         """Percentiles per stage, e2e and overhead, and the e2e p99 of the first and last ``window_s``."""
         table = self.stage_table()
         out: dict[str, Any] = {"frames": len(self.records)}
+        out["concealed"] = sum(r.concealed for r in self.records)
         out["stages_ms"] = {k: percentiles(v) for k, v in table.items()}
         if self.records:
-            pres = np.array([r.pres for r in self.records], np.float64) / 1e9
-            span = pres[-1] - pres[0]
+            pres_all = np.array([r.pres for r in self.records], np.float64) / 1e9
+            span = pres_all[-1] - pres_all[0]
             out["duration_s"] = float(span)
-            out["fps"] = float((len(pres) - 1) / span) if span > 0 else math.nan
+            out["fps"] = float((len(pres_all) - 1) / span) if span > 0 else math.nan
+            # longest time without a new image on screen (a held frame is no new image; a concealed one is)
+            out["freeze_ms_max"] = float(np.diff(pres_all).max() * 1e3) if len(pres_all) > 1 else math.nan
+        pres = np.array([r.pres for r in self.records if not r.concealed], np.float64) / 1e9
+        if pres.size:
             e2e = table["e2e"]
             first = e2e[pres <= pres[0] + window_s]
             last = e2e[pres >= pres[-1] - window_s]

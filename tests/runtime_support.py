@@ -31,6 +31,8 @@ def make_pattern_recording(path: Path, frames: int = 60, fps: float = 30.0, size
 def receiver_config(tiny_models, tmp: Path, name: str = "rx", **kw) -> ReceiverConfig:
     kw.setdefault("endpoint", ANY)
     kw.setdefault("clock_endpoint", ANY)
+    if tiny_models[0] is not None and (Path(tiny_models[0]) / "codec.json").is_file():
+        kw.setdefault("codec_dir", str(tiny_models[0]))  # the encoder's codec tables (coded frames)
     return ReceiverConfig(stream_id=kw.pop("stream_id", "alice"), bind=True, avatar_dir=str(tiny_models[1]), size=128,
                           report_path=str(tmp / f"{name}.report.json"), **kw)
 

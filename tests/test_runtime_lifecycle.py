@@ -134,7 +134,8 @@ def test_receivers_started_by_a_session_stop_when_idle(tiny_models, pattern_hmc,
     from runtime.launch import Worker
 
     rc = ReceiverConfig(stream_id="alice", endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
-                        avatar_dir=str(tiny_models[1]), size=64, stop_after_idle_s=1.0)
+                        avatar_dir=str(tiny_models[1]), size=64, stop_after_idle_s=1.0,
+                        codec_dir=str(tiny_models[0]))  # the tiny encoder's codec tables (coded frames)
     rx = Worker("rx", rc, tmp_path).start()
     try:
         st = rx.wait_status(lambda s: bool(s.get("endpoint")), 60)

@@ -14,6 +14,7 @@ from transport.clock import CLOCK_BURST_GAP_S, CLOCK_BURST_REQUESTS, CLOCK_INTER
 from transport.wire import (
     CLOCK_PROTOCOL_VERSION,
     EXTRAPOLATED,
+    INTRA,
     KEYFRAME,
     PROTOCOL_VERSION,
     RECEIVER_CHECK_KINDS,
@@ -27,6 +28,7 @@ from transport.wire import (
     decode_clock_reply,
     decode_clock_request,
     decode_frame,
+    decode_message,
     encode_clock_reply,
     encode_clock_request,
     encode_frame,
@@ -547,7 +549,7 @@ def test_document_decoder_agrees_with_module(dtype):
 def test_document_tables_match_the_module():
     spec = DocumentSpec()
     assert spec.version == PROTOCOL_VERSION
-    assert spec.flags == {"KEYFRAME": int(KEYFRAME), "EXTRAPOLATED": int(EXTRAPOLATED)}
+    assert spec.flags == {"KEYFRAME": int(KEYFRAME), "EXTRAPOLATED": int(EXTRAPOLATED), "INTRA": int(INTRA)}
     assert spec.dtypes == set(WireLimits().allowed_dtypes)
     assert spec.max_bytes == WireLimits().max_bytes
     assert spec.kinds == set(WIRE_ERROR_KINDS)
@@ -621,3 +623,145 @@ def test_transport_never_imports_torch():
 
     code = "import sys, transport; assert 'torch' not in sys.modules, 'transport imported torch'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# --------------------------------------------------------------------------- coded frames, by the document
+
+
+def _subsection(doc: str, heading: str) -> str:
+    start = doc.index(heading)
+    nxt = re.search(r"^#{2,4} ", doc[start + len(heading):], re.M)
+    return doc[start : start + len(heading) + nxt.start()]
+
+
+class CodedSpec:
+    """What a client author learns about coded frames from docs/protocol.md section 3.7."""
+
+    def __init__(self) -> None:
+        doc = _doc()
+        rows = _table(_subsection(doc, "#### 3.7.1"))
+        self.index = {_code(r[1])[0]: int(r[0]) for r in rows}
+        m = re.search(r"A predicted frame has exactly (\d+) elements, an intra frame exactly (\d+)", doc)
+        self.len_predicted, self.len_intra = int(m.group(1)), int(m.group(2))
+        self.seq_mod = int(re.search(r"`n mod (\d+)`", doc).group(1))
+        self.coders = {int(c): name for c, name in re.findall(r"`(\d)` (raw|range)", next(r[3] for r in rows if "`c`" in r[1]))}
+        self.arrays = {_code(r[0])[i] for r in _table(_subsection(doc, "#### 3.7.2")) for i in range(len(_code(r[0])))}
+
+
+def _crc16(q: np.ndarray) -> int:
+    import zlib
+
+    return zlib.crc32(np.asarray(q, "<i4").tobytes()) & 0xFFFF
+
+
+class DocumentDecoder:
+    """A from-scratch coded-frame receiver written against docs/protocol.md 3.7: msgpack, numpy, the codec
+    files (json + npz) and constriction's range coder; no avcall code."""
+
+    def __init__(self, codec_dir: Path, spec: CodedSpec) -> None:
+        import json
+
+        self.spec = spec
+        meta = json.loads((codec_dir / "codec.json").read_text())
+        with np.load(codec_dir / meta["tables"], allow_pickle=False) as z:
+            assert set(z.files) == spec.arrays
+            self.t = {k: z[k] for k in z.files}
+        self.id, self.D, self.pred, self.T = meta["codec_id"], meta["latent_dim"], meta["predictor"], meta["history"]
+        self.H: list[np.ndarray] | None = None
+        self.S = self.tc = 0
+
+    def _E(self, H):
+        t, a, k = self.t, H[-1], min(self.T, len(H))
+        if k < 2:
+            return a.copy()
+        b = H[-k]
+        return np.clip(a + (2 * (a - b) + k - 1) // (2 * (k - 1)), t["lo"], t["hi"])
+
+    def _symbols(self, p: bytes, coder: str, n: np.ndarray, freq: np.ndarray, active: np.ndarray) -> np.ndarray:
+        if coder == "raw":
+            w = np.ceil(np.log2(n[active])).astype(int)
+            bits = "".join(f"{b:08b}" for b in p)
+            assert len(p) == (w.sum() + 7) // 8 and set(bits[w.sum():]) <= {"0"}
+            pos = np.concatenate([[0], np.cumsum(w)])
+            return np.array([int(bits[pos[j]:pos[j + 1]], 2) for j in range(len(w))], np.int64)
+        import constriction
+
+        if not active.size:
+            return np.zeros(0, np.int64)
+        dec = constriction.stream.queue.RangeDecoder(np.frombuffer(p, "<u4").astype(np.uint32))
+        return np.asarray(dec.decode(constriction.stream.model.Categorical(perfect=False), freq[active]), np.int64)
+
+    def decode(self, data: bytes) -> dict | str:
+        s, t = self.spec, self.t
+        a = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        assert isinstance(a, list) and a[s.index["v"]] == PROTOCOL_VERSION
+        e = lambda name: a[s.index[name]]
+        intra = bool(e("f") & 4)
+        assert len(a) == (s.len_intra if intra else s.len_predicted)
+        coder = s.coders[e("c")]
+        if intra:
+            assert e("decl")["k"] == self.id
+            n_intra = t["hi"] - t["lo"] + 1
+            active = np.flatnonzero(n_intra > 1)
+            q = t["lo"].copy()
+            q[active] += self._symbols(e("p"), coder, n_intra, t["intra_freq"], active)
+            H, seq, tc = [], e("n"), e("t")
+        else:
+            if self.H is None:
+                return "no_reference"
+            r = e("r")
+            if (self.S + r) % s.seq_mod != e("n"):
+                return "no_reference"
+            H = list(self.H)
+            for _ in range(r - 1):
+                H.append(self._E(H))
+            p = H[-1] if self.pred == "previous" else self._E(H)
+            n_res = 2 * t["res_max"] + 1
+            active = np.flatnonzero(n_res > 1)
+            u = -t["res_max"].copy()
+            u[active] += self._symbols(e("p"), coder, n_res, t["res_freq"], active)
+            q = p + u
+            assert np.all((q >= t["lo"]) & (q <= t["hi"]))
+            seq, tc = self.S + r, self.tc + 1000 * e("t")
+        assert _crc16(q) == e("x")
+        self.H, self.S, self.tc = (H + [q])[-max(self.T, 2):], seq, tc
+        x = (t["mean"] + q.astype(np.float64) * t["step"]).astype(np.float32)
+        return {"seq": seq, "capture_ts_ns": tc, "send_ts_ns": tc + 1000 * e("d"),
+                "enc": None if e("e") is None else tc + 1000 * e("e"), "keyframe": bool(e("f") & 1),
+                "z": x[: self.D], "gaze": x[self.D:].reshape(2, 2), "model": e("decl").get("m") if intra else None}
+
+
+@pytest.mark.parametrize("coder", ["range", "raw"])
+def test_document_decoder_decodes_coded_frames(tiny_models, coder):
+    """A receiver written from docs/protocol.md 3.7 alone decodes the reference sender's coded frames to
+    exactly what the module decodes, including skipped frames, a lost frame and the resync after it."""
+    from transport.latent_codec import CodecConfig, LatentStreamDecoder, LatentStreamEncoder, load_codec
+
+    tables = load_codec(tiny_models[0])
+    spec = CodedSpec()
+    doc_rx = DocumentDecoder(Path(tiny_models[0]), spec)
+    mod_rx = LatentStreamDecoder({tables.codec_id: tables})
+    enc = LatentStreamEncoder(tables, "bob", CodecConfig(coder=coder, intra_interval=10, latex_skip=True))
+    rng = np.random.default_rng(7)
+    x = tables.mean.copy()
+    decoded = 0
+    for i in range(60):
+        x = np.clip(x + rng.normal(0, 0.5, x.shape) * tables.step, tables.mean + tables.lo * tables.step,
+                    tables.mean + tables.hi * tables.step)
+        tc = 5 * 10**14 + i * 33_333_333
+        data = enc.encode(i, tc, tc + 21_000_000, x[: tables.latent_dim], x[tables.latent_dim:].reshape(2, 2),
+                          flags=int(KEYFRAME), enc_ts_ns=tc + 20_000_000, model="s1", skip=(i % 4 == 3))
+        if data is None or i == 25:  # skipped on purpose, or lost
+            continue
+        got = doc_rx.decode(data)
+        try:
+            ref = mod_rx.decode(decode_message(data))
+        except Exception as err:
+            assert got == getattr(err, "kind", None) == "no_reference", (i, got, err)
+            continue
+        decoded += 1
+        assert got["seq"] == ref.seq == i and got["capture_ts_ns"] == ref.capture_ts_ns
+        assert got["send_ts_ns"] == ref.send_ts_ns and got["enc"] == ref.stage_ts_ns["enc"]
+        assert np.array_equal(got["z"], ref.z) and np.array_equal(got["gaze"], ref.gaze)
+        assert got["model"] == ref.model
+    assert decoded >= 40

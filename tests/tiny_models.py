@@ -98,6 +98,30 @@ def write_encoder(out: Path, *, latent_dim: int, size: int, pool: int, rng: np.r
     return out
 
 
+def write_codec(enc_dir: Path, *, frames: int = 90, size: int = 192, budget: float = 1e-4) -> Path:
+    """Codec tables for the tiny encoder in the real layout (``codec.json`` + ``codec.npz``), fitted with
+    :func:`encoder.codec_fit.fit_tables` on its codes of moving-bar views (the pattern the runtime tests
+    replay, at several speeds) with a flat decoder sensitivity."""
+    from encoder.codec_fit import fit_tables
+    from encoder.runtime import HmcEncoder
+    from transport.latent_codec import save_codec
+
+    enc = HmcEncoder(enc_dir)
+    yy, xx = np.mgrid[0:size, 0:size]
+    zs, gs, starts = [], [], []
+    for speed in (5, 7, 9):
+        for i in range(frames // 3):
+            views = np.stack([(((xx + yy * (v + 1) + speed * i * (v + 1)) % 64) * 4).astype(np.uint8) for v in range(3)])
+            r = enc.encode(views)
+            zs.append(r.z), gs.append(r.gaze), starts.append(i == 0)
+    z, g = np.stack(zs), np.stack(gs)
+    w = np.ones(z.shape[1] + 4)
+    tables = fit_tables(z, g, np.asarray(starts), w, budget * float(np.concatenate([z, g.reshape(len(g), -1)], 1).var(0).sum()),
+                        predictor="extrapolate", history=5, range_margin=0.5)
+    save_codec(tables, enc_dir, {"standin": True})
+    return enc_dir
+
+
 def decoder_graph(mean_vertices: np.ndarray, basis: np.ndarray, texture: np.ndarray, colour: np.ndarray,
                   view_colour: np.ndarray, latent_dim: int | None = None):
     """z (1, Z), view_direction (1, 3) -> vertices (1, V, 3) = mean + z[:K] @ basis (K = basis rows),
@@ -182,6 +206,7 @@ def build_tiny(out_dir: str | Path, *, latent_dim: int = 256, size: int = 192, p
     enc_dir, av_dir = out / "encoder", out / "avatar"
     enc_dir.mkdir(parents=True, exist_ok=True)
     write_encoder(enc_dir, latent_dim=latent_dim, size=size, pool=pool, rng=rng, identity=identity)
+    write_codec(enc_dir, size=size)
     # A dome facing +z (the viewer's front), radius 1 dm, centred like the studio head.
     th, ph = np.meshgrid(np.linspace(-1.3, 1.3, grid), np.linspace(-1.0, 1.1, grid), indexing="ij")
     normal = np.stack([np.sin(th) * np.cos(ph), np.sin(ph), np.cos(th) * np.cos(ph)], -1).reshape(-1, 3)

@@ -1,4 +1,4 @@
-"""avcall transport: wire format, ZeroMQ sockets, endpoints, clock offset, stream statistics.
+"""avcall transport: wire format, latent stream coding, ZeroMQ sockets, endpoints, clock offset, stream statistics.
 
 Never imports torch: the sender and receiver runtime stay light.
 """
@@ -16,6 +16,8 @@ from .clock import (
 )
 from .endpoints import Endpoint, EndpointError, check_clock_endpoint, clock_endpoint_for, parse_endpoint
 from .floor import measure_pubsub_floor
+from .latent_codec import (CodecConfig, CodecError, CodecTables, LatentStreamDecoder, LatentStreamEncoder, load_codec,
+                           save_codec)
 from .sockets import (
     CurveConfig,
     FramePublisher,
@@ -31,12 +33,14 @@ from .wire import (
     BAD_MESSAGE_KINDS,
     CLOCK_PROTOCOL_VERSION,
     EXTRAPOLATED,
+    INTRA,
     KEYFRAME,
     PROTOCOL_VERSION,
     RECEIVER_CHECK_KINDS,
     WIRE_ERROR_KINDS,
     ClockReply,
     ClockRequest,
+    CodedFrame,
     FrameFlags,
     FrameMessage,
     WireError,
@@ -44,8 +48,10 @@ from .wire import (
     decode_clock_reply,
     decode_clock_request,
     decode_frame,
+    decode_message,
     encode_clock_reply,
     encode_clock_request,
+    encode_coded_frame,
     encode_frame,
 )
 
@@ -61,6 +67,10 @@ __all__ = [
     "ClockRequest",
     "ClockSample",
     "ClockServer",
+    "CodecConfig",
+    "CodecError",
+    "CodecTables",
+    "CodedFrame",
     "CurveConfig",
     "EXTRAPOLATED",
     "Endpoint",
@@ -69,8 +79,11 @@ __all__ = [
     "FrameMessage",
     "FramePublisher",
     "FrameSubscriber",
+    "INTRA",
     "KEYFRAME",
     "KeyPairError",
+    "LatentStreamDecoder",
+    "LatentStreamEncoder",
     "OffsetEstimator",
     "PROTOCOL_VERSION",
     "RECEIVER_CHECK_KINDS",
@@ -87,13 +100,17 @@ __all__ = [
     "decode_clock_reply",
     "decode_clock_request",
     "decode_frame",
+    "decode_message",
     "encode_clock_reply",
     "encode_clock_request",
+    "encode_coded_frame",
     "encode_frame",
     "generate_keypair",
+    "load_codec",
     "measure_pubsub_floor",
     "now_ns",
     "offset_and_delay",
     "parse_endpoint",
     "refusal_sentence",
+    "save_codec",
 ]

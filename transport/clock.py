@@ -177,6 +177,10 @@ class ClockServer(SocketOwner):
             raise ValueError("the clock server runs on the sender, which is the CURVE client")
         self.clock = clock
         self.served = 0
+        self.clients_seen = 0
+        """Distinct clock clients (receivers) that asked so far: a sender sends an intra frame of its coded
+        stream when this grows, so a receiver that just joined decodes at once (``docs/protocol.md`` 3.7)."""
+        self._identities: set[bytes] = set()
         self.bad: Counter[str] = Counter()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -203,6 +207,11 @@ class ClockServer(SocketOwner):
             except WireError as err:
                 self._bad(err.kind, err.detail)
                 continue
+            if identity not in self._identities:
+                if len(self._identities) >= 256:  # bounded: a churn of clients only re-counts old ones
+                    self._identities.clear()
+                self._identities.add(identity)
+                self.clients_seen += 1
             reply = ClockReply(request_id=req.request_id, t0_ns=req.t0_ns, t1_ns=t1, t2_ns=self.clock())
             sock.send_multipart([identity, encode_clock_reply(reply)], zmq.NOBLOCK)  # type: ignore[union-attr]
             answered += 1

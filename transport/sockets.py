@@ -42,7 +42,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .endpoints import EndpointError, parse_endpoint
 from .stats import SendStats, StreamStats
-from .wire import FrameMessage, WireError, WireLimits, decode_frame, encode_frame
+from .latent_codec import CodecError, CodecTables, LatentStreamDecoder
+from .wire import CodedFrame, FrameMessage, WireError, WireLimits, decode_message, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -513,9 +514,19 @@ class FramePublisher(SocketOwner):
 class FrameSubscriber(SocketOwner):
     """Receiver side: SUB socket with latest-frame-wins delivery.
 
-    Every message is validated with :func:`decode_frame` under ``limits``;
-    bad ones are counted in :attr:`stats` by kind and dropped. Beyond the
-    decoder's kinds (``transport.wire.RECEIVER_CHECK_KINDS``):
+    Every message is validated with :func:`transport.wire.decode_message` under
+    ``limits``; bad ones are counted in :attr:`stats` by kind and dropped. Coded
+    frames (``docs/protocol.md`` 3.7) are decoded by one
+    :class:`transport.latent_codec.LatentStreamDecoder` per stream with the codec
+    tables in ``codecs`` (by codec id), so callers always get a
+    :class:`FrameMessage` with a float32 ``z`` and gaze. Beyond the decoder's kinds
+    (``transport.wire.RECEIVER_CHECK_KINDS``):
+
+    * a coded frame the stream's decoder cannot use: ``"no_reference"`` (a
+      predicted frame whose reference this receiver does not hold: it joined late
+      or lost a frame; until the next intra frame), ``"codec"`` (a payload that
+      does not decode or fails its check), ``"model_mismatch"`` (an intra frame
+      coded with tables this receiver does not have);
 
     * a multipart ZeroMQ message is dropped whole, kind ``"multipart"``;
     * if ``stream_id`` is given, valid frames of other streams are ``"stream"``;
@@ -544,6 +555,7 @@ class FrameSubscriber(SocketOwner):
         stream_id: str | None = None,
         expected_model: str | None = None,
         clock_offset_ns: int | None = None,
+        codecs: dict[str, CodecTables] | None = None,
     ) -> None:
         if curve is not None and not curve.is_server:
             raise ValueError("the frame subscriber (receiver) is the CURVE server: give it an allowed-clients directory")
@@ -559,6 +571,9 @@ class FrameSubscriber(SocketOwner):
         clock exchange has a new estimate."""
         self.stats = StreamStats()
         self._models: dict[str, str] = {}  # stream id -> model id it last declared
+        self.codecs: dict[str, CodecTables] = dict(codecs or {})
+        """Codec tables this receiver decodes coded frames with, by codec id."""
+        self._decoders: dict[str, LatentStreamDecoder] = {}  # stream id -> its coded-stream state
         super().__init__(
             zmq.SUB, endpoint, bind=bind, curve=curve, options=options, max_msg_size=options.max_msg_size, context=context
         )
@@ -577,13 +592,18 @@ class FrameSubscriber(SocketOwner):
     def _take(self, data: bytes, now_ns: int) -> FrameMessage | None:
         self.stats.record_message(len(data), now_ns)
         try:
-            frame = decode_frame(data, self.limits)
+            frame = decode_message(data, self.limits)
         except WireError as err:
             self.stats.record_bad(err.kind, err.detail)
             return None
         if self.expected_stream is not None and frame.stream_id != self.expected_stream:
             self.stats.record_bad("stream", f"frame of stream {frame.stream_id!r}")
             return None
+        skipped = 0
+        if isinstance(frame, CodedFrame):
+            frame, skipped = self._decode_coded(frame)
+            if frame is None:
+                return None
         if frame.model is not None and (frame.stream_id in self._models or len(self._models) < StreamStats.MAX_STREAMS):
             self._models[frame.stream_id] = frame.model
         if self.expected_model is not None:
@@ -604,8 +624,28 @@ class FrameSubscriber(SocketOwner):
                     f"(window -{self.limits.max_past_s:g} s .. +{self.limits.max_future_s:g} s)",
                 )
                 return None
-        self.stats.record_frame(frame.stream_id, frame.seq, len(data), now_ns)
+        self.stats.record_frame(frame.stream_id, frame.seq, len(data), now_ns, skipped=skipped)
         return frame
+
+    def _decode_coded(self, cf: CodedFrame) -> tuple[FrameMessage | None, int]:
+        """The stream's decoder on a coded frame -> (frame, frames it skipped on purpose), or (None, 0) counted."""
+        dec = self._decoders.get(cf.stream_id)
+        if dec is None:
+            if len(self._decoders) >= StreamStats.MAX_STREAMS:  # bounded: a hostile peer cannot grow this
+                self._decoders.pop(next(iter(self._decoders)))
+            dec = self._decoders[cf.stream_id] = LatentStreamDecoder(self.codecs, self.limits)
+        before = dec.skipped
+        try:
+            frame = dec.decode(cf)
+        except CodecError as err:
+            if err.kind == "model_mismatch":
+                self.stats.last_model_mismatch = f"{cf.model or 'unknown'} coded with codec tables {cf.codec_id} (not installed here; --codec DIR)"
+            self.stats.record_bad(err.kind, err.detail)
+            return None, 0
+        except WireError as err:
+            self.stats.record_bad(err.kind, err.detail)
+            return None, 0
+        return frame, dec.skipped - before
 
     def _take_multipart_rest(self, first: bytes, now_ns: int) -> None:
         """Drop a multipart message whole (its first part is ``first``): one "multipart" bad message."""
@@ -617,8 +657,9 @@ class FrameSubscriber(SocketOwner):
         self.stats.record_message(nbytes, now_ns)
         self.stats.record_bad("multipart", f"{parts} ZeroMQ frames in one message, expected 1")
 
-    def _drain(self) -> FrameMessage | None:
-        """Take up to ``max_drain`` queued messages; return the newest valid frame."""
+    def _drain(self, collect: list[FrameMessage] | None = None) -> FrameMessage | None:
+        """Take up to ``max_drain`` queued messages; return the newest valid frame (with ``collect``: append
+        every valid frame to it, in arrival order, none counted stale)."""
         latest: FrameMessage | None = None
         sock = self.socket
         for _ in range(self.options.max_drain):
@@ -630,7 +671,10 @@ class FrameSubscriber(SocketOwner):
                 self._take_multipart_rest(data, time.monotonic_ns())
                 continue
             frame = self._take(data, time.monotonic_ns())
-            if frame is not None:
+            if frame is not None and collect is not None:
+                collect.append(frame)
+                latest = frame
+            elif frame is not None:
                 if latest is not None:
                     self.stats.dropped_stale += 1
                 latest = frame
@@ -660,3 +704,22 @@ class FrameSubscriber(SocketOwner):
             if not self.socket.poll(wait_ms, zmq.POLLIN):  # type: ignore[union-attr]
                 self.poll_events()
                 return None
+
+    def recv_all(self, timeout_ms: int | None = 0) -> list[FrameMessage]:
+        """Every valid frame queued now, in arrival order (a jitter buffer's input: none is dropped as
+        stale), waiting up to ``timeout_ms`` for the first; ``[]`` on timeout. Bad messages are counted
+        as in :meth:`recv_latest`."""
+        self.poll_events()
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
+        while True:
+            frames: list[FrameMessage] = []
+            self._drain(frames)
+            if frames:
+                self.stats.delivered += len(frames)
+                return frames
+            wait_ms = -1 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
+            if deadline is not None and wait_ms <= 0:
+                return []
+            if not self.socket.poll(wait_ms, zmq.POLLIN):  # type: ignore[union-attr]
+                self.poll_events()
+                return []

@@ -83,6 +83,8 @@ class StreamStats:
       ``duplicates``     frames whose ``seq`` equals the previous frame's of the
                          same stream (a resent or replayed frame); not lost, not
                          a restart
+      ``skipped``        frames a coded stream skipped on purpose (LATEX-skip mode: the
+                         receiver extrapolates them); not lost
       ``restarts``       ``seq`` went backwards, or jumped forward by more than
                          :attr:`MAX_SEQ_JUMP`: the sender restarted (or lied)
       ``events``         Counter of socket events (``connected``, ``disconnected``,
@@ -110,6 +112,7 @@ class StreamStats:
         self.dropped_stale = 0
         self.lost = 0
         self.duplicates = 0
+        self.skipped = 0
         self.restarts = 0
         self.last_model_mismatch: str | None = None
         self.bad: Counter[str] = Counter()
@@ -133,8 +136,9 @@ class StreamStats:
         else:
             log.debug("dropping bad message (%s): %s", kind, detail)
 
-    def record_frame(self, stream_id: str, seq: int, nbytes: int, now_ns: int | None = None) -> None:
-        """A valid frame of ``stream_id`` arrived (in arrival order)."""
+    def record_frame(self, stream_id: str, seq: int, nbytes: int, now_ns: int | None = None, skipped: int = 0) -> None:
+        """A valid frame of ``stream_id`` arrived (in arrival order); ``skipped``: frames just before it that its
+        sender skipped on purpose (not lost)."""
         self.decoded += 1
         key = stream_id
         if key not in self._streams and len(self._streams) >= self.MAX_STREAMS:
@@ -146,7 +150,9 @@ class StreamStats:
             if seq == track.last_seq + 1:
                 pass
             elif track.last_seq < seq <= track.last_seq + 1 + self.MAX_SEQ_JUMP:
-                self.lost += seq - track.last_seq - 1
+                gap = seq - track.last_seq - 1
+                self.skipped += min(skipped, gap)
+                self.lost += gap - min(skipped, gap)
             elif seq == track.last_seq:
                 self.duplicates += 1
             else:
@@ -196,6 +202,7 @@ class StreamStats:
             "bad": dict(self.bad),
             "lost": self.lost,
             "duplicates": self.duplicates,
+            "skipped": self.skipped,
             "restarts": self.restarts,
             "last_model_mismatch": self.last_model_mismatch,
             "events": dict(self.events),

@@ -32,11 +32,15 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 2
-"""The only frame version this module writes and accepts (key ``"v"``).
+PROTOCOL_VERSION = 3
+"""The only frame version this module writes and accepts (key ``"v"`` of a plain
+frame, element 0 of a coded frame).
 
-Version 2 added the optional model id ``"m"``, forbids KEYFRAME together with
-EXTRAPOLATED, and bounds msgpack nesting (``docs/protocol.md`` section 6)."""
+Version 3 added the coded frame (a msgpack array carrying an entropy-coded,
+temporally predicted, quantised code; :mod:`transport.latent_codec`); the plain
+frame (a map) is unchanged apart from ``v``. Version 2 added the optional model
+id ``"m"``, forbids KEYFRAME together with EXTRAPOLATED, and bounds msgpack
+nesting (``docs/protocol.md`` section 6)."""
 
 CLOCK_PROTOCOL_VERSION = 1
 """Version of the clock-channel messages (key ``"v"``); unchanged since version 1."""
@@ -50,20 +54,29 @@ class FrameFlags(enum.IntFlag):
     EXTRAPOLATED = 2
     """``z`` was extrapolated by LATEX from earlier codes instead of encoded.
     Never set together with KEYFRAME (such a message is rejected as "schema")."""
+    INTRA = 4
+    """Coded frames only: the frame is self-contained (an intra frame), not a
+    residual against earlier frames. Reserved (0) in plain frames."""
 
 
 KEYFRAME = FrameFlags.KEYFRAME
 EXTRAPOLATED = FrameFlags.EXTRAPOLATED
+INTRA = FrameFlags.INTRA
 _KNOWN_FLAGS = int(KEYFRAME | EXTRAPOLATED)
+_KNOWN_CODED_FLAGS = int(KEYFRAME | EXTRAPOLATED | INTRA)
 
-WIRE_ERROR_KINDS = ("oversize", "msgpack", "schema", "version", "dtype", "shape", "non_finite", "code_range")
-"""Every ``WireError.kind``; receivers count bad messages by these names."""
+WIRE_ERROR_KINDS = ("oversize", "msgpack", "schema", "version", "dtype", "shape", "non_finite", "code_range", "codec")
+"""Every ``WireError.kind``; receivers count bad messages by these names.
+``codec``: a coded frame whose payload does not decode (wrong length, a symbol
+outside its alphabet, a check value that does not match the decoded code)."""
 
-RECEIVER_CHECK_KINDS = ("multipart", "stream", "model_mismatch", "timestamp_range")
+RECEIVER_CHECK_KINDS = ("multipart", "stream", "model_mismatch", "timestamp_range", "no_reference")
 """Bad-message kinds a :class:`transport.sockets.FrameSubscriber` counts beyond
 :func:`decode_frame`'s: a multipart ZeroMQ message (never decoded), a valid
-frame of another stream, of another model, or with a capture time outside the
-receiver's window (``docs/protocol.md`` section 3.6)."""
+frame of another stream, of another model (or coded with tables this receiver
+lacks), with a capture time outside the receiver's window, or a predicted coded
+frame whose reference frame the receiver does not hold (``docs/protocol.md``
+sections 3.6 and 3.7)."""
 
 BAD_MESSAGE_KINDS = WIRE_ERROR_KINDS + RECEIVER_CHECK_KINDS
 """Every key a receiver's ``StreamStats.bad`` counter can hold."""
@@ -212,6 +225,162 @@ class FrameMessage:
     @property
     def is_extrapolated(self) -> bool:
         return bool(self.flags & EXTRAPOLATED)
+
+
+MAX_REF_DISTANCE = 255
+"""Largest ``r`` of a predicted coded frame: its reference is at most this many frames back (the frames in
+between were skipped on purpose, LATEX-skip mode)."""
+CODED_FRAME_LEN = 11
+"""Elements of a predicted coded frame; an intra frame has one more (the declarations map)."""
+SEQ_CHECK_MOD = 128
+"""A predicted frame carries its sequence number modulo this (one msgpack byte), so a receiver checks that the
+frame it holds is the reference before applying a residual."""
+CODERS = {0: "raw", 1: "range"}
+"""Payload coders of a coded frame (element ``c``): fixed-width bit packing, or the range coder."""
+_CODEC_ID_RE = re.compile(r"[0-9a-f]{8}")
+
+
+@dataclass(eq=False)
+class CodedFrame:
+    """A coded frame as it is on the wire (``docs/protocol.md`` section 3.7), before its payload is decoded.
+
+    :class:`transport.latent_codec.LatentStreamDecoder` turns it into a :class:`FrameMessage` with the
+    receiver's per-stream state; :class:`transport.latent_codec.LatentStreamEncoder` makes it."""
+
+    stream_id: str
+    flags: int
+    """:class:`FrameFlags`; ``INTRA`` set on a self-contained frame."""
+    seq: int
+    """Intra: the sequence number ``n``. Predicted: ``n`` modulo :data:`SEQ_CHECK_MOD`."""
+    ref: int
+    """Intra: 0. Predicted: ``r`` = n - (sequence number of the reference frame), 1..:data:`MAX_REF_DISTANCE`."""
+    time: int
+    """Intra: capture time, ns (sender clock). Predicted: capture time - the reference's, in microseconds."""
+    send_delay_us: int
+    """Send time - capture time, microseconds."""
+    enc_delay_us: int | None
+    """Stage mark ``enc`` - capture time, microseconds, or None."""
+    coder: int
+    """Payload coder, a key of :data:`CODERS`."""
+    check: int
+    """16-bit check of the decoded code (``crc32`` of the quantisation indices, low 16 bits)."""
+    payload: bytes
+    codec_id: str | None = None
+    """Intra only: the id (8 hex digits) of the codec tables the payload was coded with."""
+    model: str | None = None
+    """Intra only, optional: the model id, as ``FrameMessage.model``."""
+
+    @property
+    def is_intra(self) -> bool:
+        return bool(self.flags & INTRA)
+
+
+def encode_coded_frame(cf: CodedFrame) -> bytes:
+    """Serialize a coded frame (a msgpack array, section 3.7). ``ValueError`` for anything a receiver would reject."""
+    if not isinstance(cf.stream_id, str) or not _STREAM_ID_RE.fullmatch(cf.stream_id):
+        raise ValueError(f"stream_id must be 1-32 chars of [A-Za-z0-9._-], got {cf.stream_id!r}")
+    flags = _check_uint(cf.flags, "flags", 256)
+    if flags & ~_KNOWN_CODED_FLAGS or (flags & KEYFRAME and flags & EXTRAPOLATED):
+        raise ValueError(f"bad coded-frame flags {flags:#x}")
+    intra = bool(flags & INTRA)
+    if intra:
+        seq = _check_uint(cf.seq, "seq")
+        ref = _check_uint(cf.ref, "ref distance", 1)
+        t = _check_uint(cf.time, "capture_ts_ns")
+    else:
+        seq = _check_uint(cf.seq, "seq mod 128", SEQ_CHECK_MOD)
+        ref = _check_uint(cf.ref, "ref distance", MAX_REF_DISTANCE + 1)
+        if ref < 1:
+            raise ValueError("ref distance must be >= 1")
+        t = _check_uint(cf.time, "capture time delta (us)", 2**32)
+    body: list[Any] = [PROTOCOL_VERSION, cf.stream_id, flags, seq, ref, t,
+                       _check_uint(cf.send_delay_us, "send delay (us)", 2**32),
+                       None if cf.enc_delay_us is None else _check_uint(cf.enc_delay_us, "enc delay (us)", 2**32),
+                       cf.coder if cf.coder in CODERS else _check_uint(-1, "coder"),
+                       _check_uint(cf.check, "check", 2**16), bytes(cf.payload)]
+    if intra:
+        if not isinstance(cf.codec_id, str) or not _CODEC_ID_RE.fullmatch(cf.codec_id):
+            raise ValueError(f"an intra frame needs its codec id (8 hex digits), got {cf.codec_id!r}")
+        decl: dict[str, Any] = {"k": cf.codec_id}
+        if cf.model is not None:
+            if not isinstance(cf.model, str) or not _MODEL_ID_RE.fullmatch(cf.model):
+                raise ValueError(f"model must be 1-64 chars of [A-Za-z0-9._:/-], got {cf.model!r}")
+            decl["m"] = cf.model
+        body.append(decl)
+    elif cf.codec_id is not None or cf.model is not None:
+        raise ValueError("codec id and model id travel on intra frames only")
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def _decode_coded(obj: list, limits: "WireLimits") -> CodedFrame:
+    """Validate the elements of a coded frame (already parsed, version checked); [schema]/[codec] otherwise."""
+    if len(obj) < 3:
+        raise WireError("schema", f"coded frame of {len(obj)} elements")
+    stream_id, flags = obj[1], obj[2]
+    if type(stream_id) is not str or not _STREAM_ID_RE.fullmatch(stream_id):
+        raise WireError("schema", f"bad stream id {stream_id!r}")
+    if type(flags) is not int or not 0 <= flags < 256:
+        raise WireError("schema", f"flags must be an integer in [0, 256), got {flags!r}")
+    if flags & ~_KNOWN_CODED_FLAGS:
+        raise WireError("schema", f"reserved flag bits set in {flags:#x}")
+    if flags & KEYFRAME and flags & EXTRAPOLATED:
+        raise WireError("schema", "flags KEYFRAME and EXTRAPOLATED both set")
+    intra = bool(flags & INTRA)
+    want = CODED_FRAME_LEN + intra
+    if len(obj) != want:
+        raise WireError("schema", f"{'intra' if intra else 'predicted'} coded frame has {len(obj)} elements, expected {want}")
+    _, _, _, n, r, t, d, e, c, x, p = obj[:CODED_FRAME_LEN]
+
+    def uint(value: Any, name: str, bound: int) -> int:
+        if type(value) is not int or not 0 <= value < bound:
+            raise WireError("schema", f"{name} must be an integer in [0, {bound}), got {value!r}")
+        return value
+
+    if intra:
+        uint(n, "n", _U64)
+        uint(r, "r of an intra frame", 1)
+        uint(t, "tc", _U64)
+    else:
+        uint(n, "n mod 128", SEQ_CHECK_MOD)
+        uint(r, "r", MAX_REF_DISTANCE + 1)
+        if r < 1:
+            raise WireError("schema", "r must be >= 1")
+        uint(t, "tc delta", 2**32)
+    uint(d, "dt", 2**32)
+    if intra and t + d * 1000 >= _U64:
+        raise WireError("schema", "send time overflows 64 bits")
+    if e is not None:
+        uint(e, "enc", 2**32)
+    if type(c) is not int or c not in CODERS:
+        raise WireError("codec", f"unknown payload coder {c!r}")
+    uint(x, "check", 2**16)
+    if type(p) is not bytes:
+        raise WireError("schema", f"payload must be msgpack bin, got {type(p).__name__}")
+    codec_id = model = None
+    if intra:
+        decl = obj[CODED_FRAME_LEN]
+        if not isinstance(decl, dict):
+            raise WireError("schema", "intra frame declarations must be a map")
+        _check_keys(decl, frozenset({"k"}), frozenset({"m"}), "declarations")
+        codec_id = decl["k"]
+        if type(codec_id) is not str or not _CODEC_ID_RE.fullmatch(codec_id):
+            raise WireError("schema", f"bad codec id {codec_id!r}")
+        model = decl.get("m")
+        if "m" in decl and (type(model) is not str or not _MODEL_ID_RE.fullmatch(model)):
+            raise WireError("schema", f"bad model id {model!r}")
+    return CodedFrame(stream_id=stream_id, flags=flags, seq=n, ref=r, time=t, send_delay_us=d, enc_delay_us=e,
+                      coder=c, check=x, payload=p, codec_id=codec_id, model=model)
+
+
+def decode_message(data: bytes, limits: "WireLimits | None" = None) -> "FrameMessage | CodedFrame":
+    """Validate one frame-channel message: a plain frame (a map) comes back as a :class:`FrameMessage`
+    (:func:`decode_frame`), a coded frame (an array) as a :class:`CodedFrame` whose payload still needs its
+    stream's :class:`transport.latent_codec.LatentStreamDecoder`. :class:`WireError` on anything wrong."""
+    limits = limits or WireLimits()
+    obj = _unpack(data, limits.max_bytes, allow_array=True)
+    if isinstance(obj, list):
+        return _decode_coded(obj, limits)
+    return _frame_from_map(obj, limits)
 
 
 @dataclass(frozen=True)
@@ -378,8 +547,9 @@ def _too_deep(obj: Any, limit: int) -> bool:
     return False
 
 
-def _unpack(data: Any, max_bytes: int, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
-    """Size cap, msgpack parse with limits, nesting depth, top-level map and version check."""
+def _unpack(data: Any, max_bytes: int, version: int = PROTOCOL_VERSION, *, allow_array: bool = False) -> Any:
+    """Size cap, msgpack parse with limits, nesting depth, top-level map (or, with ``allow_array``, a coded
+    frame's array whose element 0 is the version) and version check."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError("schema", f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
@@ -403,6 +573,11 @@ def _unpack(data: Any, max_bytes: int, version: int = PROTOCOL_VERSION) -> dict[
         raise WireError("msgpack", f"{type(exc).__name__}: {exc}") from None
     if _too_deep(obj, _MAX_DEPTH):
         raise WireError("msgpack", f"containers nested deeper than {_MAX_DEPTH}")
+    if allow_array and isinstance(obj, list):
+        v = obj[0] if obj else None
+        if type(v) is not int or v != version:
+            raise WireError("version", f"coded frame version {v!r}, expected {version}")
+        return obj
     if not isinstance(obj, dict):
         raise WireError("schema", f"top level is {type(obj).__name__}, not a map")
     v = obj.get("v")
@@ -476,7 +651,11 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
     ``docs/protocol.md`` section 3.4 is the same list.
     """
     limits = limits or WireLimits()
-    obj = _unpack(data, limits.max_bytes)
+    return _frame_from_map(_unpack(data, limits.max_bytes), limits)
+
+
+def _frame_from_map(obj: dict[str, Any], limits: WireLimits) -> FrameMessage:
+    """Steps 5-7 of the plain frame's validation (section 3.4) on a parsed, version-checked map."""
     _check_keys(obj, _FRAME_REQUIRED, _FRAME_OPTIONAL, "frame")
 
     stream_id = obj["id"]
@@ -526,7 +705,7 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
     z = _decode_array(obj["z"], "z", limits, z_rule)
     gaze = _decode_array(obj["g"], "g", limits, lambda s: None if s == (2, 2) else "expected [2, 2]")
     keypoints = _decode_array(obj["kp"], "kp", limits, kp_rule) if "kp" in obj else None
-    _check_code_range(z, limits)
+    check_code_range(z, limits)
 
     return FrameMessage(
         stream_id=stream_id,
@@ -542,7 +721,7 @@ def decode_frame(data: bytes, limits: WireLimits | None = None) -> FrameMessage:
     )
 
 
-def _check_code_range(z: np.ndarray, limits: WireLimits) -> None:
+def check_code_range(z: np.ndarray, limits: WireLimits) -> None:
     """[code_range] when ``z`` leaves ``limits.code_abs_max`` or ``[code_low, code_high]``."""
     if limits.code_abs_max is not None:
         mag = np.abs(z.astype(np.float64))

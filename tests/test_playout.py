@@ -1,0 +1,177 @@
+"""The receiver's jitter buffer and concealment (runtime.playout), driven with an injected clock."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from avcore.errors import UsageError
+from encoder.latex import apply_schedule
+from runtime.playout import PlayoutBuffer, PlayoutConfig
+from transport.impair import ImpairmentModel, ImpairmentSpec
+
+P = 33_333_333  # frame period (ns)
+BASE = 5_000_000  # fixed part of capture -> arrival
+
+
+def code(seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth, seq-dependent code and gaze (so extrapolation has something to follow)."""
+    t = seq / 30.0
+    z = np.sin(t * np.arange(1, 9, dtype=np.float32) * 0.7).astype(np.float32)
+    return z, np.array([[np.sin(t), np.cos(t)], [0.1 * t, -0.1 * t]], np.float32)
+
+
+def drive(arrivals: list[tuple[int, int]], cfg: PlayoutConfig, end_ns: int, step_ns: int = 1_000_000):
+    """Feed (arrival_ns, seq) events into a buffer, popping every ``step_ns`` (the injected clock) -> outputs
+    up to the last sequence number sent (after it the buffer goes on concealing the stream's end)."""
+    pb = PlayoutBuffer(cfg)
+    events = sorted(arrivals)
+    outs, k, now = [], 0, 0
+    while now <= end_ns:
+        while k < len(events) and events[k][0] <= now:
+            t, s = events[k]
+            z, g = code(s)
+            pb.push(s, s * P, t, z, g)
+            k += 1
+        o = pb.pop(now)
+        if o is not None:
+            outs.append(o)
+        now += step_ns
+    last = max(s for _, s in arrivals)
+    return pb, [o for o in outs if o.seq <= last]
+
+
+def test_in_order_and_exactly_the_missing_frames_are_concealed():
+    """Jittered, reordered, duplicated arrivals with some frames never arriving: every slot is output once, in
+    sequence order, and the concealed ones are exactly the missing sequence numbers."""
+    rng = np.random.default_rng(3)
+    n = 200
+    missing = {17, 18, 40, 41, 42, 90, 150}
+    arrivals = []
+    for s in range(n):
+        if s in missing:
+            continue
+        t = s * P + BASE + int(rng.uniform(0, 60e6))  # up to 60 ms of jitter: frames overtake each other
+        arrivals.append((t, s))
+        if s % 23 == 0:
+            arrivals.append((t + 7_000_000, s))  # a duplicate
+    assert any(a[1] > b[1] for a, b in zip(arrivals, sorted(arrivals)))  # arrival order is not seq order
+    pb, outs = drive(arrivals, PlayoutConfig(max_delay_ms=70, min_delay_ms=70), n * P + 200_000_000)
+    seqs = [o.seq for o in outs]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))  # never out of order, never twice
+    assert seqs == list(range(n))  # a 1 ms clock releases every slot on its own
+    assert {o.seq for o in outs if o.concealed} == missing
+    assert sum(o.concealed for o in outs) == len(missing) and pb.counts["duplicates"] == n // 23 + 1
+    assert pb.counts["late"] == 0  # a 70 ms delay covers 60 ms of jitter
+
+
+def test_late_frame_is_dropped_never_shown_and_corrects_the_history():
+    cfg = PlayoutConfig(max_delay_ms=10, min_delay_ms=10)
+    arrivals = [(s * P + BASE, s) for s in range(20) if s != 10]
+    arrivals.append((12 * P + BASE, 10))  # two frames after its slot
+    pb, outs = drive(arrivals, cfg, 25 * P)
+    seqs = [o.seq for o in outs]
+    assert seqs == list(range(20))
+    assert [o.seq for o in outs if o.concealed] == [10]
+    assert pb.counts["late"] == 1
+    # the history now holds the true frame 10: the concealed value was replaced
+    hist = {s: z for s, z, _ in pb._shown}
+    assert 10 not in hist or np.array_equal(hist[10], code(10)[0])
+
+
+def test_concealment_rebuilds_latex_skipped_frames_exactly():
+    """A LATEX-skip sender leaves skipped frames unsent; the receiver's extrapolation must equal the sender's
+    (encoder.latex.apply_schedule over the values it had sent)."""
+    n = 60
+    key = np.ones(n, bool)
+    key[[7, 8, 20, 33, 34, 50]] = False  # at most 2 in a row, after the first T = 5
+    values = np.stack([code(s)[0] for s in range(n)])
+    gazes = np.stack([code(s)[1] for s in range(n)])
+    want_z = apply_schedule(key, values, 5)
+    want_g = apply_schedule(key, gazes, 5)
+    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=20, min_delay_ms=20, method="latex", history=5, damping=1.0))
+    outs = []
+    for s in range(n):
+        if key[s]:
+            pb.push(s, s * P, s * P + BASE, values[s], gazes[s])
+        for now in range(s * P, (s + 1) * P, 2_000_000):
+            o = pb.pop(now)
+            if o is not None:
+                outs.append(o)
+    got = {o.seq: o for o in outs}
+    for s in np.flatnonzero(~key):
+        assert got[s].concealed
+        np.testing.assert_allclose(got[s].z, want_z[s], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(got[s].gaze, want_g[s], rtol=0, atol=1e-6)
+
+
+def test_run_bound_then_hold_and_no_concealment_when_off():
+    arrivals = [(s * P + BASE, s) for s in range(40) if not 10 <= s < 25]
+    cfg = PlayoutConfig(max_delay_ms=5, min_delay_ms=5, max_concealed=4)
+    pb, outs = drive(arrivals, cfg, 45 * P)
+    assert [o.seq for o in outs if o.concealed] == [10, 11, 12, 13]
+    assert pb.counts["held"] == 11
+    assert [o.seq for o in outs if not o.concealed] == [s for s in range(40) if not 10 <= s < 25]
+    pb, outs = drive(arrivals, PlayoutConfig(max_delay_ms=5, min_delay_ms=5, conceal=False), 45 * P)
+    assert not any(o.concealed for o in outs) and pb.counts["held"] == 15
+
+
+def test_target_delay_follows_the_jitter_and_is_bounded():
+    rng = np.random.default_rng(0)
+    arr = [(s * P + BASE + int(rng.uniform(0, 40e6)), s) for s in range(300)]
+    pb, outs = drive(arr, PlayoutConfig(max_delay_ms=100, jitter_percentile=95), 310 * P)
+    assert 30 <= pb.target_delay_ms <= 40  # p95 of U(0, 40 ms)
+    pb, _ = drive(arr, PlayoutConfig(max_delay_ms=20), 310 * P)
+    assert pb.target_delay_ms == 20  # bounded
+    assert pb.counts["late"] > 0  # what the bound leaves out arrives after its slot: concealed, not shown
+
+
+def test_sender_restart_starts_over():
+    arrivals = [(s * P + BASE, s) for s in range(30)]
+    arrivals += [((40 + s) * P + BASE, s) for s in range(20)]  # seq back to 0, capture times newer
+    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=5, min_delay_ms=5))
+    outs = []
+    for t, s in sorted(arrivals):
+        pb.push(s, t - BASE, t, *code(s))
+        o = pb.pop(t + 6_000_000)
+        if o is not None:
+            outs.append(o)
+    assert pb.counts["resets"] == 1 and pb.counts["late"] == 0
+    assert [o.seq for o in outs][-20:] == list(range(20))
+
+
+def test_impaired_stream_through_the_buffer_stays_in_order():
+    """The sender's impairment model and the receiver's buffer together (the network bench's in-process path)."""
+    model = ImpairmentModel(ImpairmentSpec(loss=0.05, jitter_ms=20, reorder=0.02, dup=0.02, seed=11))
+    arrivals, sent = [], set()
+    for s in range(600):
+        v = model.next()
+        for d in v.delays_ms:
+            arrivals.append((s * P + BASE + int(d * 1e6), s))
+            sent.add(s)
+    pb, outs = drive(arrivals, PlayoutConfig(max_delay_ms=60), 610 * P)
+    seqs = [o.seq for o in outs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    concealed = {o.seq for o in outs if o.concealed}
+    assert set(range(600)) - sent <= concealed | {s for s in range(600) if s not in seqs}
+    assert concealed.isdisjoint({o.seq for o in outs if not o.concealed})
+
+
+def test_config_checks():
+    with pytest.raises(UsageError, match="min_delay_ms"):
+        PlayoutConfig(min_delay_ms=50, max_delay_ms=20)
+    with pytest.raises(UsageError, match="max_concealed"):
+        PlayoutConfig(max_concealed=-1)
+    assert not PlayoutConfig(max_delay_ms=0).enabled
+
+
+def test_line_fit_prediction_follows_a_line_and_damps_its_slope():
+    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=5, min_delay_ms=5, method="fit", history=6, damping=1.0))
+    for s in range(10):
+        pb.push(s, s * P, s * P + BASE, np.full(4, 2.0 * s, np.float32), np.full((2, 2), -s, np.float32))
+    pb.pop(10 * P)
+    z, g = pb._extrapolate()
+    np.testing.assert_allclose(z, 20.0, atol=1e-4)  # exact on a line
+    np.testing.assert_allclose(g, -10.0, atol=1e-4)
+    pb.cfg = PlayoutConfig(max_delay_ms=5, method="fit", history=6, damping=0.0)
+    z, _ = pb._extrapolate()
+    np.testing.assert_allclose(z, np.mean([2.0 * s for s in range(4, 10)]), atol=1e-4)  # no slope: the mean
