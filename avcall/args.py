@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
+import sys
 
 from avcore.errors import UsageError
 
@@ -92,3 +94,10 @@ def latex_from_args(args: argparse.Namespace):
         return None
     return LatexConfig(history=args.latex_history, threshold=args.latex_threshold, skip_ratio=args.latex_skip_ratio,
                        max_skips=args.latex_max_skips)
+
+
+def command_line(word: str, fallback: str) -> str:
+    """The command that made a result, for its file: this process's own ``avcall …`` line when it ran the
+    command (``word`` is among its arguments), else ``fallback`` (called from Python)."""
+    argv = sys.argv[1:]
+    return "avcall " + " ".join(shlex.quote(a) for a in argv) if word in argv else fallback

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import textwrap
 
 from encoder.codec_fit import CodecFitConfig
+
+from .args import command_line
 
 TRAIN_EPILOG = """\
 examples:
@@ -109,8 +109,7 @@ def _fit_cfg(args, **kw) -> CodecFitConfig:
 
 
 def _command(name: str, args) -> str:
-    argv = sys.argv[1:]
-    return ("avcall " + " ".join(shlex.quote(a) for a in argv)) if "codec" in argv else f"avcall {name} codec --identity {args.identity}"
+    return command_line("codec", f"avcall {name} codec --identity {args.identity}")
 
 
 def _train(args: argparse.Namespace) -> int:

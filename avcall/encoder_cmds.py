@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 
 
 from runtime.telemetry import json_safe
 
-from .args import HelpFormatter, positive_int
+from .args import HelpFormatter, command_line, positive_int
 
 TRAIN_EPILOG = """\
 examples:
@@ -214,9 +212,8 @@ def _eval(args: argparse.Namespace) -> int:
 def _table(args: argparse.Namespace) -> int:
     from encoder.table import build_table, render_markdown
 
-    argv = sys.argv[1:]
-    command = ("avcall " + " ".join(shlex.quote(a) for a in argv)) if "table" in argv else \
-        f"avcall eval table --identities {args.identities} --models {args.models} --out {args.out}"
+    command = command_line("table", f"avcall eval table --identities {args.identities} --models {args.models} "
+                                    f"--out {args.out}")
     t = build_table(args.identities.split(","), args.models.split(","), args.out, command=command, runs_root=args.runs,
                     max_frames=args.frames, render_size=args.size, bench_runs=args.bench_runs,
                     decoders_root=args.decoders, data_dir=args.data_dir)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import textwrap
 
 from encoder.latex import CALIBRATION_RATIOS, CALIBRATION_SETTINGS, LatexConfig, calibration_key
 from encoder.latex_eval import LatexEvalConfig
+
+from .args import command_line
 
 EARLY_STEPS = 3000
 """Default head training steps (= ``encoder.early.EarlyConfig.steps``; that module imports torch, this one must not)."""
@@ -144,9 +144,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(1)
     d = _model_dir(args)
-    argv = sys.argv[1:]
-    command = ("avcall " + " ".join(shlex.quote(a) for a in argv)) if "latex" in argv else \
-        f"avcall eval latex --identity {args.identity}"
+    command = command_line("latex", f"avcall eval latex --identity {args.identity}")
     cfg = LatexEvalConfig(identity=args.identity, sessions=tuple(int(s) for s in args.sessions.split(",")),
                           seconds=args.seconds, size=args.size)
     cache = Path(args.cache) if args.cache else Path("runs") / "encoder" / f"latex_seq_{args.identity}.npz"

@@ -13,7 +13,7 @@ import sys
 
 from runtime.playout import PlayoutConfig
 
-from .args import HelpFormatter, non_negative_float
+from .args import HelpFormatter, command_line, non_negative_float
 
 IMPAIR_HELP = ("impair {who} transmit path in-process, e.g. loss=5%%,burst=3,jitter=20ms,reorder=1%%,dup=1%%,seed=7 "
                "(loss in %%; burst = mean loss-run length, 1 = independent losses; jitter = mean extra delay, "
@@ -65,13 +65,11 @@ def add_bench(bench_sub) -> None:
 
 
 def _bench_network(args: argparse.Namespace) -> int:
-    import shlex
-
     from runtime.netbench import NetworkBenchConfig, bench_network, render_markdown, write_results
     from runtime.telemetry import json_safe
 
     cfg = NetworkBenchConfig(seconds=args.seconds, identity=args.identity, quick=args.quick)
-    command = "avcall " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line("network", "avcall bench network")
     r = bench_network(cfg, command=command, progress=not args.json)
     if args.out_dir:
         for path in write_results(r, args.out_dir):
