@@ -65,12 +65,16 @@ def add_bench(bench_sub) -> None:
 
 
 def _bench_network(args: argparse.Namespace) -> int:
-    from runtime.netbench import NetworkBenchConfig, bench_network, render_markdown, write_results
+    from encoder.heldout import heldout_codes
+    from runtime.netbench import NetworkBenchConfig, bench_network, heldout_caches, render_markdown, write_results
     from runtime.telemetry import json_safe
 
     cfg = NetworkBenchConfig(seconds=args.seconds, identity=args.identity, quick=args.quick)
     command = command_line("network", "avcall bench network")
-    r = bench_network(cfg, command=command, progress=not args.json)
+    sequences, codes = heldout_caches(cfg)
+    data = heldout_codes(cfg.identity, cfg.sessions, cfg.clip_s, cfg.fps, sequence_cache=sequences, codes_cache=codes,
+                         progress=True)
+    r = bench_network(cfg, data, command=command, progress=True)
     if args.out_dir:
         for path in write_results(r, args.out_dir):
             print(f"wrote {path}", file=sys.stderr)

@@ -15,8 +15,9 @@ Two measurements, each where it can be made well on this 2-core machine:
   over loopback, replayed headset) with ``--impair`` on the sender: presented fps, freeze time (the longest
   time without a new image), capture-to-present p50/p99 and the jitter buffer's target delay.
 
-Only the quality half imports torch (the ground-truth codes come from the VAE, once, cached); the
-processes stay torch-free.
+The held-out data (ground-truth codes from the VAE, so torch) is made by
+:func:`encoder.heldout.heldout_codes` and handed in by the command; this module imports no torch and no
+training or evaluation code.
 """
 from __future__ import annotations
 
@@ -73,42 +74,6 @@ def spec_string(loss: float, burst: int, jitter: float, seed: int) -> str:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def heldout_stream(cfg: NetworkBenchConfig, progress: bool = True) -> dict:
-    """Held-out frames with ground-truth codes (``z_gt``, ``gaze``) and the sender's float16 codes (``z``,
-    ``g``), cached under the avcall cache directory."""
-    cache = cache_dir() / f"network_seq_{cfg.identity}.npz"
-    codes = cache_dir() / f"network_codes_{cfg.identity}.npz"
-    key = repr((cfg.identity, cfg.sessions, cfg.clip_s, cfg.fps))
-    if codes.is_file():
-        with np.load(codes) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
-    import torch
-
-    from decoder.export import load_vae
-    from encoder.latex_eval import LatexEvalConfig, build_sequences
-    from encoder.runtime import HmcEncoder, default_model_dir
-
-    torch.set_num_threads(1)
-    seq = build_sequences(LatexEvalConfig(identity=cfg.identity, sessions=cfg.sessions, seconds=cfg.clip_s, fps=cfg.fps),
-                          load_vae(cfg.identity), progress=progress, cache=cache)
-    enc = HmcEncoder(default_model_dir(cfg.identity))
-    n = len(seq["views"])
-    z = np.zeros((n, enc.latent_dim), np.float32)
-    g = np.zeros((n, 2, 2), np.float32)
-    for i in progress_bar(range(n), desc="encode held-out frames", unit="frame", disable=not progress, mininterval=5.0):
-        r = enc.encode(seq["views"][i])
-        z[i] = np.asarray(r.z).astype(np.float16)  # what the wire carries
-        g[i] = np.asarray(r.gaze, np.float32).reshape(2, 2).astype(np.float16)
-    out = {"z": z, "g": g, "z_gt": seq["z_gt"].astype(np.float32), "gaze": seq["gaze"].astype(np.float32),
-           "session": seq["session"], "frame": seq["frame"]}
-    codes.parent.mkdir(parents=True, exist_ok=True)
-    tmp = codes.with_name(codes.stem + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), **out)
-    tmp.replace(codes)
-    return out
 
 
 class Renders:
@@ -236,12 +201,18 @@ def process_run(spec: str, playout: PlayoutConfig, seconds: float) -> dict:
 # --------------------------------------------------------------------------- the bench
 
 
-def bench_network(cfg: NetworkBenchConfig, command: str = "", progress: bool = True) -> dict:
+def heldout_caches(cfg: NetworkBenchConfig) -> tuple[Path, Path]:
+    """Where the held-out sequences and their codes are cached (the avcall cache directory)."""
+    return cache_dir() / f"network_seq_{cfg.identity}.npz", cache_dir() / f"network_codes_{cfg.identity}.npz"
+
+
+def bench_network(cfg: NetworkBenchConfig, data: dict, command: str = "", progress: bool = True) -> dict:
+    """The bench over ``data``: held-out frames with ground-truth codes (``z_gt``, ``gaze``), the sender's float16
+    codes (``z``, ``g``), ``session`` and ``frame`` (:func:`encoder.heldout.heldout_codes` makes them)."""
     from encoder.bench import machine_description
 
     grid = QUICK_GRID if cfg.quick else FULL_GRID
     pgrid = (QUICK_PROCESS_GRID if cfg.quick else PROCESS_GRID) if cfg.seconds > 0 else []
-    data = heldout_stream(cfg, progress)
     renders = Renders(data, cfg.identity, cfg.size, progress)
     base_face, base_frame = unimpaired_mse(data, renders)
     rows = []
