@@ -19,7 +19,7 @@ from avcore.errors import UsageError
 
 from .config import (LatexConfig, PlayoutConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig,
                      check_impairment, check_source)
-from .models import MissingModelError, ensure_avatar_dir, ensure_encoder_dir
+from .models import ensure_avatar_dir, ensure_encoder_dir
 from .session import Link, SessionResult, run_session
 from .telemetry import Telemetry, format_number, format_summary, latency_histogram, percentiles, write_json
 
@@ -105,15 +105,7 @@ def _party_models(cfg: CallConfig, party: PartyConfig) -> tuple[str, str]:
 
     enc = party.encoder_dir or cfg.encoder_dir or str(default_encoder(party.identity))
     av = party.avatar_dir or cfg.avatar_dir or str(default_avatar(party.identity))
-    if not (Path(enc) / "arch.json").is_file() and not (party.encoder_dir or cfg.encoder_dir):
-        raise MissingModelError(f"{party.name} wears {party.identity}, and no encoder for {party.identity} is installed "
-                                f"({enc}); train one with 'avcall train encoder --arch EEM --identity {party.identity} "
-                                f"--install' or pass --encoder DIR ('avcall models' lists the installed ones)")
-    if not (Path(av) / "config.json").is_file() and not (party.avatar_dir or cfg.avatar_dir):
-        raise MissingModelError(f"{party.name} wears {party.identity}, and no avatar decoder for {party.identity} is "
-                                f"installed ({av}); train one with 'avcall train decoder --identity {party.identity} "
-                                f"--out DIR' or pass --avatar DIR ('avcall models' lists the installed ones)")
-    return str(ensure_encoder_dir(enc)), str(ensure_avatar_dir(av))
+    return str(ensure_encoder_dir(enc, party.identity)), str(ensure_avatar_dir(av, party.identity))
 
 
 def plan_call(cfg: CallConfig, out: Path) -> list[Link]:

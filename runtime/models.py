@@ -55,16 +55,18 @@ def _ensure(found: Path | None, default: str, marker: str, what: str, train: str
     return found
 
 
-def ensure_encoder_dir(model_dir: str | Path | None) -> Path:
-    """``model_dir``, else the installed default encoder; a clear error naming the training command otherwise."""
+def ensure_encoder_dir(model_dir: str | Path | None, identity: str = "S1") -> Path:
+    """``model_dir``, else the installed default encoder; a clear error naming the command that trains one for
+    ``identity`` otherwise."""
     return _ensure(resolve_encoder_dir(model_dir), DEFAULT_ENCODER_DIR, "arch.json", "encoder",
-                   "avcall train encoder --arch EEM --identity S1", "--encoder")
+                   f"avcall train encoder --arch EEM --identity {identity} --install", "--encoder")
 
 
-def ensure_avatar_dir(model_dir: str | Path | None) -> Path:
-    """``model_dir``, else the installed default avatar (decoder); a clear error naming the training command otherwise."""
+def ensure_avatar_dir(model_dir: str | Path | None, identity: str = "S1") -> Path:
+    """``model_dir``, else the installed default avatar (decoder); a clear error naming the command that trains one
+    for ``identity`` otherwise."""
     return _ensure(resolve_avatar_dir(model_dir), DEFAULT_AVATAR_DIR, "config.json", "avatar decoder",
-                   "avcall train decoder --identity S1 --out DIR", "--avatar")
+                   f"avcall train decoder --identity {identity} --out DIR", "--avatar")
 
 
 def model_id(identity: str, latent_dim: int) -> str:
