@@ -35,6 +35,16 @@ def mse(a, b) -> float:
     return float(np.mean((a - b) ** 2))
 
 
+def face_and_frame_mse(img, gt) -> tuple[float, float]:
+    """(MSE over the face pixels, MSE over the whole frame) of ``img`` against the ground-truth render ``gt``
+    (H, W, 3), on the images' own scale. Face pixels are the ground truth's foreground: any channel > 0 (the
+    studio renders on black). A ground truth with no foreground gives a face MSE of 0."""
+    a, b = _pair(img, gt)
+    d = (a - b) ** 2
+    mask = np.asarray(gt).max(-1) > 0
+    return (float(d[mask].mean()) if mask.any() else 0.0), float(d.mean())
+
+
 def psnr_from_mse(m: float, peak: float = 255.0) -> float:
     """``10 log10(peak² / m)`` (dB); ``inf`` for ``m`` = 0."""
     if m < 0 or not math.isfinite(m):

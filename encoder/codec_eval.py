@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.metrics import face_and_frame_mse
 from avcore.progress import progress as progress_bar
 from transport.latent_codec import CodecConfig, LatentStreamDecoder, LatentStreamEncoder
 from transport.wire import KEYFRAME, EXTRAPOLATED, FrameMessage, decode_message, encode_frame
@@ -73,17 +74,14 @@ class FaceMse:
                               mininterval=5.0):
             s = self.idx[a : a + 16]
             self.gt[a : a + len(s)] = self.r.images(seq["z_gt"][s], seq["gaze"][s], "front").astype(np.uint8)
-        self.mask = self.gt.max(-1) > 0  # face (foreground) pixels of the ground-truth render
 
     def measure(self, z: np.ndarray, gaze: np.ndarray, progress: bool = False, desc: str = "render") -> dict:
         face, whole = np.zeros(len(self.idx)), np.zeros(len(self.idx))
         for a in progress_bar(range(0, len(self.idx), 16), desc=desc, unit="batch", disable=not progress, mininterval=5.0):
             s = self.idx[a : a + 16]
             img = self.r.images(np.asarray(z[s], np.float32), np.asarray(gaze[s], np.float32), "front")
-            d = (img - self.gt[a : a + len(s)].astype(np.float32)) ** 2
-            whole[a : a + len(s)] = d.reshape(len(s), -1).mean(1)
-            m = self.mask[a : a + len(s)]
-            face[a : a + len(s)] = [d[k][m[k]].mean() for k in range(len(s))]
+            for k in range(len(s)):
+                face[a + k], whole[a + k] = face_and_frame_mse(img[k], self.gt[a + k])
         return {"mse_face": float(face.mean()), "mse_whole": float(whole.mean())}
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ Two measurements, each where it can be made well on this 2-core machine:
   driven with those arrival times on a 1 ms clock — the same classes the processes run, deterministic.
   What is on screen at every frame slot (a received code, a concealed one, or the held last one) is
   rendered by the receiver's avatar (ONNX decoder + rasterizer, front view) and compared with the render
-  of that frame's ground-truth code: MSE over face pixels (where either image shows the avatar) and over
+  of that frame's ground-truth code: MSE over face pixels (the ground truth's foreground) and over
   the whole frame. ``mse_face_rise_pct`` is relative to the unimpaired stream of the same run.
 * **timing, real processes** (a subset of rows): ``bench e2e`` sessions (sender and receiver processes
   over loopback, replayed headset) with ``--impair`` on the sender: presented fps, freeze time (the longest
@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from avcore.config import ConfigDict, require_non_negative
+from avcore.metrics import face_and_frame_mse
 from avcore.progress import progress as progress_bar
 
 from .models import cache_dir
@@ -99,10 +100,7 @@ class Renders:
 
     def mse(self, img: np.ndarray, i: int) -> tuple[float, float]:
         """(face-pixel MSE, whole-frame MSE) of ``img`` against frame ``i``'s ground truth (0..255 scale)."""
-        gt = self.gt[i]
-        d = (img.astype(np.float32) - gt.astype(np.float32)) ** 2
-        mask = gt.any(-1) | img.any(-1)
-        return float(d[mask].mean()) if mask.any() else 0.0, float(d.mean())
+        return face_and_frame_mse(img, self.gt[i])
 
     def close(self) -> None:
         self.avatar.close()

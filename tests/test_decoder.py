@@ -155,6 +155,19 @@ def test_psnr_of_images_differing_by_a_constant():
         psnr(a, a[:-1])
 
 
+def test_face_mse_counts_only_the_ground_truth_foreground():
+    from avcore.metrics import face_and_frame_mse
+
+    gt = np.zeros((4, 4, 3), np.uint8)
+    gt[1:3, 1:3] = 100  # a 2x2 face on black
+    img = gt.copy()
+    img[0, 0] = 40  # a change off the face: whole frame only
+    img[1, 1, 0] = 110  # a change on it
+    face, frame = face_and_frame_mse(img, gt)
+    assert face == pytest.approx(10**2 / (4 * 3))  # one channel of one face pixel, over 4 pixels x 3 channels
+    assert frame == pytest.approx((3 * 40**2 + 10**2) / (16 * 3))
+
+
 def test_ssim_is_one_for_identical_images_and_follows_the_formula():
     from avcore.metrics import ssim
 
