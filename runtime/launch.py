@@ -99,8 +99,8 @@ class Worker:
             return None
 
     def wait_status(self, predicate: Callable[[dict], bool], timeout_s: float, poll_s: float = 0.05) -> dict:
-        """Poll the status file until ``predicate(status)``; raises TimeoutError (with the log tail) or
-        RuntimeError if the process exits first."""
+        """Poll the status file until ``predicate(status)``; raises :class:`WorkerFailed` (with the log tail) if the
+        process exits first or the condition is not reached in ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while True:
             st = self.status()
