@@ -49,6 +49,7 @@ examples:
   avcall call --seconds 20 --out call_out
   avcall call --latex --secure --identity-b S1 --seed-b 4
   avcall call --replay-a alice.hmc --replay-b bob.hmc
+  avcall call --plain                 # plain float16 frames instead of the coded stream
 
 Ctrl-C ends the call early and still writes the report and the videos of what was captured.
 """
@@ -195,6 +196,9 @@ def _call_args(c: argparse.ArgumentParser, default_seconds: float, default_out: 
     c.add_argument("--encoder", default="", metavar="DIR", help="encoder models for both parties (default: installed)")
     c.add_argument("--avatar", default="", metavar="DIR", help="avatar decoder for both parties (default: installed)")
     c.add_argument("--size", type=int, default=cc.size, help="rendered view size in pixels")
+    c.add_argument("--plain", action="store_true",
+                   help="both senders send plain float16 frames (~147 kbit/s) instead of coded frames (default: coded, "
+                        "~9 kbit/s; docs/protocol.md 3.7)")
     for party, x in ((a, "a"), (b, "b")):
         c.add_argument(f"--identity-{x}", default=party.identity, metavar="ID",
                        help=f"party {x.upper()} ({party.name})'s studio identity (S1..S6)")
@@ -355,7 +359,8 @@ def call_config(args) -> CallConfig:
                PartyConfig(b.name, args.identity_b, args.seed_b, args.replay_b))
     return CallConfig(out_dir=args.out, seconds=args.seconds, fps=args.fps, encoder_dir=args.encoder,
                       latex=latex_from_args(args), avatar_dir=args.avatar, size=args.size, window=args.window,
-                      secure=args.secure, parties=parties, impair=args.impair, playout=playout_from_args(args))
+                      secure=args.secure, parties=parties, impair=args.impair, playout=playout_from_args(args),
+                      codec=CodecConfig(coded=not args.plain))
 
 
 def _call(args) -> int:

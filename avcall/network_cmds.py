@@ -28,13 +28,16 @@ def add_playout_args(p: argparse.ArgumentParser) -> None:
     """The jitter buffer and concealment options; defaults from :class:`runtime.playout.PlayoutConfig`."""
     d = PlayoutConfig()
     p.add_argument("--conceal", action=argparse.BooleanOptionalAction, default=d.conceal,
-                   help="extrapolate the code of a lost or late frame (--no-conceal: hold the last frame)")
+                   help="conceal losses: decode coded frames across a lost one (approximately, until the intra frame "
+                        "asked for) and, with the jitter buffer, predict or interpolate a missing frame "
+                        "(--no-conceal: hold the last frame; default: %(default)s)")
     p.add_argument("--max-concealed", type=int, default=d.max_concealed, metavar="N",
-                   help="most frames extrapolated in a row, then the last one is held")
+                   help="most frames predicted in a row, then the last one is held (default: %(default)s)")
     p.add_argument("--jitter-max-ms", type=non_negative_float, default=d.max_delay_ms, metavar="MS",
-                   help="jitter buffer: largest target delay (0 = no buffer: show the newest frame that arrived)")
+                   help="jitter buffer: largest target delay (default: %(default)s = no buffer: show the newest frame "
+                        "that arrived; the network bench uses 100)")
     p.add_argument("--jitter-min-ms", type=non_negative_float, default=d.min_delay_ms, metavar="MS",
-                   help="jitter buffer: smallest target delay")
+                   help="jitter buffer: smallest target delay (default: %(default)s)")
 
 
 def playout_from_args(args: argparse.Namespace) -> PlayoutConfig:

@@ -273,9 +273,13 @@ def fit_codec(model_dir: str | Path, cfg: CodecFitConfig, *, avatar_dir: str | P
     tables = fit_tables(stats["z"], stats["gaze"], stats["starts"], stats["w"], budget, predictor=cfg.predictor,
                         history=cfg.history, range_margin=cfg.range_margin,
                         meta={"budget_pct": cfg.budget_pct, "reference_face_mse": ref})
+    conceal = fit_concealment(stats["z"], stats["gaze"], stats["starts"], stats["w"])
+    tables.meta["conceal"] = conceal
     if write:
-        save_codec(tables, model_dir, {"fit": {**tables.meta, "config": {**asdict(cfg), "sessions": list(cfg.sessions)},
-                                               "command": command, "python": platform.python_version()}})
+        save_codec(tables, model_dir, {"fit": {**{k: v for k, v in tables.meta.items() if k != "conceal"},
+                                               "config": {**asdict(cfg), "sessions": list(cfg.sessions)},
+                                               "command": command, "python": platform.python_version()},
+                                       "conceal": conceal})
     return tables
 
 
@@ -309,3 +313,46 @@ def fit_statistics(model_dir: str | Path, cfg: CodecFitConfig, *, avatar_dir=Non
     assert len(w) == D + GAZE_ELEMENTS
     return {"z": codes["z"], "gaze": codes["gaze"], "starts": sequence_breaks(codes["session"], codes["frame"]),
             "w": w, "var": x.var(0)}
+
+
+CONCEAL_ORDER = 4
+"""Values a concealment prediction looks at (the last one shown and ``CONCEAL_ORDER - 1`` steps back)."""
+CONCEAL_STEPS = 5
+"""Frames in a row the receiver predicts (``runtime.playout.PlayoutConfig.max_concealed``); one set of weights each."""
+
+
+def fit_concealment(z: np.ndarray, gaze: np.ndarray, starts: np.ndarray, w: np.ndarray, *,
+                    order: int = CONCEAL_ORDER, steps: int = CONCEAL_STEPS) -> dict:
+    """Weights of the receiver's loss concealment (``runtime.playout.LinearPredictor``), fitted on the training codes.
+
+    The value ``k`` frames after the last one shown is predicted as ``h_0 + sum_j a_kj (h_j - h_{j+1})``
+    (``h_0`` the last value shown, ``h_j`` the one ``j`` frames before it, ``j < order - 1``): the last value plus
+    a learned mix of the recent steps. Holding the last frame is the special case ``a = 0`` and the LATEX
+    extrapolation another (``a_1j = 1 / (T - 1)``), so on the training sequences this is never worse than either;
+    the encoder's frame-to-frame noise makes the fitted weights negative (the prediction leans back towards the
+    recent mean rather than running along a noisy slope). One weight vector per ``k`` and per part (code, gaze),
+    shared across the part's elements, fitted by least squares weighted by the decoder sensitivity ``w``
+    (rendered face-pixel MSE per unit² of each element). Returns the ``conceal`` entry of ``codec.json``."""
+    D = z.shape[1]
+    x = np.concatenate([z, gaze.reshape(len(gaze), -1)], 1).astype(np.float64)
+    seq_id = np.cumsum(starts) - 1
+    out: dict = {"order": int(order), "steps": int(steps)}
+    for part, cols in (("z", slice(0, D)), ("gaze", slice(D, D + GAZE_ELEMENTS))):
+        v, wp = x[:, cols], np.asarray(w, np.float64)[cols]
+        sw = np.sqrt(np.maximum(wp, 0.0))
+        weights = []
+        for k in range(1, steps + 1):
+            rows = []
+            targets = []
+            for t in range(order - 1 + k, len(v)):
+                if seq_id[t] != seq_id[t - k - order + 1]:  # the history must lie in the frame's own sequence
+                    continue
+                h = v[t - k - np.arange(order)]  # (order, E) newest first
+                rows.append((h[:-1] - h[1:]).T * sw[:, None])  # (E, order - 1)
+                targets.append((v[t] - h[0]) * sw)
+            if not rows:
+                raise ValueError(f"no training sequence is longer than {order + k} frames")
+            A, b = np.concatenate(rows), np.concatenate(targets)
+            weights.append([round(float(c), 6) for c in np.linalg.lstsq(A, b, rcond=None)[0]])
+        out[part] = weights
+    return out

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from avcore.config import ConfigDict, require_positive
 from avcore.errors import UsageError
+from transport.latent_codec import CodecConfig
 
 from .config import (LatexConfig, PlayoutConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig,
                      check_impairment, check_source)
@@ -62,6 +63,9 @@ class CallConfig(ConfigDict):
     """Encoder models for both parties (empty = each party's own or the embedded default)."""
     latex: LatexConfig | None = None
     """Senders skip encoder runs on redundant frames with these LATEX settings (None = off)."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    """How both senders put the code on the wire: coded frames (default; ``docs/protocol.md`` 3.7) or plain
+    float16 frames (``coded = False``, ``--plain``)."""
     avatar_dir: str = ""
     """Avatar decoder for both parties (empty = each party's own or the embedded default)."""
     size: int = 512
@@ -84,8 +88,12 @@ class CallConfig(ConfigDict):
     def __post_init__(self) -> None:
         require_positive("call", seconds=self.seconds, fps=self.fps, startup_timeout_s=self.startup_timeout_s)
         check_impairment(self.impair)
+        # from_dict rebuilds nested configs but not a tuple of them: the parties come back as dicts (strictly)
+        self.parties = tuple(PartyConfig.from_dict(p) if isinstance(p, dict) else p for p in self.parties)
         if len(self.parties) != 2 or self.parties[0].name == self.parties[1].name:
             raise UsageError("a call has two parties with different names")
+        if self.codec.latex_skip and self.latex is None:
+            raise UsageError("latex_skip needs the LATEX gate (latex)")
 
 
 def _keys(out: Path, names: list[str]) -> dict[str, tuple[str, str]]:
@@ -133,7 +141,7 @@ def plan_call(cfg: CallConfig, out: Path) -> list[Link]:
                           encoder_dir=encoder_dir,
                           seconds=cfg.seconds, tap_path=str(raw / f"{speaker.name}_hmc.hmc"),
                           report_path=str(raw / f"{speaker.name}_sender.json"), secure=tx_sec, latex=cfg.latex,
-                          impair=cfg.impair)
+                          impair=cfg.impair, codec=cfg.codec)
         check_sender(sc)
         rc = ReceiverConfig(
             stream_id=speaker.name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*", bind=True,
@@ -185,7 +193,8 @@ def _finish(cfg: CallConfig, out: Path, result: SessionResult) -> dict:
             "sender_kbit_per_s": tx["kbit_per_s"],
             "sender_skip_ratio": tx.get("skip_ratio", 0.0),
             "encoder_compute_ms": tx.get("encoder_compute_ms"),
-            "transport": {k: rx["transport"][k] for k in ("received", "bad", "lost", "restarts", "events")},
+            "coded": tx.get("codec") is not None,  # False: plain frames (--plain, or an encoder without codec tables)
+            "transport": {k: rx["transport"][k] for k in ("received", "bad", "lost", "reordered", "restarts", "events")},
         }
         video = rx.get("video")
         if not video:
@@ -233,6 +242,6 @@ def summary_lines(report: dict) -> list[str]:
         d = s["dropped"]
         lines.append(f"  sent {s['sent']}, presented {s['presented']}; dropped: stale {d['stale']}, lost {d['lost_in_network']}, "
                      f"presenter {d['presenter']}, camera late {s['source_dropped']}; bad messages {sum(d['bad_messages'].values())}; "
-                     f"bandwidth {format_number(kb)} kbit/s")
+                     f"bandwidth {format_number(kb)} kbit/s{'' if s.get('coded', True) else ' (plain frames)'}")
     return lines
 

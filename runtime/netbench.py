@@ -34,6 +34,7 @@ from avcore.progress import progress as progress_bar
 
 from .models import cache_dir
 from .playout import BUFFERED_MAX_DELAY_MS, PlayoutBuffer, PlayoutConfig
+from .receiver import BRIDGE_FRAMES, INTRA_REQUEST_GAP_S
 
 FULL_GRID = [(0.0, 1, 0.0)] + [(loss, burst, jit) for loss in (1.0, 5.0, 10.0) for burst in (1, 3)
                                 for jit in (0.0, 10.0, 20.0, 40.0)] + [(0.0, 1, j) for j in (10.0, 20.0, 40.0)]
@@ -43,7 +44,14 @@ PROCESS_GRID = [(0.0, 1, 0.0), (5.0, 1, 20.0), (1.0, 1, 10.0), (5.0, 3, 20.0), (
 """Rows also run with real processes (each twice: concealment on and off)."""
 QUICK_PROCESS_GRID = [(0.0, 1, 0.0), (5.0, 1, 20.0)]
 DONE_WHEN = (5.0, 1, 20.0)
-"""The issue's acceptance row: 5% random loss + 20 ms jitter."""
+"""The acceptance row: 5% random loss + 20 ms jitter."""
+CONCEAL_VARIANTS = [
+    ("bridge + interpolate + predict (default)", PlayoutConfig(max_delay_ms=BUFFERED_MAX_DELAY_MS)),
+    ("bridge + predict", PlayoutConfig(max_delay_ms=BUFFERED_MAX_DELAY_MS, interpolate=False)),
+    ("bridge + LATEX formula (T = 5)", PlayoutConfig(max_delay_ms=BUFFERED_MAX_DELAY_MS, interpolate=False, method="latex")),
+    ("hold last frame", PlayoutConfig(max_delay_ms=BUFFERED_MAX_DELAY_MS, conceal=False)),
+]
+"""Concealment variants compared on the acceptance row."""
 
 
 @dataclass
@@ -78,14 +86,30 @@ def spec_string(loss: float, burst: int, jitter: float, seed: int) -> str:
 
 
 class Renders:
-    """Front-view renders by the receiver's avatar; ground truth and the unimpaired stream kept in memory."""
+    """Front-view renders by the receiver's avatar; ground truth and the unimpaired stream kept in memory.
 
-    def __init__(self, data: dict, identity: str, size: int, progress: bool):
+    The stream is what the runtime sends by default: the coded stream of the identity's embedded encoder
+    (its codec tables; each frame's values are the quantised code, whatever the prediction) when they exist
+    and ``coded`` is set, float16 codes otherwise."""
+
+    def __init__(self, data: dict, identity: str, size: int, progress: bool, coded: bool = True):
         from decoder.runtime import default_model_dir
+        from encoder.runtime import default_model_dir as default_encoder_dir
+        from transport.latent_codec import CODEC_JSON, load_codec
 
         from .models import load_avatar
+        from .playout import predictor_from_codecs
 
-        self.avatar = load_avatar(default_model_dir(identity), size=size)
+        enc_dir = default_encoder_dir(identity)
+        self.codec = load_codec(enc_dir) if coded and (enc_dir / CODEC_JSON).is_file() else None
+        self.predictor = predictor_from_codecs({self.codec.codec_id: self.codec}) if self.codec is not None else None
+        if self.codec is not None:  # what a receiver of the coded stream decodes, frame by frame
+            data = dict(data)
+            qv = [self.codec.values(self.codec.quantise(z, g)) for z, g in zip(data["z"], data["g"])]
+            data["z"] = np.stack([v[0] for v in qv]).astype(np.float32)
+            data["g"] = np.stack([v[1] for v in qv]).astype(np.float32).reshape(-1, 2, 2)
+        self._avatar_dir, self._size = default_model_dir(identity), size
+        self.avatar = load_avatar(self._avatar_dir, size=size)
         self.view = np.array([0.0, 0.0, 1.0], np.float32)
         n = len(data["z"])
         self.gt = np.zeros((n, size, size, 3), np.uint8)
@@ -111,32 +135,84 @@ class Renders:
 
 def simulate(data: dict, renders: Renders, spec: str, playout: PlayoutConfig, fps: float,
              base_ms: float = 20.0) -> dict:
-    """One condition over every held-out sequence: impairment -> arrival times -> playout buffer on a 1 ms clock;
-    what is on screen at each frame slot compared with the ground truth."""
+    """One condition over every held-out sequence, on a 1 ms clock, with the receiver's classes.
+
+    The sender codes each frame (the coded stream when ``renders.codec`` is set, with the runtime's defaults;
+    float16 codes otherwise); the impairment model decides each message's fate and delay; the receiver's
+    :class:`transport.latent_codec.ReorderingDecoder` decodes what arrives, a frame whose reference has not arrived
+    waiting for it until its own slot. A frame whose reference was lost is decoded across the gap
+    (concealment on: up to :data:`runtime.receiver.BRIDGE_FRAMES` frames, flagged approximate) or dropped until an
+    intra frame (off); either way the receiver asks for an intra frame (at most every
+    :data:`runtime.receiver.INTRA_REQUEST_GAP_S`), which reaches the sender ``base_ms`` later (the back channel is
+    not impaired). The playout buffer releases a frame per slot; what is on screen at each slot is compared with
+    the ground truth."""
+    import heapq
+
     from transport.impair import ImpairmentModel, parse_impairment
+    from transport.latent_codec import LatentStreamEncoder, ReorderingDecoder
+    from transport.wire import FrameMessage, WireError, decode_message
 
     period = int(round(1e9 / fps))
+    base = int(base_ms * 1e6)
     sessions = data["session"]
     face, frame_mse, freeze_slots, e2e_extra = [], [], [], []
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"undecodable": 0, "intra_requests": 0, "intra_frames": 0}
     targets = []
     model = ImpairmentModel(parse_impairment(spec))  # one model across sequences: one seeded network
+    codec = renders.codec
     for sess in np.unique(sessions):
         idx = np.flatnonzero(sessions == sess)
-        arrivals = []
-        for k, i in enumerate(idx):
-            v = model.next()
-            for d in v.delays_ms:
-                arrivals.append((k * period + int((base_ms + d) * 1e6), k, int(i)))
-        arrivals.sort()
-        pb = PlayoutBuffer(playout)
+        enc = LatentStreamEncoder(codec, "bench") if codec is not None else None
+        dec = (ReorderingDecoder({codec.codec_id: codec}, bridge=BRIDGE_FRAMES if playout.conceal else 0)
+               if codec is not None else None)
+        pb = PlayoutBuffer(playout, renders.predictor)
+        arrivals: list[tuple[int, int, int, object]] = []  # (time, order, frame index, message or None)
+        requests: list[int] = []  # when intra requests reach the sender
+        last_request = -(10**18)
         shown: dict[int, tuple] = {}  # slot k -> ("frame", i) or ("conc", z, g)
-        a, now, end = 0, 0, (len(idx) + 10) * period + int((base_ms + 500) * 1e6)
+        order = 0
+        k_next, now, end = 0, 0, (len(idx) + 10) * period + int((base_ms + 500) * 1e6)
         while now <= end:
-            while a < len(arrivals) and arrivals[a][0] <= now:
-                t, k, i = arrivals[a]
-                pb.push(k, k * period, t, data["z"][i], data["g"][i], frame=i)
-                a += 1
+            while k_next < len(idx) and k_next * period <= now:  # the sender captures, codes and sends frame k
+                k, i = k_next, int(idx[k_next])
+                msg = None
+                if enc is not None:
+                    if requests and requests[0] <= now:
+                        enc.request_intra()
+                        requests = [t for t in requests if t > now]
+                    before = enc.intra_frames
+                    msg = enc.encode(k, k * period, k * period, data["z"][i], data["g"][i])
+                    counts["intra_frames"] += enc.intra_frames - before
+                for d in model.next().delays_ms:
+                    heapq.heappush(arrivals, (k * period + base + int(d * 1e6), order, k, msg))
+                    order += 1
+                k_next += 1
+            results = []
+            if dec is not None:
+                dec.deadline = pb.slot_ns  # as the receiver: a frame may wait for its reference until its slot
+                results += dec.expire(now)
+            while arrivals and arrivals[0][0] <= now:
+                t, _, k, msg = heapq.heappop(arrivals)
+                if dec is None:
+                    i = int(idx[k])
+                    pb.push(k, k * period, t, data["z"][i], data["g"][i], frame=i)
+                    continue
+                try:
+                    cf = decode_message(msg)
+                except WireError:
+                    continue
+                results += dec.push(cf, t, tag=k)
+            for k, res, _ in results:
+                fm = res if isinstance(res, FrameMessage) else None
+                counts["undecodable"] += fm is None
+                if fm is None or fm.approximate:  # the receiver asks for an intra frame
+                    counts["bridged"] = counts.get("bridged", 0) + (fm is not None)
+                    if now - last_request >= INTRA_REQUEST_GAP_S * 1e9:
+                        last_request = now
+                        requests.append(now + base)
+                        counts["intra_requests"] += 1
+                if fm is not None:
+                    pb.push(fm.seq, fm.capture_ts_ns, now, fm.z, fm.gaze, frame=int(idx[fm.seq]))
             o = pb.pop(now)
             if o is not None and o.seq < len(idx):
                 shown[o.seq] = ("conc", o.z, o.gaze) if o.concealed else ("frame", o.frame)
@@ -226,6 +302,10 @@ def bench_network(cfg: NetworkBenchConfig, data: dict, command: str = "", progre
                     "mse_face_rise_pct": 100 * (sim["mse_face"] / base_face - 1),
                     "mse_frame_rise_pct": 100 * (sim["mse_frame"] / base_frame - 1),
                     "concealed_pct": 100 * sim["counts"].get("concealed_in", 0) / n,
+                    "interpolated_pct": 100 * sim["counts"].get("interpolated", 0) / n,
+                    "undecodable_pct": 100 * sim["counts"].get("undecodable", 0) / n,
+                    "intra_requests": sim["counts"].get("intra_requests", 0),
+                    "bridged_pct": 100 * sim["counts"].get("bridged", 0) / n,
                     "held_pct": 100 * sim["counts"].get("held_in", 0) / n,
                     "late_pct": 100 * sim["counts"].get("late", 0) / n,
                     "freeze_ms_max_sim": sim["freeze_ms_max"], "freeze_ms_max": sim["freeze_ms_max"],
@@ -233,6 +313,14 @@ def bench_network(cfg: NetworkBenchConfig, data: dict, command: str = "", progre
                     "fps": None, "e2e_ms_p50": None, "e2e_ms_p99": None, "target_delay_ms": None,
                     "measured": "in-process",
                 })
+        variants = []
+        if DONE_WHEN in grid:  # which part of the concealment does what, on the acceptance row
+            spec = spec_string(*DONE_WHEN, cfg.seed)
+            for name, pc in CONCEAL_VARIANTS:
+                sim = simulate(data, renders, spec, pc, cfg.fps)
+                variants.append({"name": name, "playout": pc.to_dict(), "mse_face": sim["mse_face"],
+                                 "mse_face_rise_pct": 100 * (sim["mse_face"] / base_face - 1),
+                                 "mse_frame_rise_pct": 100 * (sim["mse_frame"] / base_frame - 1)})
     finally:
         renders.close()
     unimpaired_p99 = {}
@@ -268,7 +356,8 @@ def bench_network(cfg: NetworkBenchConfig, data: dict, command: str = "", progre
             verdict["p99_rise_within_target_delay"] = on["e2e_p99_rise_ms"] <= on["target_delay_ms"]
     return {"rows": rows, "unimpaired": {"mse_face": base_face, "mse_frame": base_frame,
                                          "e2e_ms_p99": unimpaired_p99.get(True)},
-            "done_when": verdict, "process_errors": process_errors, "frames": int(len(data["z"])), "sessions": list(cfg.sessions),
+            "done_when": verdict, "variants": variants, "stream": "coded" if renders.codec is not None else "float16",
+            "process_errors": process_errors, "frames": int(len(data["z"])), "sessions": list(cfg.sessions),
             "identity": cfg.identity, "playout": PlayoutConfig(max_delay_ms=BUFFERED_MAX_DELAY_MS).to_dict(), "seed": cfg.seed,
             "machine": machine_description(), "python": platform.python_version(), "command": command}
 
@@ -290,14 +379,15 @@ def render_markdown(r: dict) -> str:
         f"Command: `{r['command']}`",
         "",
         f"Held-out {r['identity']} sessions {', '.join(map(str, r['sessions']))} ({r['frames']} frames at 30 fps), "
-        f"embedded {r['identity']} encoder and avatar; impairment seed {r['seed']}. Jitter buffer: target = p"
-        f"{pc['jitter_percentile']:g} of the recent transit jitter, bounded to {pc['min_delay_ms']:g}-"
-        f"{pc['max_delay_ms']:g} ms; concealment extrapolates code and gaze ("
-        + (f"least-squares line through the last {pc['history']} values, slope x {pc['damping']:g}" if pc["method"] == "fit"
-           else f"LATEX formula, T = {pc['history']}, step x {pc['damping']:g}")
-        + f") for at most {pc['max_concealed']} frames in a row, then holds. The in-process MSE runs use the "
-        "sender's float16 codes (`--plain`); with the coded stream (the default, used by the process runs) a lost "
-        "predicted frame also costs the frames up to the next intra frame, which the MSE columns do not model yet.",
+        f"embedded {r['identity']} encoder and avatar, the {r.get('stream', 'float16')} stream; impairment seed "
+        f"{r['seed']}. Jitter buffer: target = p{pc['jitter_percentile']:g} of the recent transit jitter, bounded to "
+        f"{pc['min_delay_ms']:g}-{pc['max_delay_ms']:g} ms. Concealment on: a coded frame whose reference was lost is "
+        f"decoded on a guess of it (flagged approximate) across up to {BRIDGE_FRAMES} lost frames; a missing frame is "
+        "interpolated towards a later frame when one is already buffered, else predicted by the weights fitted on the "
+        f"encoder's training codes (`codec.json`), for at most {pc['max_concealed']} frames in a row. Concealment off: "
+        "the last frame is held, and frames after a lost one wait for an intra frame. Either way the receiver asks the "
+        "sender for an intra frame when it cannot decode (or decodes approximately); the request reaches the sender "
+        "20 ms later (the in-process runs: the back channel unimpaired, one-way delay 20 ms plus the jitter).",
         "",
         "**How each column was measured.** MSE, concealed/held/late shares and `freeze sim` come from the "
         "in-process run: the sender's impairment model and the receiver's playout buffer (the classes the processes "
@@ -309,16 +399,17 @@ def render_markdown(r: dict) -> str:
         f"Unimpaired stream: face-pixel MSE {r['unimpaired']['mse_face']:.2f}, whole-frame MSE "
         f"{r['unimpaired']['mse_frame']:.2f} (0..255 scale); the rises below are relative to it.",
         "",
-        "| loss | burst | jitter ms | conceal | face MSE rise | frame MSE rise | concealed | held | late | freeze sim ms "
-        "| fps | freeze ms | e2e p50 / p99 ms | target ms |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| loss | burst | jitter ms | conceal | face MSE rise | frame MSE rise | concealed | approx. | undecodable | held "
+        "| late | freeze sim ms | fps | freeze ms | e2e p50 / p99 ms | target ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
         e2e = (f"{_f(row['e2e_ms_p50'])} / {_f(row['e2e_ms_p99'])}" if row["e2e_ms_p50"] is not None else "–")
         lines.append(
             f"| {row['loss_pct']:g}% | {'random' if row['burst'] == 1 else row['burst']} | {row['jitter_ms']:g} | "
             f"{'on' if row['concealment'] else 'off'} | {row['mse_face_rise_pct']:+.2f}% | {row['mse_frame_rise_pct']:+.2f}% | "
-            f"{row['concealed_pct']:.1f}% | {row['held_pct']:.1f}% | {row['late_pct']:.1f}% | "
+            f"{row['concealed_pct']:.1f}% | {row.get('bridged_pct', 0.0):.1f}% | {row.get('undecodable_pct', 0.0):.1f}% | "
+            f"{row['held_pct']:.1f}% | {row['late_pct']:.1f}% | "
             f"{row['freeze_ms_max_sim']:.0f} | {_f(row['fps'])} | "
             f"{_f(row['freeze_ms_max'] if row['fps'] is not None else None, '{:.0f}')} | {e2e} | "
             f"{_f(row['target_delay_ms'])} |")
@@ -336,9 +427,16 @@ def render_markdown(r: dict) -> str:
             lines.append(f"* capture-to-present p99 rose {v['e2e_p99_rise_ms']:+.1f} ms over the unimpaired run, "
                          f"the jitter buffer's target delay was {v['target_delay_ms']:.1f} ms (within it: "
                          f"{'yes' if v['p99_rise_within_target_delay'] else 'no'}).")
+    if r.get("variants"):
+        lines += ["", "## Concealment variants on the done-when row", "",
+                  "Same impairment, same frames; each row changes one setting of the receiver.", "",
+                  "| variant | face MSE rise | frame MSE rise |", "|---|---|---|"]
+        lines += [f"| {v['name']} | {v['mse_face_rise_pct']:+.2f}% | {v['mse_frame_rise_pct']:+.2f}% |" for v in r["variants"]]
     lines += ["", "burst: mean length of a loss run (random = independent losses); jitter J: extra delay per "
-              "message uniform in 0..2J ms. freeze: the longest time without a new image on screen. late: frames "
-              "that arrived after their slot (never shown; they correct the next extrapolation).", ""]
+              "message uniform in 0..2J ms. concealed: slots shown as a prediction or interpolation; approx.: frames "
+              "decoded across a lost reference; undecodable: frames that arrived but could not be decoded (waiting for "
+              "an intra frame); held: slots with nothing new. freeze: the longest time without a new image on screen. "
+              "late: frames that arrived after their slot (never shown; they correct the next prediction).", ""]
     return "\n".join(lines)
 
 

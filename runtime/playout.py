@@ -11,15 +11,22 @@ per sequence number:
   to ``[min_delay_ms, max_delay_ms]``; it rises at once and falls by at most
   ``release_ms_per_frame`` per frame, so a quiet second does not undo it;
 * a frame present at its slot is played; a frame missing at its slot (lost, late, or never sent:
-  a LATEX-skipped frame is just a missing sequence number) is **concealed** by predicting code and
-  gaze from the last ``history`` values shown: by default (``method="fit"``) a least-squares line
-  through them, evaluated one step on with its slope damped (``damping``), which measured better
-  than the LATEX formula ``z_t = z_{t-1} + (z_{t-1} - z_{t-T}) / (T - 1)`` on held-out streams
-  (``docs/results/network.md``: the encoder's frame-to-frame noise is amplified by a two-point
-  slope); ``method="latex"``, T = 5, damping 1 is the sender's own formula
-  (:func:`encoder.latex.extrapolate`), rebuilding a LATEX-skipped frame exactly as the sender would
-  have extrapolated it. At most ``max_concealed`` frames in a row, then the last frame is held;
-  with ``conceal`` off a missing frame holds the last one (nothing new is shown);
+  a LATEX-skipped frame is just a missing sequence number) is **concealed**:
+
+  - when a later frame is already in the buffer (the target delay holds more than a frame period),
+    code and gaze are **interpolated** between the last value shown and that frame;
+  - otherwise they are **predicted** from the last values shown (``method="predict"``): the last value
+    plus a learned mix of the recent steps, ``h_0 + sum_j a_kj (h_j - h_{j+1})`` for the k-th frame
+    in a row, with weights :class:`LinearPredictor` fitted on the training codes of the stream's encoder
+    (``avcall train codec`` stores them in ``codec.json``; without them the last value is held). Measured
+    better than the LATEX formula and than holding on held-out streams (``docs/results/network.md``):
+    the encoder's frame-to-frame noise makes a slope through the last values a poor guess, and the
+    fitted weights lean back towards the recent mean instead; ``method="latex"`` with T = 5 and damping 1
+    is the sender's own formula (:func:`encoder.latex.extrapolate`), rebuilding a LATEX-skipped frame
+    exactly as the sender extrapolated it.
+
+  At most ``max_concealed`` frames in a row, then the last frame is held; with ``conceal`` off a
+  missing frame holds the last one (nothing new is shown);
 * a frame that arrives after its slot was filled is never shown (out of order): it is counted
   ``late`` and replaces the concealed value in the history, correcting the next extrapolation;
 * a frame whose sequence number went backwards but whose capture time is newer than what was
@@ -39,7 +46,7 @@ import numpy as np
 from avcore.config import ConfigDict, require_non_negative
 from avcore.errors import UsageError
 
-__all__ = ["BUFFERED_MAX_DELAY_MS", "PlayoutBuffer", "PlayoutConfig", "PlayoutFrame"]
+__all__ = ["BUFFERED_MAX_DELAY_MS", "LinearPredictor", "PlayoutBuffer", "PlayoutConfig", "PlayoutFrame", "predictor_from_codecs"]
 
 BUFFERED_MAX_DELAY_MS = 100.0
 """Target-delay bound of a receiver run with the jitter buffer on (``--jitter-max-ms 100``)."""
@@ -66,17 +73,19 @@ class PlayoutConfig(ConfigDict):
     conceal: bool = True
     """Extrapolate missing frames (else hold the last one)."""
     max_concealed: int = 5
-    """Most frames extrapolated in a row; then the last frame is held until a real one arrives."""
-    history: int = 12
-    """T: values the prediction uses (``method="latex"`` with T = 5 rebuilds a LATEX-skipped frame exactly as a
-    sender with the default LATEX settings extrapolated it)."""
-    method: str = "fit"
-    """How a missing frame is predicted from the last ``history`` values shown: ``latex`` (the sender's
-    extrapolation formula) or ``fit`` (a least-squares line through them, evaluated one step on: less
-    sensitive to frame-to-frame encoder noise)."""
-    damping: float = 0.5
-    """Share of the extrapolated step taken: ``z_t = z_{t-1} + damping (z_{t-1} - z_{t-T}) / (T - 1)``
-    (1 = the LATEX formula exactly, 0 = repeat the last code)."""
+    """Most frames concealed in a row; then the last frame is held until a real one arrives."""
+    interpolate: bool = True
+    """Conceal by interpolating towards a later frame when one is already buffered."""
+    method: str = "predict"
+    """How a missing frame is predicted when no later frame is buffered: ``predict`` (the stream's fitted
+    :class:`LinearPredictor`; the last value held when the codec tables carry none) or ``latex`` (the sender's
+    extrapolation formula over ``history`` values)."""
+    history: int = 5
+    """``method="latex"``: T, the values the extrapolation spans (T = 5 rebuilds a LATEX-skipped frame exactly as
+    a sender with the default LATEX settings extrapolated it)."""
+    damping: float = 1.0
+    """``method="latex"``: share of the extrapolated step taken,
+    ``z_t = z_{t-1} + damping (z_{t-1} - z_{t-T}) / (T - 1)`` (1 = the LATEX formula exactly, 0 = hold)."""
 
     def __post_init__(self) -> None:
         require_non_negative("playout", max_delay_ms=self.max_delay_ms, min_delay_ms=self.min_delay_ms,
@@ -85,8 +94,8 @@ class PlayoutConfig(ConfigDict):
             raise UsageError(f"playout: min_delay_ms {self.min_delay_ms:g} > max_delay_ms {self.max_delay_ms:g}")
         if self.max_delay_ms > 2000:
             raise UsageError(f"playout: max_delay_ms must be at most 2000, got {self.max_delay_ms:g}")
-        if self.method not in ("latex", "fit"):
-            raise UsageError(f"playout: method must be latex or fit, got {self.method!r}")
+        if self.method not in ("predict", "latex"):
+            raise UsageError(f"playout: method must be predict or latex, got {self.method!r}")
         if not 0 <= self.damping <= 1:
             raise UsageError(f"playout: damping must be in [0, 1], got {self.damping!r}")
         if not 0 < self.jitter_percentile <= 100:
@@ -99,6 +108,65 @@ class PlayoutConfig(ConfigDict):
     @property
     def enabled(self) -> bool:
         return self.max_delay_ms > 0
+
+
+@dataclass(frozen=True)
+class LinearPredictor:
+    """Concealment weights fitted on an encoder's training codes (``encoder.codec_fit.fit_concealment``).
+
+    The k-th missing frame in a row (k = 1 .. ``steps``) is ``h_0 + sum_j a_kj (h_j - h_{j+1})``, where ``h_0`` is
+    the last value shown before the run and ``h_j`` the one j frames before it; ``a_k`` is ``z[k - 1]`` for the
+    code's elements and ``gaze[k - 1]`` for the gaze's (beyond ``steps``, the last row is reused)."""
+
+    z: tuple[tuple[float, ...], ...]
+    gaze: tuple[tuple[float, ...], ...]
+
+    @property
+    def order(self) -> int:
+        """Values one prediction looks at."""
+        return len(self.z[0]) + 1
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LinearPredictor":
+        """From the ``conceal`` entry of ``codec.json``; ``ValueError`` if malformed."""
+        try:
+            z = tuple(tuple(float(c) for c in row) for row in d["z"])
+            gaze = tuple(tuple(float(c) for c in row) for row in d["gaze"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"concealment weights: {exc!r}") from None
+        widths = {len(r) for r in z + gaze}
+        if not z or len(z) != len(gaze) or len(widths) != 1 or 0 in widths:
+            raise ValueError("concealment weights: z and gaze need the same number of equally long rows")
+        if not all(np.isfinite(c) and abs(c) <= 10 for r in z + gaze for c in r):
+            raise ValueError("concealment weights must be finite and at most 10 in size")
+        return cls(z, gaze)
+
+    def predict(self, history: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k-th frame after the newest of ``history`` ((z, gaze) pairs, newest first; fewer than
+        :attr:`order` values use what there is). (z (Z,), gaze (2, 2)) float32."""
+        row = min(k, len(self.z)) - 1
+        n = min(len(history), self.order)
+        out = []
+        for part, weights in ((0, self.z[row]), (1, self.gaze[row])):
+            h = [np.asarray(v[part], np.float64).reshape(-1) for v in history[:n]]
+            acc = h[0].copy()
+            for j in range(n - 1):
+                acc += weights[j] * (h[j] - h[j + 1])
+            out.append(acc.astype(np.float32))
+        return out[0], out[1].reshape(2, 2)
+
+
+def predictor_from_codecs(codecs: dict) -> LinearPredictor | None:
+    """The concealment weights stored with a stream's codec tables (``{codec id: CodecTables}``): those of the
+    first table that has valid ones, or None."""
+    for t in codecs.values():
+        entry = getattr(t, "meta", {}).get("conceal")
+        if isinstance(entry, dict):
+            try:
+                return LinearPredictor.from_dict(entry)
+            except ValueError:
+                continue
+    return None
 
 
 @dataclass
@@ -139,10 +207,17 @@ class PlayoutBuffer:
     MAX_GAP = 300
     """A forward jump of more sequence numbers than this starts over (about 10 s at 30 fps)."""
 
-    def __init__(self, cfg: PlayoutConfig) -> None:
+    HISTORY = 16
+    """Values shown that the buffer remembers for predictions."""
+
+    def __init__(self, cfg: PlayoutConfig, predictor: LinearPredictor | None = None) -> None:
         self.cfg = cfg
-        self.counts = {"played": 0, "concealed": 0, "held": 0, "late": 0, "duplicates": 0, "stale": 0, "resets": 0}
-        """played: received frames released at their slot; concealed: slots filled by extrapolation; held: slots
+        self.predictor = predictor
+        """Concealment weights of the stream's encoder (``method="predict"``; None: hold the last value)."""
+        self.counts = {"played": 0, "concealed": 0, "interpolated": 0, "held": 0, "late": 0, "duplicates": 0,
+                       "stale": 0, "resets": 0}
+        """played: received frames released at their slot; concealed: slots filled by concealment (interpolated:
+        those of them interpolated towards a buffered later frame); held: slots
         with nothing new (conceal off, or the run bound reached); late: frames that arrived after their slot
         (never shown); duplicates; stale: released frames superseded before the caller took them; resets."""
         self._targets: list[float] = []
@@ -159,7 +234,7 @@ class PlayoutBuffer:
         self._pending: dict[int, _Entry] = {}
         self._next: int | None = None
         self._last_capture: int | None = None  # capture time of the last slot processed (real or estimated)
-        self._shown: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=self.cfg.history)  # (seq, z, gaze)
+        self._shown: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=max(self.cfg.history, self.HISTORY))  # (seq, z, gaze)
         self._run = 0  # slots missing in a row
         self._transit: deque[int] = deque(maxlen=self.cfg.window)
         self._periods: deque[int] = deque(maxlen=self.cfg.window)
@@ -243,7 +318,8 @@ class PlayoutBuffer:
 
     # ------------------------------------------------------------------ output
 
-    def _slot(self, capture_ns: int) -> int:
+    def slot_ns(self, capture_ns: int) -> int:
+        """When a frame captured at ``capture_ns`` (receiver clock) falls due."""
         return capture_ns + self._base_ns() + self._target_ns
 
     def next_due_ns(self) -> int | None:
@@ -252,13 +328,13 @@ class PlayoutBuffer:
             return None
         e = self._pending.get(self._next)
         if e is not None:
-            return self._slot(e.capture_ns)
+            return self.slot_ns(e.capture_ns)
         if not self._pending and (not self.cfg.conceal or self._run >= self.cfg.max_concealed):
             return None
         period = self.period_ns
         if period is None or self._last_capture is None:
             return None
-        return self._slot(self._last_capture + period)
+        return self.slot_ns(self._last_capture + period)
 
     def pop(self, now_ns: int) -> PlayoutFrame | None:
         """The newest output due at ``now_ns`` (older ones due at the same time are counted stale), or None.
@@ -280,11 +356,12 @@ class PlayoutBuffer:
             else:
                 self._last_capture += self.period_ns  # type: ignore[operator]
                 self._run += 1
-                if self.cfg.conceal and self._run <= self.cfg.max_concealed and len(self._shown) >= 2:
-                    z, g = self._extrapolate()
+                if self.cfg.conceal and self._run <= self.cfg.max_concealed and self._shown:
+                    z, g, interpolated = self._conceal(s)
                     res = PlayoutFrame(s, z, g, self._last_capture, due, concealed=True,
                                        target_delay_ms=self.target_delay_ms)
                     self.counts["concealed"] += 1
+                    self.counts["interpolated"] += interpolated
                 else:
                     self.counts["held"] += 1
                     if self._shown:  # what stays on screen is the last value shown
@@ -303,19 +380,34 @@ class PlayoutBuffer:
                 del self._targets[:50_000]
         return out
 
-    def _extrapolate(self) -> tuple[np.ndarray, np.ndarray]:
-        from encoder.latex import extrapolate
+    def _conceal(self, s: int) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Code and gaze for the missing slot ``s`` (``_run`` missing in a row so far): interpolated towards a
+        buffered later frame, else predicted. (z, gaze, interpolated)."""
+        seq0, z0, g0 = self._shown[-1]
+        if self.cfg.interpolate and self._pending:
+            n = min(self._pending)
+            e = self._pending[n]
+            f = (s - seq0) / float(n - seq0)
+            return ((z0 + f * (e.z - z0)).astype(np.float32), (g0 + f * (e.gaze - g0)).astype(np.float32), True)
+        k = self._run
+        before = list(self._shown)[: len(self._shown) - (k - 1)]  # the values shown before this run
+        if self.cfg.method == "latex":
+            from encoder.latex import extrapolate
 
-        h = list(self._shown)
-        if self.cfg.method == "fit":
-            return _line_fit(h, self.cfg.damping)
-        z = extrapolate(np.stack([v[1] for v in h]))
-        g = extrapolate(np.stack([v[2] for v in h]))
-        d = self.cfg.damping
-        if d != 1.0:
-            z = h[-1][1] + d * (z - h[-1][1])
-            g = h[-1][2] + d * (g - h[-1][2])
-        return z.astype(np.float32), g.astype(np.float32)
+            h = before[-self.cfg.history:]
+            if len(h) < 2:
+                return z0, g0, False
+            z, g = h[-1][1], h[-1][2]
+            for _ in range(k):  # the sender's formula, applied k times as the sender would have
+                zs, gs = np.stack([v[1] for v in h]), np.stack([v[2] for v in h])
+                z = h[-1][1] + self.cfg.damping * (extrapolate(zs) - h[-1][1])
+                g = h[-1][2] + self.cfg.damping * (extrapolate(gs) - h[-1][2])
+                h = h[1:] + [(0, z, g)]
+            return z.astype(np.float32), g.astype(np.float32), False
+        if self.predictor is None:
+            return z0, g0, False
+        z, g = self.predictor.predict([(v[1], v[2]) for v in reversed(before)], k)
+        return z, g, False
 
     def report(self) -> dict:
         """Settings, counters and the target delay over the call (ms)."""
@@ -324,6 +416,8 @@ class PlayoutBuffer:
             "enabled": True,
             "conceal": self.cfg.conceal,
             "max_concealed": self.cfg.max_concealed,
+            "interpolate": self.cfg.interpolate,
+            "method": self.cfg.method if self.cfg.method != "predict" or self.predictor is not None else "hold",
             "min_delay_ms": self.cfg.min_delay_ms,
             "max_delay_ms": self.cfg.max_delay_ms,
             "jitter_percentile": self.cfg.jitter_percentile,
@@ -334,16 +428,3 @@ class PlayoutBuffer:
             "late_seqs": list(self.late_seqs),
         }
 
-
-def _line_fit(h: list[tuple[int, np.ndarray, np.ndarray]], damping: float) -> tuple[np.ndarray, np.ndarray]:
-    """Least-squares line through the history values (one per step, oldest first), evaluated one step after
-    the last; the slope scaled by ``damping``. (z (Z,), gaze (2, 2)) float32."""
-    T = len(h)
-    x = np.arange(T, dtype=np.float64) - (T - 1) / 2.0  # centred step index
-    w = x / float((x**2).sum())
-    out = []
-    for k in (1, 2):
-        v = np.stack([e[k].reshape(-1) for e in h]).astype(np.float64)  # (T, D)
-        mean, slope = v.mean(0), w @ v
-        out.append((mean + damping * slope * ((T - 1) / 2.0 + 1.0)).astype(np.float32))
-    return out[0], out[1].reshape(2, 2)

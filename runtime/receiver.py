@@ -24,9 +24,9 @@ from transport.clock import clock_request_gap_s
 
 from .config import ReceiverConfig, ViewerConfig, check_clock_endpoint, clock_endpoint_for
 from .models import codecs_for, load_avatar, model_id
-from .playout import PlayoutBuffer, PlayoutFrame
+from .playout import PlayoutBuffer, PlayoutFrame, predictor_from_codecs
 from .presenters import PngPresenter, Presenter, VideoPresenter, WindowPresenter
-from .telemetry import CONCEALED, FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
+from .telemetry import APPROXIMATE, CONCEALED, FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ def _curve(cfg: ReceiverConfig) -> CurveConfig | None:
     if not cfg.secure.allowed_dir:
         raise ValueError("--secure receiver needs a directory of allowed sender keys (--allow DIR)")
     return CurveConfig.server(cfg.secure.secret_key, cfg.secure.allowed_dir)
+
+
+BRIDGE_FRAMES = 3
+"""With concealment on, a coded frame is decoded across up to this many lost reference frames (flagged approximate,
+an intra frame requested) rather than dropped until the next intra frame."""
+INTRA_REQUEST_GAP_S = 0.1
+"""A receiver asks for an intra frame at most this often (``docs/protocol.md`` 8.2)."""
 
 
 class ClockThread:
@@ -64,9 +71,23 @@ class ClockThread:
         """Sender clock - receiver clock from the best recent sample (None before the first)."""
         self.uncertainty_ns: int | None = None
         self.samples = 0
+        self.intra_requests = 0
+        """Intra requests sent (``docs/protocol.md`` 8.2)."""
+        self._intra = threading.Event()
+        self._last_intra = -1e9
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="avcall-clock-client", daemon=True)
         self._thread.start()
+
+    def request_intra(self) -> bool:
+        """Ask the sender for an intra frame on the next clock request, sent at once; at most one every
+        :data:`INTRA_REQUEST_GAP_S` (an intra frame takes a round trip to come). False if rate-limited."""
+        t = time.monotonic()
+        if t - self._last_intra < INTRA_REQUEST_GAP_S:
+            return False
+        self._last_intra = t
+        self._intra.set()
+        return True
 
     def _run(self) -> None:
         import zmq
@@ -74,15 +95,19 @@ class ClockThread:
         try:
             sent = 0
             while not self._stop.is_set():
-                if self.client.request():
+                intra = self._intra.is_set()
+                self._intra.clear()
+                if self.client.request(intra=intra):
                     sent += 1
+                    self.intra_requests += intra
                 wait = clock_request_gap_s(sent)
                 deadline = time.monotonic() + wait
-                while not self._stop.is_set():
+                while not self._stop.is_set() and not self._intra.is_set():
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    if self.client.poll(timeout_ms=max(1, int(remaining * 1000))):
+                    # short slices: an intra request goes out within ~10 ms of being asked for
+                    if self.client.poll(timeout_ms=max(1, min(10, int(remaining * 1000)))):
                         est = self.client.estimator  # read here only: the deque is not shared across threads
                         self.offset_ns, self.uncertainty_ns, self.samples = est.offset_ns, est.uncertainty_ns, len(est)
         except zmq.ZMQError as exc:  # pragma: no cover - teardown races
@@ -129,7 +154,8 @@ class Receiver:
             self.sub = FrameSubscriber(cfg.endpoint, bind=cfg.bind, curve=curve,
                                        limits=WireLimits(latent_dim=latent_dim, **self.avatar.code_limits()),
                                        stream_id=cfg.stream_id or None, expected_model=self.model,
-                                       codecs=codecs_for(self.model, cfg.codec_dir))
+                                       codecs=codecs_for(self.model, cfg.codec_dir),
+                                       bridge=BRIDGE_FRAMES if cfg.playout.conceal else 0)
         except BaseException:
             self.avatar.close()
             raise
@@ -145,7 +171,7 @@ class Receiver:
             self.close()
             raise
         self.telemetry = Telemetry()
-        self.playout = PlayoutBuffer(cfg.playout) if cfg.playout.enabled else None
+        self.playout = PlayoutBuffer(cfg.playout, predictor_from_codecs(self.sub.codecs)) if cfg.playout.enabled else None
         """Jitter buffer + concealment (None: show the newest frame that arrived)."""
         self._playout_offset: int | None = None
         self._stream = cfg.stream_id or ""  # stream id of the last frame into the buffer (rows of concealed frames)
@@ -163,6 +189,7 @@ class Receiver:
             return self._step_playout(t_call_s, timeout_ms)
         frame = self.sub.recv_latest(timeout_ms=timeout_ms)
         self._report_model_mismatch()
+        self._ask_for_intra()
         if frame is None:
             return False
         t_recv = now_ns()
@@ -178,9 +205,16 @@ class Receiver:
         enc = frame.stage_ts_ns.get("enc", frame.capture_ts_ns)
         self.telemetry.add(FrameRecord(
             stream_id=frame.stream_id, seq=frame.seq, capture=frame.capture_ts_ns - offset, enc=enc - offset,
-            send=frame.send_ts_ns - offset, recv=t_recv, dec=t_dec, ren=t_ren, pres=t_pres, flags=frame.flags))
+            send=frame.send_ts_ns - offset, recv=t_recv, dec=t_dec, ren=t_ren, pres=t_pres,
+            flags=frame.flags | (APPROXIMATE if frame.approximate else 0)))
         self.presented += 1
         return True
+
+    def _ask_for_intra(self) -> None:
+        """A coded frame could not be decoded (its reference was lost): ask the sender for an intra frame."""
+        if self.sub.needs_intra:
+            self.sub.needs_intra = False
+            self.clock.request_intra()
 
     def _step_playout(self, t_call_s: float, timeout_ms: int) -> bool:
         """Frames into the jitter buffer as they arrive; present what is due (a frame, or its concealment)."""
@@ -189,10 +223,13 @@ class Receiver:
         if self._playout_offset is not None and abs(offset - self._playout_offset) > 1_000_000:
             pb.rebase()  # transit times measured on the old offset are on another scale
         self._playout_offset = offset
+        # a coded frame may wait for a reference that arrives out of order until its own slot: that costs nothing
+        self.sub.set_reorder_deadline(lambda tc, _o=offset: pb.slot_ns(tc - _o))
         due = pb.next_due_ns()
         wait_ms = timeout_ms if due is None else max(0, min(timeout_ms, (due - now_ns() + 999_999) // 1_000_000))
         frames = self.sub.recv_all(timeout_ms=wait_ms)
         self._report_model_mismatch()
+        self._ask_for_intra()
         t_arr = now_ns()
         for f in frames:
             pb.push(f.seq, f.capture_ts_ns - offset, t_arr, f.z, f.gaze, frame=f)
@@ -223,7 +260,7 @@ class Receiver:
             enc = f.stage_ts_ns.get("enc", f.capture_ts_ns)
             rec = FrameRecord(stream_id=f.stream_id, seq=f.seq, capture=out.capture_ns, enc=enc - offset,
                               send=f.send_ts_ns - offset, recv=out.arrival_ns, dec=t_dec, ren=t_ren, pres=t_pres,
-                              flags=f.flags, play=t_play)
+                              flags=f.flags | (APPROXIMATE if f.approximate else 0), play=t_play)
         self.telemetry.add(rec)
         self.presented += 1
 
@@ -294,6 +331,7 @@ class Receiver:
                 "offset_ns": self.clock.offset_ns if self.clock else None,
                 "uncertainty_ns": self.clock.uncertainty_ns if self.clock else None,
                 "samples": self.clock.samples if self.clock else 0,
+                "intra_requests": self.clock.intra_requests if self.clock else 0,
             },
             "frames": [r.row() for r in self.telemetry.records],
             "frames_columns": list(FRAME_COLUMNS),

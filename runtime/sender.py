@@ -2,7 +2,8 @@
 
 By default the code and gaze go out as coded frames (quantised, predicted from the receiver's decoded
 frames, range-coded with the codec tables next to the encoder; ``docs/protocol.md`` 3.7): an intra frame
-every ``codec.intra_interval`` frames, first, and whenever a new receiver asks for the clock. With
+every ``codec.intra_interval`` frames, first, whenever a new receiver asks for the clock, and when a receiver
+asks for one (an intra request on the clock channel: it lost a frame). With
 ``codec.latex_skip`` the frames the LATEX gate extrapolated are not sent at all. ``codec.coded = False``
 (``--plain``) sends today's plain float frames.
 
@@ -114,7 +115,7 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
                f"frames (~147 kbit/s). Fit them with 'avcall train codec --model-dir {encoder.model_dir}'")
         log.warning("%s", msg)
         print(msg, file=sys.stderr, flush=True)
-    clients_seen = frame_peers = intra_repeats = 0
+    clients_seen = frame_peers = intra_repeats = intra_asked = 0
     pub = FramePublisher(cfg.endpoint, bind=cfg.bind, curve=curve)
     impair = _impairment(cfg, pub)
     transmit = impair.send if impair is not None else pub.send_encoded
@@ -163,6 +164,9 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
                 clients_seen, frame_peers = clock.clients_seen, peers
                 if intra_repeats > 0:
                     intra_repeats -= 1
+                    coder.request_intra()
+                if clock.intra_requests > intra_asked:  # a receiver lost a frame and cannot decode the next ones
+                    intra_asked = clock.intra_requests
                     coder.request_intra()
                 data = coder.encode(frames, tc, now_ns(), result.z, result.gaze,
                                     flags=int(KEYFRAME if result.keyframe else EXTRAPOLATED), enc_ts_ns=t_enc,
@@ -227,6 +231,7 @@ def run_sender(cfg: SenderConfig, should_stop: Callable[[], bool] = lambda: Fals
             "codec": None if coder is None else {
                 "codec_id": coder.tables.codec_id, "coder": cfg.codec.coder, "intra_interval": cfg.codec.intra_interval,
                 "latex_skip": cfg.codec.latex_skip, "intra_frames": coder.intra_frames,
+                "intra_requests": clock.intra_requests if clock is not None else 0,
                 "predicted_frames": coder.predicted_frames, "skipped_frames": coder.skipped_frames,
                 "escapes": coder.escapes},
         }

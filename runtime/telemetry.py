@@ -32,12 +32,15 @@ STAGES = ("encode", "send", "network", "buffer", "decode", "render", "present")
 """Stage names, in pipeline order."""
 FRAME_COLUMNS = ("seq", "capture", "enc", "send", "recv", "dec", "ren", "pres", "flags", "play")
 """Columns of a report's ``frames`` rows: stage times (ns, receiver clock), the frame's flags (wire flags
-KEYFRAME / EXTRAPOLATED, plus the receiver's :data:`CONCEALED`) and ``play``, when the jitter buffer
+KEYFRAME / EXTRAPOLATED, plus the receiver's :data:`CONCEALED` and :data:`APPROXIMATE`) and ``play``, when the jitter buffer
 released it (last, so rows of older reports, without it, keep their column positions)."""
 CONCEALED = 1 << 16
 """Row flag (beside the wire flags, above any of them) of a frame the receiver did not get in time and
 showed an extrapolation for (:mod:`runtime.playout`). Its ``capture`` is the slot's estimated capture
 time; ``enc``, ``send`` and ``recv`` equal ``capture``; such rows are left out of the latency statistics."""
+APPROXIMATE = 1 << 17
+"""Row flag of a coded frame decoded across a lost reference frame (``transport.LatentStreamDecoder`` ``bridge``):
+it arrived and is timed like any other, but its code may be off by the lost frame's step until the next intra."""
 
 
 @dataclass
@@ -54,7 +57,8 @@ class FrameRecord:
     ren: int
     pres: int
     flags: int = 0
-    """Wire flags of the frame (``transport.KEYFRAME`` / ``transport.EXTRAPOLATED``), plus :data:`CONCEALED`."""
+    """Wire flags of the frame (``transport.KEYFRAME`` / ``transport.EXTRAPOLATED``), plus :data:`CONCEALED` and
+    :data:`APPROXIMATE`."""
     play: int = 0
     """Released by the jitter buffer (0: no buffer; then ``buffer`` is 0 and ``decode`` starts at ``recv``)."""
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import time
 import shutil
 
 import msgpack
@@ -125,6 +126,22 @@ def test_clock_exchange_on_loopback_threaded_server(owned):
     assert 0 <= client.estimator.best.delay_ns < 200 * MS
     assert abs(client.offset_ns - SKEW) <= client.estimator.uncertainty_ns + 1
     assert abs(client.offset_ns - SKEW) < 5 * MS
+
+
+def test_intra_requests_are_counted_by_the_server_and_still_answered(owned):
+    server = owned(ClockServer(ANY_PORT, bind=True))
+    server.start()
+    client = owned(ClockClient(server.endpoint))
+    assert client.exchange(timeout_ms=1000) is not None and server.intra_requests == 0
+    deadline = time.monotonic() + 5
+    while not client.request(intra=True):  # the connection may still be settling
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    got = []
+    while not got and time.monotonic() < deadline:
+        got = client.poll(timeout_ms=100)
+    assert got and server.intra_requests == 1  # answered like any request, and counted
+    assert client.exchange(timeout_ms=1000) is not None and server.intra_requests == 1
 
 
 def test_clock_exchange_polled_server_and_reverse_bind(owned):

@@ -88,7 +88,8 @@ def test_concealment_rebuilds_latex_skipped_frames_exactly():
     gazes = np.stack([code(s)[1] for s in range(n)])
     want_z = apply_schedule(key, values, 5)
     want_g = apply_schedule(key, gazes, 5)
-    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=20, min_delay_ms=20, method="latex", history=5, damping=1.0))
+    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=20, min_delay_ms=20, method="latex", history=5, damping=1.0,
+                                     interpolate=False))
     outs = []
     for s in range(n):
         if key[s]:
@@ -164,14 +165,89 @@ def test_config_checks():
     assert not PlayoutConfig(max_delay_ms=0).enabled
 
 
-def test_line_fit_prediction_follows_a_line_and_damps_its_slope():
-    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=5, min_delay_ms=5, method="fit", history=6, damping=1.0))
+def _noisy_walks(rng, n_seq: int, length: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes like an encoder's: a smooth random walk (the expression) plus white noise (the encoder's frame-to-frame
+    error). (z (N, dim), gaze (N, 2, 2), starts (N,) bool)."""
+    zs, gs, starts = [], [], []
+    for _ in range(n_seq):
+        walk = np.cumsum(rng.normal(0, 0.05, (length, dim + 4)), 0)
+        x = walk + rng.normal(0, 0.2, walk.shape)
+        zs.append(x[:, :dim])
+        gs.append(x[:, dim:].reshape(length, 2, 2))
+        st = np.zeros(length, bool)
+        st[0] = True
+        starts.append(st)
+    return np.concatenate(zs), np.concatenate(gs), np.concatenate(starts)
+
+
+def test_fitted_predictor_beats_holding_on_noisy_codes_and_is_what_the_buffer_shows():
+    """The concealment weights fitted on training sequences (encoder.codec_fit.fit_concealment) predict held-out
+    noisy codes better than repeating the last value, and the buffer conceals with exactly that prediction."""
+    from encoder.codec_fit import fit_concealment
+    from runtime.playout import LinearPredictor, predictor_from_codecs
+
+    rng = np.random.default_rng(5)
+    dim = 6
+    z, g, starts = _noisy_walks(rng, 20, 120, dim)
+    entry = fit_concealment(z, g, starts, np.ones(dim + 4), order=4, steps=3)
+    pred = LinearPredictor.from_dict(entry)
+    assert pred.order == 4 and len(pred.z) == 3
+    assert sum(entry["z"][0]) < 0  # noise dominates the steps: the prediction leans back towards the recent mean
+    zt, gt, _ = _noisy_walks(np.random.default_rng(6), 5, 120, dim)
+    for k in (1, 2, 3):
+        err_pred = err_hold = 0.0
+        for t in range(10, 120):
+            hist = [(zt[t - k - j], gt[t - k - j]) for j in range(4)]
+            pz, _ = pred.predict(hist, k)
+            err_pred += float(((pz - zt[t]) ** 2).sum())
+            err_hold += float(((zt[t - k] - zt[t]) ** 2).sum())
+        assert err_pred < 0.97 * err_hold, (k, err_pred, err_hold)
+
+    class Tables:  # what predictor_from_codecs reads of codec tables: their meta
+        meta = {"conceal": entry}
+
+    assert predictor_from_codecs({"x": Tables()}) == pred
+    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=5, min_delay_ms=5, interpolate=False), pred)
     for s in range(10):
-        pb.push(s, s * P, s * P + BASE, np.full(4, 2.0 * s, np.float32), np.full((2, 2), -s, np.float32))
-    pb.pop(10 * P)
-    z, g = pb._extrapolate()
-    np.testing.assert_allclose(z, 20.0, atol=1e-4)  # exact on a line
-    np.testing.assert_allclose(g, -10.0, atol=1e-4)
-    pb.cfg = PlayoutConfig(max_delay_ms=5, method="fit", history=6, damping=0.0)
-    z, _ = pb._extrapolate()
-    np.testing.assert_allclose(z, np.mean([2.0 * s for s in range(4, 10)]), atol=1e-4)  # no slope: the mean
+        pb.push(s, s * P, s * P + BASE, zt[s], gt[s])
+    outs = [o for now in range(0, 13 * P, 1_000_000) if (o := pb.pop(now)) is not None]
+    conc = [o for o in outs if o.concealed]
+    assert [o.seq for o in conc] == [10, 11, 12]
+    hist = [(zt[9 - j], gt[9 - j]) for j in range(4)]
+    for k, o in enumerate(conc, 1):
+        wz, wg = pred.predict(hist, k)
+        np.testing.assert_allclose(o.z, wz, atol=1e-6)
+        np.testing.assert_allclose(o.gaze, wg, atol=1e-6)
+
+
+def test_without_weights_a_missing_frame_holds_the_last_value():
+    pb, outs = drive([(s * P + BASE, s) for s in range(20) if s != 10],
+                     PlayoutConfig(max_delay_ms=5, min_delay_ms=5, interpolate=False), 22 * P)
+    (o,) = [o for o in outs if o.concealed]
+    assert o.seq == 10 and np.array_equal(o.z, code(9)[0])
+
+
+def test_a_buffered_later_frame_is_interpolated_towards():
+    """Frames 10 and 11 lost, 12 already in the buffer when their slots come (70 ms target delay): they lie on the
+    line from frame 9 to frame 12."""
+    pb, outs = drive([(s * P + BASE, s) for s in range(30) if s not in (10, 11)],
+                     PlayoutConfig(max_delay_ms=70, min_delay_ms=70), 32 * P)
+    got = {o.seq: o for o in outs}
+    z9, z12 = code(9)[0], code(12)[0]
+    np.testing.assert_allclose(got[10].z, z9 + (z12 - z9) / 3, atol=1e-6)
+    np.testing.assert_allclose(got[11].z, z9 + 2 * (z12 - z9) / 3, atol=1e-6)
+    assert got[10].concealed and got[11].concealed and pb.counts["interpolated"] == 2
+    pb, outs = drive([(s * P + BASE, s) for s in range(30) if s not in (10, 11)],
+                     PlayoutConfig(max_delay_ms=70, min_delay_ms=70, interpolate=False), 32 * P)
+    assert pb.counts["interpolated"] == 0 and pb.counts["concealed"] == 2
+
+
+def test_malformed_weights_are_refused():
+    from runtime.playout import LinearPredictor
+
+    with pytest.raises(ValueError):
+        LinearPredictor.from_dict({"z": [[0.1, 0.2]], "gaze": [[0.1]]})
+    with pytest.raises(ValueError):
+        LinearPredictor.from_dict({"z": [[float("nan")]], "gaze": [[0.1]]})
+    with pytest.raises(ValueError):
+        LinearPredictor.from_dict({"z": "x"})

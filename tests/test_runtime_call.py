@@ -72,16 +72,60 @@ def test_bench_e2e_reports_the_issue_metrics(tiny_models, tmp_path, monkeypatch,
     json.dumps(r)
 
 
-def test_demo_command_prints_where_the_results_are(tiny_models, pattern_hmc, tmp_path, capsys):
+@pytest.mark.parametrize("plain", [False, True], ids=["coded", "plain"])
+def test_demo_command_prints_where_the_results_are(tiny_models, pattern_hmc, tmp_path, capsys, plain):
+    """``avcall demo`` end to end; with ``--plain`` both senders send plain float16 frames, without it coded ones
+    (the tiny encoder has codec tables), as their own reports say."""
     from avcall.cli import build_parser
 
-    args = build_parser().parse_args(["demo", "--seconds", "2", "--out", str(tmp_path / "demo"), "--size", "128",
+    out = tmp_path / "demo"
+    args = build_parser().parse_args(["demo", "--seconds", "2", "--out", str(out), "--size", "128",
                                  "--encoder", str(tiny_models[0]), "--avatar", str(tiny_models[1]),
-                                 "--replay-a", str(pattern_hmc), "--replay-b", str(pattern_hmc)])
+                                 "--replay-a", str(pattern_hmc), "--replay-b", str(pattern_hmc)]
+                                + (["--plain"] if plain else []))
     assert args.func(args) == 0
-    out = capsys.readouterr().out
-    assert "alice's view:" in out and "bob's view:" in out and "latency report:" in out
-    assert (tmp_path / "demo" / "alice_sees_bob.mp4").is_file()
+    printed = capsys.readouterr().out
+    assert "alice's view:" in printed and "bob's view:" in printed and "latency report:" in printed
+    assert (out / "alice_sees_bob.mp4").is_file()
+    report = json.loads((out / "call_report.json").read_text())
+    for name in ("alice", "bob"):
+        tx = json.loads((out / "raw" / f"{name}_sender.json").read_text())
+        assert tx["frames_sent"] >= 10, (name, tx)
+        per_frame = tx["bytes_sent"] / tx["frames_sent"]
+        if plain:
+            assert tx["codec"] is None, (name, tx["codec"])
+            assert per_frame > 500, (name, per_frame)  # a 256-d float16 code is 512 bytes alone
+        else:
+            c = tx["codec"]
+            assert c is not None and c["intra_frames"] >= 1 and c["intra_frames"] + c["predicted_frames"] == tx["frames_sent"]
+            assert per_frame < 300, (name, per_frame)
+        assert report["streams"][name]["coded"] is (not plain)
+        assert report["streams"][name]["presented"] > 0
+    assert ("(plain frames)" in printed) is plain
+
+
+@pytest.mark.parametrize("command", ["call", "demo"])
+def test_plain_reaches_both_senders(tiny_models, tmp_path, command):
+    """``--plain`` (and its absence) reaches the sender config of both parties, and survives the config's dict round
+    trip (how a call config is written and read back)."""
+    from avcall.call_cmds import call_config
+    from avcall.cli import build_parser
+    from avcore.errors import UsageError
+    from runtime.call import plan_call
+
+    base = [command, "--out", str(tmp_path / command), "--encoder", str(tiny_models[0]), "--avatar", str(tiny_models[1])]
+    for extra, coded in (([], True), (["--plain"], False)):
+        cfg = call_config(build_parser().parse_args(base + extra))
+        assert cfg.codec.coded is coded
+        again = CallConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+        assert again == cfg and isinstance(again.parties[0], PartyConfig)
+        links = plan_call(cfg, tmp_path / command / ("plain" if extra else "coded"))
+        assert [ln.sender.codec.coded for ln in links] == [coded, coded]
+        assert {ln.sender.stream_id for ln in links} == {"alice", "bob"}
+    with pytest.raises(UsageError, match="unknown CodecConfig fields: plain"):
+        CallConfig.from_dict({**CallConfig().to_dict(), "codec": {"plain": True}})
+    with pytest.raises(UsageError, match="unknown PartyConfig fields: colour"):
+        CallConfig.from_dict({**CallConfig().to_dict(), "parties": [{"name": "a", "colour": 1}, {"name": "b"}]})
 
 
 def test_call_runs_the_trained_model_layouts(tmp_path, pattern_hmc, workers):

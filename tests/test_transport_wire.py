@@ -396,6 +396,8 @@ def test_clock_messages_round_trip_and_reject_garbage():
         (pack({"v": 1, "q": 1}), "schema"),
         (pack({"v": 1, "q": -1, "t0": 1}), "schema"),
         (pack({"v": 1, "q": 1, "t0": 1, "x": 1}), "schema"),
+        (pack({"v": 1, "q": 1, "t0": 1, "i": False}), "schema"),  # omitted, never false
+        (pack({"v": 1, "q": 1, "t0": 1, "i": 1}), "schema"),
     ]:
         with pytest.raises(WireError) as info:
             decode_clock_request(data)
@@ -403,6 +405,10 @@ def test_clock_messages_round_trip_and_reject_garbage():
     with pytest.raises(WireError):
         decode_clock_reply(encode_clock_request(req))  # a request is not a reply
     assert msgpack.unpackb(encode_clock_request(req))["v"] == CLOCK_PROTOCOL_VERSION == 1
+    # the intra request: key "i" true, absent otherwise
+    intra = ClockRequest(request_id=5, t0_ns=7, intra=True)
+    assert decode_clock_request(encode_clock_request(intra)) == intra
+    assert msgpack.unpackb(encode_clock_request(intra))["i"] is True and "i" not in msgpack.unpackb(encode_clock_request(req))
 
 
 # --------------------------------------------------------------------------- the document
@@ -617,6 +623,30 @@ def test_clock_cadence_as_documented():
     assert "one request per\nsecond" not in sec and "one request per second" not in sec
 
 
+def test_clock_intra_request_as_documented():
+    """8.2: the optional ``"i": true`` of a clock request, its example bytes, its strictness and its rate limit."""
+    doc = _doc()
+    sec = _section(doc, "### 8.2")
+    data = _hex_after(doc, "<!-- example-clock-intra-request-hex -->")
+    assert data == pack({"v": 1, "q": 43, "t0": 1_000_000_000, "i": True})
+    assert data == encode_clock_request(ClockRequest(43, 1_000_000_000, intra=True))
+    req = decode_clock_request(data)
+    assert (req.request_id, req.t0_ns, req.intra) == (43, 1_000_000_000, True)
+    assert decode_clock_request(encode_clock_request(ClockRequest(43, 5))).intra is False
+    assert b"\xa1i" not in encode_clock_request(ClockRequest(43, 5))  # omitted, never sent as false
+    assert "must not send `\"i\": false`" in " ".join(sec.split())
+    for bad in (False, 1, 0, None, "true"):
+        with pytest.raises(WireError) as info:
+            decode_clock_request(pack({"v": 1, "q": 43, "t0": 5, "i": bad}))
+        assert info.value.kind == "schema", bad
+    with pytest.raises(WireError):
+        decode_clock_reply(pack({"v": 1, "q": 1, "t0": 1, "t1": 2, "t2": 3, "i": True}))  # requests only
+    from runtime.receiver import INTRA_REQUEST_GAP_S
+
+    gap_ms = int(re.search(r"at most one such request per (\d+) ms", " ".join(sec.split())).group(1))
+    assert gap_ms / 1000 == INTRA_REQUEST_GAP_S
+
+
 def test_transport_never_imports_torch():
     import subprocess
     import sys
@@ -765,3 +795,129 @@ def test_document_decoder_decodes_coded_frames(tiny_models, coder):
         assert np.array_equal(got["z"], ref.z) and np.array_equal(got["gaze"], ref.gaze)
         assert got["model"] == ref.model
     assert decoded >= 40
+
+
+# --------------------------------------------------------------------------- the coded example of section 4.2
+
+CODED_EXAMPLE_IN = [  # what section 4.2 says went into the encoder: (n, tc, flags, z, gaze, model)
+    (7, 1_000_000_000, int(KEYFRAME), [-1.25, 0.6], [[0.125, -0.0625], [0.1875, 0.0]], "s1"),
+    (8, 1_033_333_333, int(EXTRAPOLATED), [-1.0, 0.5], [[0.125, 0.0], [0.125, 0.0]], None),
+]
+CODED_EXAMPLE_OUT = [  # ... and what it says a receiver decodes: (seq, tc, keyframe, z, gaze, model)
+    (7, 1_000_000_000, True, [-1.25, 0.5], [[0.125, -0.0625], [0.1875, 0.0]], "s1"),
+    (8, 1_033_333_000, False, [-1.0, 0.5], [[0.125, 0.0], [0.125, 0.0]], None),
+]
+CODED_EXAMPLE_SEND_US, CODED_EXAMPLE_ENC_US = 2500, 2000
+
+
+def _table_after(text: str, marker: str) -> list[list[str]]:
+    """Rows of the markdown table right after ``marker`` (that table only)."""
+    lines = text.split(marker, 1)[1].strip().splitlines()
+    end = next((i for i, ln in enumerate(lines) if not ln.startswith("|")), len(lines))
+    return _table("\n".join(lines[:end]))
+
+
+def _doc_example_tables(doc: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The codec tables of section 4.2, from the document alone: (npz arrays, codec.json)."""
+    sec = _section(doc, "### 4.2")
+    rows = _table_after(sec, "<!-- example-codec-tables -->")
+    header = sec.split("<!-- example-codec-tables -->", 1)[1].strip().splitlines()[0]
+    cols = [c.strip().strip("`") for c in header.strip("|").split("|")]
+    col = {name: [r[cols.index(name)] for r in rows] for name in ("mean", "step", "lo", "hi", "res_max")}
+    assert [int(r[0]) for r in rows] == list(range(len(rows)))
+    arrays = {k: np.array(v, np.float64) for k, v in col.items() if k in ("mean", "step")}
+    arrays |= {k: np.array(v, np.int64) for k, v in col.items() if k in ("lo", "hi", "res_max")}
+    n_intra, n_res = arrays["hi"] - arrays["lo"] + 1, 2 * arrays["res_max"] + 1
+    assert [int(r[cols.index("n_intra")]) for r in rows] == n_intra.tolist()
+    assert [int(r[cols.index("n_res")]) for r in rows] == n_res.tolist()
+    # "every frequency is 1 over the element's alphabet (0 in the padding columns)"
+    arrays["intra_freq"] = (np.arange(n_intra.max()) < n_intra[:, None]).astype(np.float64)
+    arrays["res_freq"] = (np.arange(n_res.max()) < n_res[:, None]).astype(np.float64)
+    D = int(re.search(r"D = (\d+), so N = (\d+) elements", sec).group(1))
+    assert len(rows) == D + 4
+    meta = {"codec_id": re.search(r"Their codec id is `([0-9a-f]{8})`", sec).group(1), "latent_dim": D,
+            "predictor": re.search(r"`predictor` `\"(\w+)\"`", sec).group(1),
+            "history": int(re.search(r"`history` T = (\d+)", sec).group(1)), "tables": "codec.npz"}
+    return arrays, meta
+
+
+def _coded_example_frames(arrays: dict, meta: dict, coder: str) -> list[bytes]:
+    """Section 4.2's two frames as the reference encoder writes them (what the document's bytes were made with)."""
+    from transport.latent_codec import CodecConfig, CodecTables, LatentStreamEncoder
+
+    tables = CodecTables(latent_dim=meta["latent_dim"], predictor=meta["predictor"], history=meta["history"], **arrays)
+    enc = LatentStreamEncoder(tables, "bob", CodecConfig(coder=coder))
+    return [enc.encode(n, tc, tc + CODED_EXAMPLE_SEND_US * 1000, np.array(z), np.array(g), flags=flags,
+                       enc_ts_ns=tc + CODED_EXAMPLE_ENC_US * 1000, model=model)
+            for n, tc, flags, z, g, model in CODED_EXAMPLE_IN]
+
+
+def _hexdump(data: bytes) -> str:
+    return "\n".join(data[i:i + 16].hex(" ") for i in range(0, len(data), 16))
+
+
+def test_doc_coded_example_bytes_decode_to_what_the_document_says(tmp_path):
+    """Section 4.2: the bytes are what the reference encoder writes; a receiver written from the document alone
+    (codec tables from the document's table, files in the documented layout) decodes them to the values the
+    document states; the annotated tables cover every byte, in order."""
+    import json
+
+    from transport.latent_codec import CodecTables, LatentStreamDecoder
+
+    doc = _doc()
+    sec = _section(doc, "### 4.2")
+    arrays, meta = _doc_example_tables(doc)
+    tables = CodecTables(latent_dim=meta["latent_dim"], predictor=meta["predictor"], history=meta["history"], **arrays)
+    assert tables.codec_id == meta["codec_id"]  # the id the document names is the one of its tables
+    flat = " ".join(sec.split())
+    for n, tc, _, z, g, model in CODED_EXAMPLE_IN:  # the inputs are the ones the section names
+        assert f"`n = {n}`" in flat and f"`z = {z}`" in flat and f"`g = {g}`" in flat
+    frames = [_hex_after(doc, "<!-- example-coded-intra-hex -->"), _hex_after(doc, "<!-- example-coded-predicted-hex -->")]
+    assert _coded_example_frames(arrays, meta, "raw") == frames
+    for data, which in zip(frames, ("intra", "predicted")):
+        assert f"{len(data)} bytes:\n\n<!-- example-coded-{which}-hex -->" in sec
+        rows = _table_after(sec, f"<!-- example-coded-{which}-table -->")
+        annotated = bytes.fromhex(" ".join(h for r in rows for h in _code(r[0])))
+        assert annotated == data, which  # the byte column, read top to bottom, is the dump
+
+    np.savez(tmp_path / "codec.npz", **arrays)
+    (tmp_path / "codec.json").write_text(json.dumps(meta))
+    doc_rx = DocumentDecoder(tmp_path, CodedSpec())
+    mod_rx = LatentStreamDecoder({tables.codec_id: tables})
+    parts = [flat.split("**Intra frame.**", 1)[1].split("**Predicted frame.**", 1)[0],
+             flat.split("**Predicted frame.**", 1)[1].split("With the range coder", 1)[0]]
+    for data, (seq, tc, keyframe, z, gaze, model), part in zip(frames, CODED_EXAMPLE_OUT, parts):
+        got = doc_rx.decode(data)
+        assert (got["seq"], got["capture_ts_ns"], got["keyframe"], got["model"]) == (seq, tc, keyframe, model)
+        assert got["send_ts_ns"] == tc + CODED_EXAMPLE_SEND_US * 1000 and got["enc"] == tc + CODED_EXAMPLE_ENC_US * 1000
+        assert got["z"].tolist() == z and got["gaze"].tolist() == gaze
+        # ... which is what the section's prose says the frame holds: every `q` it names, and the values after
+        # "Payload:" (what the receiver shows)
+        qs = re.findall(r"`q = (\[[^\]]*\])`", part)
+        assert len(qs) >= 2 and set(qs) == {str(doc_rx.H[-1].tolist())}, qs
+        shown = part.split("Payload:", 1)[1]
+        assert re.findall(r"`z = (\[[^\]]*\])`", shown) == [str(z)] == [str(got["z"].tolist())]
+        assert re.findall(r"`g = (\[\[.*?\]\])`", shown) == [str(gaze)] == [str(got["gaze"].tolist())]
+        if not got["model"]:  # the predicted frame: its capture time as the receiver has it, to the microsecond
+            assert "capture time " + f"{tc:,}".replace(",", " ") + " ns" in shown
+        ref = mod_rx.decode(decode_message(data))
+        assert (ref.seq, ref.capture_ts_ns, ref.model) == (seq, tc, model)
+        assert ref.z.tolist() == z and ref.gaze.tolist() == gaze
+
+    # the range-coded variant the section quotes: the same frames but for `c` and the payload
+    range_rx = DocumentDecoder(tmp_path, CodedSpec())
+    for data, raw, which, out in zip(_coded_example_frames(arrays, meta, "range"), frames, ("intra", "predicted"),
+                                     CODED_EXAMPLE_OUT):
+        a, b = msgpack.unpackb(data), msgpack.unpackb(raw)
+        assert f"{which} `c4 {len(a[10]):02x} {a[10].hex(' ')}` ({len(data)} bytes)" in flat
+        assert (a[8], b[8]) == (1, 0)
+        assert [x for i, x in enumerate(a) if i not in (8, 10)] == [x for i, x in enumerate(b) if i not in (8, 10)]
+        got = range_rx.decode(data)
+        assert (got["seq"], got["capture_ts_ns"], got["z"].tolist(), got["gaze"].tolist()) == (out[0], out[1], out[3], out[4])
+
+
+if __name__ == "__main__":  # print section 4.2's hex dumps from its tables (to regenerate the document)
+    _arrays, _meta = _doc_example_tables(_doc())
+    for _coder in ("raw", "range"):
+        for _data in _coded_example_frames(_arrays, _meta, _coder):
+            print(f"{_coder}, {len(_data)} bytes:\n{_hexdump(_data)}\n")

@@ -180,6 +180,9 @@ class ClockServer(SocketOwner):
         self.clients_seen = 0
         """Distinct clock clients (receivers) that asked so far: a sender sends an intra frame of its coded
         stream when this grows, so a receiver that just joined decodes at once (``docs/protocol.md`` 3.7)."""
+        self.intra_requests = 0
+        """Clock requests that asked for an intra frame (key ``i``): the sender makes its next frame intra when
+        this grows (``docs/protocol.md`` 8.2)."""
         self._identities: set[bytes] = set()
         self.bad: Counter[str] = Counter()
         self._thread: threading.Thread | None = None
@@ -212,6 +215,8 @@ class ClockServer(SocketOwner):
                     self._identities.clear()
                 self._identities.add(identity)
                 self.clients_seen += 1
+            if req.intra:
+                self.intra_requests += 1
             reply = ClockReply(request_id=req.request_id, t0_ns=req.t0_ns, t1_ns=t1, t2_ns=self.clock())
             sock.send_multipart([identity, encode_clock_reply(reply)], zmq.NOBLOCK)  # type: ignore[union-attr]
             answered += 1
@@ -284,12 +289,13 @@ class ClockClient(SocketOwner):
     def _configure(self, sock: zmq.Socket) -> None:
         sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing for peers not yet connected
 
-    def request(self) -> bool:
-        """Send one request now; False if no server is connected (nothing queued)."""
+    def request(self, intra: bool = False) -> bool:
+        """Send one request now (``intra``: also ask for an intra frame); False if no server is connected
+        (nothing queued)."""
         request_id = next(self._ids)
         t0 = self.clock()
         try:
-            self.socket.send(encode_clock_request(ClockRequest(request_id, t0)), zmq.NOBLOCK)  # type: ignore[union-attr]
+            self.socket.send(encode_clock_request(ClockRequest(request_id, t0, intra=intra)), zmq.NOBLOCK)  # type: ignore[union-attr]
         except zmq.Again:
             return False
         self._last_request_ns = t0

@@ -14,11 +14,15 @@ the same text for clients in other languages. Both ends share one :class:`CodecT
   intra frame sends ``q`` itself; a predicted frame sends ``u = q - p`` where ``p`` is computed from the
   receiver's own decoded indices (the previous frame's, or LATEX's extrapolation
   ``q_{t-1} + round((q_{t-1} - q_{t-T}) / (T - 1))``). Intra frames come every ``intra_interval`` frames,
-  on demand (a new receiver asked for the clock, a residual outside its alphabet) and first, so a receiver
-  that joined late or lost a frame decodes again within one interval. A predicted frame names its
-  reference (``r`` frames back); a receiver that does not hold exactly that frame drops it as
-  ``no_reference`` until the next intra, and a 16-bit check of the decoded indices catches a corrupted
-  payload (``codec``), so a residual is never applied to the wrong reference.
+  on demand (a new receiver asked for the clock, a receiver asked for one because it lost a frame, a residual
+  outside its alphabet) and first, so a receiver that joined late or lost a frame decodes again within one
+  interval, or one round trip when it asks. A predicted frame names its reference (``r`` frames back); a
+  strict receiver that does not hold exactly that frame drops it as ``no_reference`` until the next intra,
+  and a 16-bit check of the decoded indices catches a corrupted payload (``codec``), so a residual is never
+  applied to the wrong reference unknowingly. A receiver may instead **bridge** a few lost frames
+  (``LatentStreamDecoder(bridge=N)``: the lost frames guessed unchanged, the frames after them flagged
+  ``approximate`` until the intra frame) and **wait** for a reference that was overtaken rather than lost
+  (:class:`ReorderingDecoder`).
 * **Entropy coding**: the symbols of the elements whose alphabet has more than one symbol go through
   ``constriction``'s range coder with per-element categorical models (frequency tables fitted on training
   sessions), or (``raw``) are bit-packed with fixed widths.
@@ -33,7 +37,7 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -404,13 +408,23 @@ class LatentStreamDecoder:
 
     ``codecs`` maps codec ids to the tables this receiver has; an intra frame picks its tables by id."""
 
-    def __init__(self, codecs: dict[str, CodecTables], limits: WireLimits | None = None) -> None:
+    def __init__(self, codecs: dict[str, CodecTables], limits: WireLimits | None = None, bridge: int = 0) -> None:
         self.codecs = dict(codecs)
         self.limits = limits or WireLimits()
+        self.bridge = int(bridge)
+        """Lost reference frames a predicted frame may be decoded across (0: strict, ``no_reference``). A lost frame
+        is guessed unchanged from the one before it, and the frames after it decode on that guess: their values are
+        off by the lost frame's step until the next intra frame (flagged ``approximate``, their check values cannot
+        match and are not checked) instead of frozen for a round trip (``docs/protocol.md`` 3.7.4)."""
+        self.approximate = False
+        """Decoding on a guessed reference since a lost frame (until the next intra frame)."""
+        self.bridged = 0
+        """Predicted frames decoded on a guessed reference."""
         self.tables: CodecTables | None = None
         self._hist: deque[np.ndarray] = deque(maxlen=2)
         self._seq: int | None = None
         self._tc = 0
+        self._dt = 0  # capture interval of the last consecutive predicted frame (ns)
         self.skipped = 0
         """Frames the sender skipped on purpose (LATEX-skip) and this decoder filled by extrapolation."""
 
@@ -422,6 +436,7 @@ class LatentStreamDecoder:
     def _lose_sync(self) -> None:
         self._seq = None
         self._hist.clear()
+        self.approximate = False
 
     def decode(self, cf: CodedFrame) -> FrameMessage:
         if cf.is_intra:
@@ -432,19 +447,29 @@ class LatentStreamDecoder:
             symbols = tables.unpack(cf.payload, True, cf.coder)
             q = tables.lo.copy()
             q[tables.intra_active] += symbols
-            seq, tc, fills = cf.seq, cf.time, []
+            seq, tc, fills, guessed, approximate = cf.seq, cf.time, [], [], False
         else:
             tables = self.tables
             if tables is None or self._seq is None:
                 raise CodecError("no_reference", "no intra frame decoded yet (or sync lost); waiting for the next")
             r = cf.ref
             seq = self._seq + r
+            hist = list(self._hist)
+            guessed: list[np.ndarray] = []
+            lost_ns = 0
+            approximate = self.approximate
             if seq % SEQ_CHECK_MOD != cf.seq:
-                raise CodecError("no_reference", f"the reference is frame n - {r} = {cf.seq - r} (mod {SEQ_CHECK_MOD}), "
-                                 f"this receiver holds {self._seq % SEQ_CHECK_MOD}; waiting for the next intra frame")
+                lost = (cf.seq - r - self._seq) % SEQ_CHECK_MOD  # frames between ours and the frame's reference
+                if not 1 <= lost <= self.bridge:
+                    raise CodecError("no_reference", f"the reference is frame n - {r} = {cf.seq - r} (mod {SEQ_CHECK_MOD}), "
+                                     f"this receiver holds {self._seq % SEQ_CHECK_MOD}; waiting for the next intra frame")
+                seq += lost
+                lost_ns = lost * self._dt  # their capture times, guessed at the last frame interval
+                guessed = [hist[-1]] * lost  # the lost frames, guessed unchanged
+                hist += guessed
+                approximate = True
             if seq >= 2**64:
                 raise CodecError("codec", "sequence number overflows 64 bits")
-            hist = list(self._hist)
             fills = []
             for _ in range(r - 1):  # frames the sender skipped: filled by extrapolation at both ends
                 fills.append(tables.extrapolate(hist))
@@ -454,11 +479,13 @@ class LatentStreamDecoder:
             u = -tables.res_max.copy()
             u[tables.res_active] += symbols
             q = p + u
+            if approximate:  # a guessed reference may push an index off its alphabet: keep it in range
+                q = np.clip(q, tables.lo, tables.hi)
             if np.any(q < tables.lo) or np.any(q > tables.hi):
                 self._lose_sync()
                 raise CodecError("codec", "decoded index outside its element's range")
-            tc = self._tc + cf.time * 1000
-        if check_value(q) != cf.check:
+            tc = self._tc + lost_ns + cf.time * 1000
+        if check_value(q) != cf.check and not approximate:
             if not cf.is_intra:
                 self._lose_sync()
             raise CodecError("codec", "check value does not match the decoded code (corrupt payload or wrong reference)")
@@ -471,21 +498,111 @@ class LatentStreamDecoder:
             if not cf.is_intra:
                 self._lose_sync()
             raise
+        if cf.is_intra and self._seq is not None and seq < self._seq and tc < self._tc:
+            # an intra frame that arrived after newer frames (reordered): shown or not by the caller, but the
+            # decoder keeps its newer state (a sender restart, whose seq also goes back, has a newer capture time)
+            stages = {} if cf.enc_delay_us is None else {"enc": tc + cf.enc_delay_us * 1000}
+            return FrameMessage(stream_id=cf.stream_id, seq=seq, capture_ts_ns=tc, send_ts_ns=tc + cf.send_delay_us * 1000,
+                                z=z, gaze=gaze, flags=cf.flags & int(KEYFRAME | EXTRAPOLATED), stage_ts_ns=stages,
+                                model=cf.model)
         if cf.is_intra and tables is not self.tables:
             self.tables = tables
             self._hist = deque(maxlen=max(tables.history, 2))
         elif not cf.is_intra:
             self.skipped += len(fills)
-            self._hist.extend(fills)
+            self._hist.extend(guessed + fills)
         if cf.is_intra:
             self._hist.clear()
         self._hist.append(q)
+        if not cf.is_intra and cf.ref == 1 and cf.time > 0:
+            self._dt = cf.time * 1000
         self._seq, self._tc = seq, tc
+        self.approximate = approximate
+        self.bridged += approximate
         stages = {} if cf.enc_delay_us is None else {"enc": tc + cf.enc_delay_us * 1000}
         return FrameMessage(stream_id=cf.stream_id, seq=seq, capture_ts_ns=tc, send_ts_ns=tc + cf.send_delay_us * 1000,
                             z=z, gaze=gaze, flags=cf.flags & int(KEYFRAME | EXTRAPOLATED), stage_ts_ns=stages,
-                            model=cf.model)
+                            model=cf.model, approximate=approximate)
 
+
+
+class ReorderingDecoder:
+    """A :class:`LatentStreamDecoder` that waits for references that arrive out of order, while that costs nothing.
+
+    A predicted frame whose reference is not decoded yet, but which is at most :attr:`HOLD` frames ahead of the
+    decoder, is held instead of failing at once: when the frames before it arrive, it is decoded after them, in
+    sequence order; at its deadline it is decoded across the gap (the decoder's ``bridge``) or fails
+    (``no_reference``). :attr:`deadline` maps a frame's capture time (sender clock, ns; estimated from the last
+    decoded frame and the frame interval) to the time (caller's clock) by which it must be decoded: a receiver with
+    a jitter buffer passes the frame's slot, so waiting never makes a frame late. None (the default) holds
+    nothing: every frame is decided on arrival.
+
+    :meth:`push` and :meth:`expire` return ``(tag, result, skipped)`` triples in decoding order: ``result`` a
+    :class:`FrameMessage` or the :class:`CodecError` / :class:`WireError` it raised, ``skipped`` the frames the
+    sender skipped on purpose just before it, ``tag`` what the caller passed with the frame."""
+
+    HOLD = 8
+    """Most frames a held frame may be ahead of the decoder."""
+    MARGIN_NS = 2_000_000
+    """A held frame is decided this long before its deadline (decoding and rendering it take time)."""
+
+    def __init__(self, codecs: dict[str, CodecTables], limits: WireLimits | None = None, bridge: int = 0) -> None:
+        self.decoder = LatentStreamDecoder(codecs, limits, bridge=bridge)
+        self.deadline: Callable[[int], int] | None = None
+        """Capture time (sender clock) -> when a frame must be decoded; None: nothing waits."""
+        self._held: dict[int, tuple[CodedFrame, int, Any]] = {}  # absolute seq -> (frame, deadline, tag)
+        self.held = 0
+        """Frames that waited for their reference."""
+        self.superseded = 0
+        """Held frames dropped because the decoder moved past them (an intra frame overtook them)."""
+
+    def _decode(self, cf: CodedFrame, tag: Any) -> tuple[Any, FrameMessage | Exception, int]:
+        before = self.decoder.skipped
+        try:
+            return tag, self.decoder.decode(cf), self.decoder.skipped - before
+        except (CodecError, WireError) as err:
+            return tag, err, 0
+
+    def push(self, cf: CodedFrame, now_ns: int, tag: Any = None) -> list[tuple[Any, FrameMessage | Exception, int]]:
+        d = self.decoder
+        if self.deadline is not None and not cf.is_intra and d._seq is not None:
+            ahead = (cf.seq - d._seq) % SEQ_CHECK_MOD
+            if cf.ref < ahead <= self.HOLD:  # its reference is a frame this decoder has not seen yet
+                seq = d._seq + ahead
+                due = self.deadline(d._tc + ahead * d._dt) - self.MARGIN_NS
+                if seq in self._held:
+                    return []  # a duplicate
+                if due > now_ns:
+                    self._held[seq] = (cf, due, tag)
+                    self.held += 1
+                    return []
+        out = [self._decode(cf, tag)]
+        self._release(out)
+        return out
+
+    def expire(self, now_ns: int) -> list[tuple[Any, FrameMessage | Exception, int]]:
+        """Decode (across the gap, or fail) the held frames whose deadline came, oldest sequence first."""
+        out: list = []
+        while self._held and min(due for _, due, _ in self._held.values()) <= now_ns:
+            cf, _, tag = self._held.pop(min(self._held))
+            out.append(self._decode(cf, tag))
+            self._release(out)
+        return out
+
+    def _release(self, out: list) -> None:
+        """Decode every held frame whose reference is now the decoder's last frame, in order."""
+        d = self.decoder
+        while self._held:
+            if d._seq is None:
+                return
+            for seq in [s for s in self._held if s <= d._seq]:
+                del self._held[seq]
+                self.superseded += 1
+            nxt = next((s for s, (cf, _, _) in sorted(self._held.items()) if s - cf.ref == d._seq), None)
+            if nxt is None:
+                return
+            cf, _, tag = self._held.pop(nxt)
+            out.append(self._decode(cf, tag))
 
 def message_sizes(frames: list[bytes | None]) -> dict[str, Any]:
     """Bytes of a stream's messages (None = a skipped frame): total, mean per frame slot, and per message."""

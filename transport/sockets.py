@@ -33,6 +33,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import zmq
@@ -42,7 +43,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from .endpoints import EndpointError, parse_endpoint
 from .stats import SendStats, StreamStats
-from .latent_codec import CodecError, CodecTables, LatentStreamDecoder
+from .latent_codec import CodecError, CodecTables, ReorderingDecoder
 from .wire import CodedFrame, FrameMessage, WireError, WireLimits, decode_message, encode_frame
 
 log = logging.getLogger(__name__)
@@ -556,6 +557,7 @@ class FrameSubscriber(SocketOwner):
         expected_model: str | None = None,
         clock_offset_ns: int | None = None,
         codecs: dict[str, CodecTables] | None = None,
+        bridge: int = 0,
     ) -> None:
         if curve is not None and not curve.is_server:
             raise ValueError("the frame subscriber (receiver) is the CURVE server: give it an allowed-clients directory")
@@ -573,7 +575,15 @@ class FrameSubscriber(SocketOwner):
         self._models: dict[str, str] = {}  # stream id -> model id it last declared
         self.codecs: dict[str, CodecTables] = dict(codecs or {})
         """Codec tables this receiver decodes coded frames with, by codec id."""
-        self._decoders: dict[str, LatentStreamDecoder] = {}  # stream id -> its coded-stream state
+        self.bridge = int(bridge)
+        """Lost reference frames a coded frame may be decoded across (:class:`LatentStreamDecoder`; 0: strict)."""
+        self.needs_intra = False
+        """Set when a coded frame could not be decoded for want of its reference (a frame was lost, or joined
+        mid-stream) or was decoded across a lost one: the owner may ask the sender for an intra frame
+        (``docs/protocol.md`` 8.2) and clear it."""
+        self._decoders: dict[str, ReorderingDecoder] = {}  # stream id -> its coded-stream state
+        self.reorder_deadline: Callable[[int], int] | None = None
+        """Until when a coded frame waits for a reference that has not arrived (:meth:`set_reorder_deadline`)."""
         super().__init__(
             zmq.SUB, endpoint, bind=bind, curve=curve, options=options, max_msg_size=options.max_msg_size, context=context
         )
@@ -589,21 +599,33 @@ class FrameSubscriber(SocketOwner):
         """Sender clock minus receiver clock, or None when unknown (see :attr:`clock_offset_ns`)."""
         self.clock_offset_ns = None if offset_ns is None else int(offset_ns)
 
-    def _take(self, data: bytes, now_ns: int) -> FrameMessage | None:
+    def set_reorder_deadline(self, deadline: Callable[[int], int] | None) -> None:
+        """Let a coded frame whose reference has not arrived yet wait for it until ``deadline(capture time on the
+        sender's clock)`` (this host's monotonic ns): a receiver with a jitter buffer passes the frame's slot
+        (:class:`transport.latent_codec.ReorderingDecoder`). None: every frame is decided on arrival."""
+        self.reorder_deadline = deadline
+        for dec in self._decoders.values():
+            dec.deadline = deadline
+
+    def _take(self, data: bytes, now_ns: int) -> list[FrameMessage]:
+        """One message off the socket -> the valid frames it makes available (a coded frame may wait for its
+        reference, or release frames that waited for it), each counted."""
         self.stats.record_message(len(data), now_ns)
         try:
             frame = decode_message(data, self.limits)
         except WireError as err:
             self.stats.record_bad(err.kind, err.detail)
-            return None
+            return []
         if self.expected_stream is not None and frame.stream_id != self.expected_stream:
             self.stats.record_bad("stream", f"frame of stream {frame.stream_id!r}")
-            return None
-        skipped = 0
+            return []
         if isinstance(frame, CodedFrame):
-            frame, skipped = self._decode_coded(frame)
-            if frame is None:
-                return None
+            return self._coded_results(frame, self._decoder(frame.stream_id).push(frame, now_ns, len(data)), now_ns)
+        out = self._accept(frame, len(data), now_ns, 0)
+        return [] if out is None else [out]
+
+    def _accept(self, frame: FrameMessage, nbytes: int, now_ns: int, skipped: int) -> FrameMessage | None:
+        """The checks beyond the message (model, capture-time window) and the stream statistics."""
         if frame.model is not None and (frame.stream_id in self._models or len(self._models) < StreamStats.MAX_STREAMS):
             self._models[frame.stream_id] = frame.model
         if self.expected_model is not None:
@@ -624,28 +646,52 @@ class FrameSubscriber(SocketOwner):
                     f"(window -{self.limits.max_past_s:g} s .. +{self.limits.max_future_s:g} s)",
                 )
                 return None
-        self.stats.record_frame(frame.stream_id, frame.seq, len(data), now_ns, skipped=skipped)
+        self.stats.record_frame(frame.stream_id, frame.seq, nbytes, now_ns, skipped=skipped, capture_ns=frame.capture_ts_ns)
         return frame
 
-    def _decode_coded(self, cf: CodedFrame) -> tuple[FrameMessage | None, int]:
-        """The stream's decoder on a coded frame -> (frame, frames it skipped on purpose), or (None, 0) counted."""
-        dec = self._decoders.get(cf.stream_id)
+    def _decoder(self, stream_id: str) -> ReorderingDecoder:
+        dec = self._decoders.get(stream_id)
         if dec is None:
             if len(self._decoders) >= StreamStats.MAX_STREAMS:  # bounded: a hostile peer cannot grow this
                 self._decoders.pop(next(iter(self._decoders)))
-            dec = self._decoders[cf.stream_id] = LatentStreamDecoder(self.codecs, self.limits)
-        before = dec.skipped
-        try:
-            frame = dec.decode(cf)
-        except CodecError as err:
-            if err.kind == "model_mismatch":
-                self.stats.last_model_mismatch = f"{cf.model or 'unknown'} coded with codec tables {cf.codec_id} (not installed here; --codec DIR)"
-            self.stats.record_bad(err.kind, err.detail)
-            return None, 0
-        except WireError as err:
-            self.stats.record_bad(err.kind, err.detail)
-            return None, 0
-        return frame, dec.skipped - before
+            dec = self._decoders[stream_id] = ReorderingDecoder(self.codecs, self.limits, bridge=self.bridge)
+            dec.deadline = self.reorder_deadline
+        return dec
+
+    def _coded_results(self, cf: CodedFrame | None, results: list, now_ns: int) -> list[FrameMessage]:
+        """Count what a stream's decoder returned (errors as bad messages); the valid frames, accepted."""
+        out = []
+        for nbytes, res, skipped in results:
+            if isinstance(res, CodecError):
+                if res.kind != "model_mismatch":
+                    self.needs_intra = True  # undecodable until the next intra frame: the receiver may ask for one
+                elif cf is not None:
+                    self.stats.last_model_mismatch = (f"{cf.model or 'unknown'} coded with codec tables {cf.codec_id} "
+                                                      "(not installed here; --codec DIR)")
+                self.stats.record_bad(res.kind, res.detail)
+            elif isinstance(res, WireError):
+                self.stats.record_bad(res.kind, res.detail)
+            else:
+                if res.approximate:
+                    self.needs_intra = True
+                    self.stats.record_event("bridged")
+                f = self._accept(res, nbytes, now_ns, skipped)
+                if f is not None:
+                    out.append(f)
+        return out
+
+    def next_held_ns(self) -> int | None:
+        """When the next coded frame waiting for its reference must be decided (None: none waits)."""
+        dues = [due for dec in self._decoders.values() for _, due, _ in dec._held.values()]
+        return min(dues) if dues else None
+
+    def _expired(self, now_ns: int) -> list[FrameMessage]:
+        """Held coded frames whose wait ran out, decoded (across the gap) or counted."""
+        out: list[FrameMessage] = []
+        for dec in list(self._decoders.values()):
+            if dec._held:
+                out += self._coded_results(None, dec.expire(now_ns), now_ns)
+        return out
 
     def _take_multipart_rest(self, first: bytes, now_ns: int) -> None:
         """Drop a multipart message whole (its first part is ``first``): one "multipart" bad message."""
@@ -662,6 +708,17 @@ class FrameSubscriber(SocketOwner):
         every valid frame to it, in arrival order, none counted stale)."""
         latest: FrameMessage | None = None
         sock = self.socket
+
+        def take(frames: list[FrameMessage]) -> None:
+            nonlocal latest
+            for frame in frames:
+                if collect is not None:
+                    collect.append(frame)
+                elif latest is not None:
+                    self.stats.dropped_stale += 1
+                latest = frame
+
+        take(self._expired(time.monotonic_ns()))
         for _ in range(self.options.max_drain):
             try:
                 data = sock.recv(zmq.NOBLOCK)  # type: ignore[union-attr]
@@ -670,14 +727,7 @@ class FrameSubscriber(SocketOwner):
             if sock.getsockopt(zmq.RCVMORE):  # type: ignore[union-attr]
                 self._take_multipart_rest(data, time.monotonic_ns())
                 continue
-            frame = self._take(data, time.monotonic_ns())
-            if frame is not None and collect is not None:
-                collect.append(frame)
-                latest = frame
-            elif frame is not None:
-                if latest is not None:
-                    self.stats.dropped_stale += 1
-                latest = frame
+            take(self._take(data, time.monotonic_ns()))
         return latest
 
     def recv_latest(self, timeout_ms: int | None = 0) -> FrameMessage | None:
@@ -720,6 +770,11 @@ class FrameSubscriber(SocketOwner):
             wait_ms = -1 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
             if deadline is not None and wait_ms <= 0:
                 return []
+            held = self.next_held_ns()  # a coded frame waiting for its reference must be decided by then
+            if held is not None:
+                until = max(1, (held - time.monotonic_ns() + 999_999) // 1_000_000)
+                wait_ms = until if wait_ms < 0 else min(wait_ms, until)
             if not self.socket.poll(wait_ms, zmq.POLLIN):  # type: ignore[union-attr]
                 self.poll_events()
-                return []
+                if held is None:
+                    return []

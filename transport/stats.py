@@ -63,6 +63,12 @@ class _SeqTrack:
     last_seq: int
     bandwidth: BandwidthMeter
     frames: int = 0
+    newest_capture_ns: int | None = None
+    """Newest capture time seen on the stream since its last (re)start (None: frames came without one)."""
+    missing: int = 0
+    """Bit k set: frame ``last_seq - 1 - k`` was counted in ``lost`` and has not arrived (k < MAX_REORDER)."""
+    seen: int = 0
+    """Bit k set: frame ``last_seq - 1 - k`` arrived (since the stream's first frame or last restart)."""
 
 
 class StreamStats:
@@ -80,13 +86,20 @@ class StreamStats:
                          ``"timestamp_range"``)
       ``lost``           frames that never arrived (gaps in ``seq`` of at most
                          :attr:`MAX_SEQ_JUMP` frames)
-      ``duplicates``     frames whose ``seq`` equals the previous frame's of the
-                         same stream (a resent or replayed frame); not lost, not
-                         a restart
+      ``duplicates``     frames whose ``seq`` equals the newest frame's of the
+                         same stream, or a late one (as for ``reordered``) whose
+                         ``seq`` already arrived (a resent or replayed frame); not
+                         lost, not a restart
       ``skipped``        frames a coded stream skipped on purpose (LATEX-skip mode: the
                          receiver extrapolates them); not lost
-      ``restarts``       ``seq`` went backwards, or jumped forward by more than
-                         :attr:`MAX_SEQ_JUMP`: the sender restarted (or lied)
+      ``reordered``      late frames: ``seq`` below the stream's newest, at most
+                         :attr:`MAX_REORDER` back, not received before, with a
+                         capture time not newer than the newest frame's. One that
+                         was counted in ``lost`` when its gap opened is taken back
+                         out of ``lost``; the stream's newest ``seq`` stays
+      ``restarts``       ``seq`` went backwards (and is not a late frame), or jumped
+                         forward by more than :attr:`MAX_SEQ_JUMP`: the sender
+                         restarted (or lied)
       ``events``         Counter of socket events (``connected``, ``disconnected``,
                          ``handshake_failed_auth``, ...)
       ``last_model_mismatch``  model id of the last frame rejected as
@@ -98,6 +111,10 @@ class StreamStats:
     """Largest forward ``seq`` gap counted as loss (about 5.5 minutes at 30 fps).
     A larger jump counts as a restart, so one hostile or corrupt ``seq`` near
     2**64 cannot make ``lost`` meaningless."""
+
+    MAX_REORDER = 64
+    """How far back (in ``seq``) a late frame still counts as reordered rather than as a sender restart
+    (about 2 s at 30 fps); each stream keeps one bit per frame of this window."""
 
     MAX_STREAMS = 16
     """Streams tracked individually; more stream ids are pooled as ``"*other*"``
@@ -113,6 +130,7 @@ class StreamStats:
         self.lost = 0
         self.duplicates = 0
         self.skipped = 0
+        self.reordered = 0
         self.restarts = 0
         self.last_model_mismatch: str | None = None
         self.bad: Counter[str] = Counter()
@@ -136,30 +154,61 @@ class StreamStats:
         else:
             log.debug("dropping bad message (%s): %s", kind, detail)
 
-    def record_frame(self, stream_id: str, seq: int, nbytes: int, now_ns: int | None = None, skipped: int = 0) -> None:
+    def record_frame(self, stream_id: str, seq: int, nbytes: int, now_ns: int | None = None, skipped: int = 0,
+                     capture_ns: int | None = None) -> None:
         """A valid frame of ``stream_id`` arrived (in arrival order); ``skipped``: frames just before it that its
-        sender skipped on purpose (not lost)."""
+        sender skipped on purpose (not lost); ``capture_ns``: its capture time (sender clock), which tells a late
+        frame (not newer than the newest frame seen) from a restarted sender. Without it a ``seq`` that went back
+        is a restart."""
         self.decoded += 1
         key = stream_id
         if key not in self._streams and len(self._streams) >= self.MAX_STREAMS:
             key = "*other*"
         track = self._streams.get(key)
         if track is None:
-            track = self._streams[key] = _SeqTrack(last_seq=seq, bandwidth=BandwidthMeter(self.window_s))
+            track = self._streams[key] = _SeqTrack(last_seq=seq, bandwidth=BandwidthMeter(self.window_s),
+                                                   newest_capture_ns=capture_ns)
         elif key != "*other*":
-            if seq == track.last_seq + 1:
-                pass
-            elif track.last_seq < seq <= track.last_seq + 1 + self.MAX_SEQ_JUMP:
-                gap = seq - track.last_seq - 1
-                self.skipped += min(skipped, gap)
-                self.lost += gap - min(skipped, gap)
-            elif seq == track.last_seq:
-                self.duplicates += 1
-            else:
-                self.restarts += 1
-            track.last_seq = seq
+            self._sequence(track, seq, skipped, capture_ns)
         track.frames += 1
         track.bandwidth.add(nbytes, now_ns)
+
+    def _sequence(self, track: _SeqTrack, seq: int, skipped: int, capture_ns: int | None) -> None:
+        window = (1 << self.MAX_REORDER) - 1
+        last = track.last_seq
+        if last < seq <= last + 1 + self.MAX_SEQ_JUMP:
+            gap = seq - last - 1
+            skip = min(max(skipped, 0), gap)
+            self.skipped += skip
+            self.lost += gap - skip
+            # the frames just before ``seq`` were skipped, the earlier ones of the gap lost; ``last`` arrived
+            lost_bits = ((1 << (gap - skip)) - 1) << skip if gap - skip else 0
+            track.missing = ((track.missing << (gap + 1)) | lost_bits) & window
+            track.seen = ((track.seen << (gap + 1)) | (1 << gap)) & window
+            track.last_seq = seq
+            if capture_ns is not None and (track.newest_capture_ns is None or capture_ns > track.newest_capture_ns):
+                track.newest_capture_ns = capture_ns
+            return
+        if seq == last:
+            self.duplicates += 1
+            return
+        back = last - 1 - seq  # bit of ``seq`` in ``missing`` and ``seen``
+        if (0 <= back < self.MAX_REORDER and capture_ns is not None and track.newest_capture_ns is not None
+                and capture_ns <= track.newest_capture_ns):
+            bit = 1 << back
+            if track.seen & bit:  # arrived already: a replay
+                self.duplicates += 1
+                return
+            track.seen |= bit
+            self.reordered += 1
+            if track.missing & bit:  # counted lost when the gap opened: it was only late
+                track.missing &= ~bit
+                self.lost = max(0, self.lost - 1)
+            return
+        self.restarts += 1
+        track.last_seq = seq
+        track.missing = track.seen = 0
+        track.newest_capture_ns = capture_ns
 
     def record_event(self, name: str) -> None:
         self.events[name] += 1
@@ -203,6 +252,7 @@ class StreamStats:
             "lost": self.lost,
             "duplicates": self.duplicates,
             "skipped": self.skipped,
+            "reordered": self.reordered,
             "restarts": self.restarts,
             "last_model_mismatch": self.last_model_mismatch,
             "events": dict(self.events),

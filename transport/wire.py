@@ -217,6 +217,9 @@ class FrameMessage:
     """Which model the code belongs to (e.g. ``"avatar-s1:3f2a9c"``), or None:
     1-64 characters of ``[A-Za-z0-9._:/-]``. A receiver decoding with another
     model rejects the frame ("model_mismatch")."""
+    approximate: bool = False
+    """Receiver side only, never on the wire: a coded frame decoded across a lost reference frame
+    (:class:`transport.latent_codec.LatentStreamDecoder` ``bridge``); its values may be off until the next intra frame."""
 
     @property
     def is_keyframe(self) -> bool:
@@ -391,6 +394,9 @@ class ClockRequest:
     """Client-chosen id echoed in the reply (0 <= id < 2**64)."""
     t0_ns: int
     """Client clock when the request was sent."""
+    intra: bool = False
+    """Intra request (key ``i``): the receiver cannot decode the coded stream's predicted frames (it lost one)
+    and asks for an intra frame now (``docs/protocol.md`` 8.2)."""
 
 
 @dataclass(frozen=True)
@@ -497,6 +503,7 @@ def encode_clock_request(req: ClockRequest) -> bytes:
             "v": CLOCK_PROTOCOL_VERSION,
             "q": _check_uint(req.request_id, "request_id"),
             "t0": _check_uint(req.t0_ns, "t0_ns"),
+            **({"i": True} if req.intra else {}),  # omitted, never false
         },
         use_bin_type=True,
     )
@@ -740,10 +747,14 @@ def check_code_range(z: np.ndarray, limits: WireLimits) -> None:
 
 
 def decode_clock_request(data: bytes) -> ClockRequest:
-    """Validate a clock request (``{"v", "q", "t0"}``); :class:`WireError` otherwise."""
+    """Validate a clock request (``{"v", "q", "t0"}`` and optionally ``"i": true``); :class:`WireError` otherwise."""
     obj = _unpack(data, CLOCK_MAX_BYTES, CLOCK_PROTOCOL_VERSION)
-    _check_keys(obj, frozenset({"v", "q", "t0"}), frozenset(), "clock request")
-    return ClockRequest(request_id=_uint(obj, "q"), t0_ns=_uint(obj, "t0"))
+    _check_keys(obj, frozenset({"v", "q", "t0"}), frozenset({"i"}), "clock request")
+    intra = obj.get("i", False)
+    if intra is not True:
+        if "i" in obj:
+            raise WireError("schema", f"clock request key 'i' must be true when present, got {intra!r}")
+    return ClockRequest(request_id=_uint(obj, "q"), t0_ns=_uint(obj, "t0"), intra=intra is True)
 
 
 def decode_clock_reply(data: bytes) -> ClockReply:
