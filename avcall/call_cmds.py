@@ -227,6 +227,8 @@ def add_bench(bench_sub) -> None:
     e.add_argument("--source", choices=("replay", "synthetic"), default=bc.source,
                    help="replay (a pre-recorded synthetic session) or the live studio")
     e.add_argument("--two-way", action="store_true", help="two streams, as in a call")
+    e.add_argument("--plain", action="store_true",
+                   help="senders send plain float16 frames instead of the coded stream (default: coded)")
     e.add_argument("--video", action="store_true", help="receivers also write mp4")
     e.add_argument("--encoder", default="", metavar="DIR", help="encoder models (default: installed)")
     e.add_argument("--avatar", default="", metavar="DIR", help="avatar decoder (default: installed)")
@@ -419,13 +421,18 @@ def _models(args) -> int:
     return 0
 
 
+def bench_e2e_config(args) -> E2EBenchConfig:
+    """The bench config the ``bench e2e`` arguments describe."""
+    return E2EBenchConfig(seconds=args.seconds, fps=args.fps, source=args.source, two_way=args.two_way,
+                          video=args.video, encoder_dir=args.encoder, avatar_dir=args.avatar, size=args.size,
+                          out_dir=args.out, floor_s=args.floor_seconds, latex=latex_from_args(args),
+                          impair=args.impair, playout=playout_from_args(args), codec=CodecConfig(coded=not args.plain))
+
+
 def _bench_e2e(args) -> int:
     from runtime.bench import bench_e2e
 
-    cfg = E2EBenchConfig(seconds=args.seconds, fps=args.fps, source=args.source, two_way=args.two_way,
-                         video=args.video, encoder_dir=args.encoder, avatar_dir=args.avatar, size=args.size,
-                         out_dir=args.out, floor_s=args.floor_seconds, latex=latex_from_args(args),
-                         impair=args.impair, playout=playout_from_args(args))
+    cfg = bench_e2e_config(args)
     print(f"bench e2e: {'two streams' if cfg.two_way else 'one stream'} for {cfg.seconds + cfg.warmup_s:g} s ...",
           file=sys.stderr)
     r = bench_e2e(cfg)

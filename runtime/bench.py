@@ -17,7 +17,7 @@ import numpy as np
 from avcore.config import ConfigDict, require_non_negative, require_positive
 from avcore.errors import UsageError
 
-from .config import LatexConfig, PlayoutConfig, ReceiverConfig, SenderConfig, SourceConfig, check_impairment
+from .config import CodecConfig, LatexConfig, PlayoutConfig, ReceiverConfig, SenderConfig, SourceConfig, check_impairment
 from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir
 from .session import Link, SessionResult, run_session
 from .telemetry import STAGES, Telemetry, percentiles
@@ -54,6 +54,8 @@ class E2EBenchConfig(ConfigDict):
     """Impair the senders' transmit paths (``transport.impair`` spec; empty = none)."""
     playout: PlayoutConfig = field(default_factory=PlayoutConfig)
     """The receivers' jitter buffer and concealment."""
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    """The senders' stream format (coded by default; ``coded=False``: plain float16 frames, ``--plain``)."""
 
     def __post_init__(self) -> None:
         require_positive("bench e2e", seconds=self.seconds, fps=self.fps)
@@ -106,7 +108,7 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
                                 codec_dir=str(enc or ""))  # the sender's codec tables, for an encoder not installed
             sc = SenderConfig(stream_id=name, source=SourceConfig(**{**src.__dict__, "seed": k}), encoder_dir=enc,
                               seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"),
-                              latex=cfg.latex, impair=cfg.impair)
+                              latex=cfg.latex, impair=cfg.impair, codec=cfg.codec)
             links.append(Link(name, sc, rc))
         session = run_session(links, out, seconds=cfg.seconds + cfg.warmup_s)
         if session.interrupted:
@@ -137,6 +139,7 @@ def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:
     """The bench's figures from the session's reports (each read once, by the session)."""
     result: dict = {"seconds": cfg.seconds, "fps_target": cfg.fps, "source": cfg.source, "two_way": cfg.two_way,
                     "latex": cfg.latex.to_dict() if cfg.latex is not None else None,
+                    "stream_format": "coded" if cfg.codec.coded else "plain",
                     "bandwidth_kbps": {}, "streams": {}}
     all_tables = []
     fps, dropped = [], 0

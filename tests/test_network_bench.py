@@ -65,3 +65,7 @@ def test_network_options_reach_the_configs(tmp_path):
     args = parse("bench", "e2e", "--impair", "jitter=10ms", "--no-conceal")
     assert (args.impair, args.conceal) == ("jitter=10ms", False)
     assert E2EBenchConfig(impair=args.impair).impair == "jitter=10ms"
+    from avcall.call_cmds import bench_e2e_config
+
+    assert bench_e2e_config(parse("bench", "e2e", "--plain")).codec.coded is False
+    assert bench_e2e_config(parse("bench", "e2e")).codec.coded is True
