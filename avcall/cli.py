@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "avcall.train",
     "avcall.eval",
     "avcall.bench",
+    "avcall.search",
 )
 
 

@@ -8,13 +8,15 @@ A per-view encoder is a stem convolution followed by blocks, each written as a
 short string (the timm habit of ``'er_r2_k3_s2_e4_c48'``)::
 
     fmb_k3_s2_e4_c48_r2   Fused-MBConv, kernel 3, stride 2, expansion 4, 48 channels, repeated twice
+    mb_k5_s2_e6_c48       MBConv: 1x1 expansion (6x), depthwise 5x5 (stride 2), 1x1 projection
     conv_k3_s1_c64        plain conv + BN + ReLU
     skip                  identity (a removed layer; needs stride 1 and unchanged channels)
 
 ``s`` applies to the first repeat only; ``e`` defaults to 1, ``k`` to 3, ``s`` to 1,
-``r`` to 1. The view image (``input_size``² uint8) is average-pooled to the
-view's ``resolution`` inside the network, so every exported model takes the raw
-HMC view and the runtime needs no per-model preprocessing.
+``r`` to 1. The view image (``input_size``² uint8) is brought to the view's
+``resolution`` inside the network (average-pooled when the resolution divides the
+input size, else resized bilinearly), so every exported model takes the raw HMC
+view and the runtime needs no per-model preprocessing.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from capture.rig import HMC_VIEWS
 VIEW_NAMES: tuple[str, ...] = HMC_VIEWS
 """HMC views in frame order (the rig's :data:`capture.rig.HMC_VIEWS`)."""
 
-OPS: tuple[str, ...] = ("fmb", "conv", "skip")
+OPS: tuple[str, ...] = ("fmb", "mb", "conv", "skip")
 """Operator vocabulary of a block."""
 
 
@@ -37,11 +39,11 @@ class BlockSpec:
     """One decoded block string."""
 
     op: str
-    """``fmb`` (Fused-MBConv), ``conv`` (plain conv) or ``skip`` (identity)."""
+    """``fmb`` (Fused-MBConv), ``mb`` (depthwise MBConv), ``conv`` (plain conv) or ``skip`` (identity)."""
     kernel: int = 3
     stride: int = 1
     expansion: int = 1
-    """Fused-MBConv expansion (1 or 4 in the search space); ignored by ``conv``."""
+    """Expansion of ``fmb`` and ``mb`` blocks (``mb``: 3 or 6 in the search space); ignored by ``conv``."""
     channels: int = 0
     """Output channels; 0 = unchanged (``skip``)."""
     repeats: int = 1
@@ -50,7 +52,7 @@ class BlockSpec:
         if self.op == "skip":
             return "skip" + (f"_r{self.repeats}" if self.repeats != 1 else "")
         s = f"{self.op}_k{self.kernel}_s{self.stride}"
-        if self.op == "fmb":
+        if self.op in ("fmb", "mb"):
             s += f"_e{self.expansion}"
         s += f"_c{self.channels}"
         if self.repeats != 1:
@@ -138,8 +140,8 @@ class EncoderArch(ConfigDict):
             v.decoded()
             if v.pool not in POOLS:
                 raise ValueError(f"{self.name}/{k}: pool {v.pool!r} is not one of {', '.join(POOLS)}")
-            if self.input_size % v.resolution:
-                raise ValueError(f"{self.name}/{k}: resolution {v.resolution} must divide input size {self.input_size}")
+            if not 8 <= v.resolution <= self.input_size:
+                raise ValueError(f"{self.name}/{k}: resolution {v.resolution} must be from 8 to the input size {self.input_size}")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -231,3 +233,15 @@ def tiny() -> EncoderArch:
                               head=16, gaze=g, keypoints=True)
     return EncoderArch(name="tiny", views={v: view(v != "mouth") for v in VIEW_NAMES}, feature_dim=16,
                        fusion_hidden=(32,), latent_dim=8, num_keypoints=9, input_size=32)
+
+
+@register_arch("tiny-search")
+def tiny_search() -> EncoderArch:
+    """A few-kFLOP architecture for tests of the search space's grammar: depthwise MBConv (kernel 5, expansion 3 and
+    6), a different architecture and resolution per view (24 is resized from the 32x32 input, 16 pooled)."""
+    eye = lambda g: ViewArch(resolution=24, stem=8, blocks=["mb_k5_s2_e6_c16", "mb_k3_s1_e3_c16", "skip", "fmb_k5_s2_e4_c16"],
+                             head=16, gaze=g, keypoints=True, pool="flatten")
+    mouth = ViewArch(resolution=16, stem=8, blocks=["conv_k5_s2_c16", "mb_k3_s2_e3_c24_r2"], head=0, gaze=False,
+                     keypoints=True)
+    return EncoderArch(name="tiny-search", views={"left_eye": eye(True), "right_eye": eye(True), "mouth": mouth},
+                       feature_dim=16, fusion_hidden=(24,), latent_dim=8, num_keypoints=9, input_size=32)

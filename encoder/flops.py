@@ -19,7 +19,7 @@ from .model import layer_plan
 def plan_flops(plan: list[dict]) -> int:
     total = 0
     for layer in plan:
-        macs = layer["cin"] * layer["cout"] * layer["k"] ** 2 * layer["out_hw"] ** 2
+        macs = layer["cin"] // layer.get("groups", 1) * layer["cout"] * layer["k"] ** 2 * layer["out_hw"] ** 2
         total += 2 * macs
     return total
 

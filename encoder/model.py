@@ -41,12 +41,33 @@ class FusedMBConv(nn.Module):
         return x + y if self.residual else y
 
 
+class MBConv(nn.Module):
+    """MBConv (inverted residual): 1x1 expansion (e) [when e > 1], depthwise k x k (stride s), 1x1 projection;
+    residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, k: int, s: int, e: int):
+        super().__init__()
+        mid = cin * e
+        layers = [conv_bn_act(cin, mid, 1, 1)] if e > 1 else []
+        layers += [nn.Sequential(nn.Conv2d(mid, mid, k, s, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid),
+                                 nn.ReLU(inplace=True)),
+                   conv_bn_act(mid, cout, 1, 1, act=False)]
+        self.body = nn.Sequential(*layers)
+        self.residual = s == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
 def make_block(b: BlockSpec, cin: int, stride: int) -> tuple[nn.Module, int]:
     """One repeat of ``b`` -> (module, output channels)."""
     if b.op == "skip":
         return nn.Identity(), cin
     if b.op == "conv":
         return conv_bn_act(cin, b.channels, b.kernel, stride), b.channels
+    if b.op == "mb":
+        return MBConv(cin, b.channels, b.kernel, stride, b.expansion), b.channels
     return FusedMBConv(cin, b.channels, b.kernel, stride, b.expansion), b.channels
 
 
@@ -54,7 +75,8 @@ def layer_plan(view: ViewArch, input_size: int, feature_dim: int, num_keypoints:
     """Every conv / linear layer of a per-view encoder with its shapes, from the arch data alone.
 
     Each entry: ``kind`` (conv/linear), ``cin``, ``cout``, ``k``, ``stride``, ``out_hw`` (output side,
-    1 for linear). Used by the analytic FLOP counter; the builder follows the same plan.
+    1 for linear), ``groups`` (``cin`` for a depthwise conv, else 1). Used by the analytic FLOP counter; the
+    builder follows the same plan.
     """
     plan = []
     hw = view.resolution
@@ -67,7 +89,13 @@ def layer_plan(view: ViewArch, input_size: int, feature_dim: int, num_keypoints:
             if b.op == "skip":
                 continue
             ohw = (hw + s - 1) // s
-            if b.op == "conv" or b.expansion == 1:
+            if b.op == "mb":
+                mid = c * b.expansion
+                if b.expansion > 1:
+                    plan.append(dict(kind="conv", cin=c, cout=mid, k=1, stride=1, out_hw=hw))
+                plan.append(dict(kind="conv", cin=mid, cout=mid, k=b.kernel, stride=s, out_hw=ohw, groups=mid))
+                plan.append(dict(kind="conv", cin=mid, cout=b.channels, k=1, stride=1, out_hw=ohw))
+            elif b.op == "conv" or b.expansion == 1:
                 plan.append(dict(kind="conv", cin=c, cout=b.channels, k=b.kernel, stride=s, out_hw=ohw))
             else:
                 plan.append(dict(kind="conv", cin=c, cout=c * b.expansion, k=b.kernel, stride=s, out_hw=ohw))
@@ -91,7 +119,7 @@ class ViewEncoder(nn.Module):
     def __init__(self, view: ViewArch, *, input_size: int, feature_dim: int, num_keypoints: int):
         super().__init__()
         self.input_size, self.resolution = input_size, view.resolution
-        self.pool = input_size // view.resolution
+        self.pool = input_size // view.resolution if input_size % view.resolution == 0 else 0  # 0: resize
         self.num_keypoints = num_keypoints
         self.has_gaze, self.has_keypoints = view.gaze, view.keypoints
         layers = [conv_bn_act(1, view.stem, 3, 2)]
@@ -121,6 +149,8 @@ class ViewEncoder(nn.Module):
         x = (image.float() - PIXEL_MEAN) / PIXEL_STD
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
+        elif self.pool == 0:
+            x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", align_corners=False)
         x = self.features(x)
         x = x.flatten(1) if self.flatten else x.mean((2, 3))
         f = self.feature(x)
