@@ -5,7 +5,14 @@ import argparse
 import json
 from pathlib import Path
 
-from .args import HelpFormatter, command_line, non_negative_int, positive_int
+from .args import HelpFormatter, command_line, non_negative_float, non_negative_int, positive_float, positive_int
+
+SEARCH_EPILOG = """\
+examples:
+  avcall search encoder --identity S1 --target-ms 5 --minutes 90 --out runs/search/S1-5ms
+  avcall search encoder --identity S1 --target-ms 5 --out runs/search/S1-5ms      # again: resumes
+  avcall search encoder --identity S1 --target-ms 5 --latency flops --out runs/search/S1-flops
+"""
 
 LUT_EPILOG = """\
 examples:
@@ -22,6 +29,42 @@ def register(sub) -> None:
                                    "architectures with.")
     ss = p.add_subparsers(dest="search_command", metavar="WHAT")
     ss.required = True
+    from encoder.search import SearchConfig
+
+    d = SearchConfig()
+    e = ss.add_parser(
+        "encoder", help="search per-view HMC encoders under a latency target (AVE-NAS)",
+        description="A weight-sharing supernet per HMC view, trained on the identity's range-of-motion data with "
+                    "the extreme-expression-aware Auto-CARD loss; operators, kernels, widths, depths, head and "
+                    "pooling are searched by Gumbel-softmax, each view's input resolution by REINFORCE, against "
+                    "the latency lookup table (one thread, this machine). Checkpoints and resumes; writes arch.json, "
+                    "choice.json, search_log.jsonl and search_trajectory.png into --out.",
+        epilog=SEARCH_EPILOG, formatter_class=HelpFormatter)
+    e.add_argument("--identity", default=d.identity, help="studio identity whose data and decoder are used "
+                   "(default: %(default)s)")
+    e.add_argument("--target-ms", type=positive_float, required=True, metavar="MS",
+                   help="latency target of the whole encoder (3 views + fusion, one thread, LUT-predicted; with "
+                        "--latency flops: MFLOPs)")
+    e.add_argument("--minutes", type=positive_float, default=d.time_budget_s / 60, metavar="M",
+                   help="wall-clock budget, counting earlier runs of a resumed search (default: %(default)g)")
+    e.add_argument("--steps", type=positive_int, default=d.steps, help="step limit (default: %(default)s)")
+    e.add_argument("--out", required=True, metavar="DIR", help="search directory (resumes when it has a checkpoint)")
+    e.add_argument("--name", default=d.name, help="name of the searched architecture (default: %(default)s)")
+    e.add_argument("--lam", type=non_negative_float, default=d.lam,
+                   help="weight of the latency hinge relu(L / target - 1) (default: %(default)s)")
+    e.add_argument("--tau", type=positive_float, default=d.tau,
+                   help="temperature of the extreme-expression re-weighting, radians of gaze (default: %(default)s)")
+    e.add_argument("--no-reweight", action="store_true", help="no extreme-expression re-weighting (ablation)")
+    e.add_argument("--latency", choices=("lut", "flops"), default=d.latency,
+                   help="cost model: the measured latency table or MFLOPs (ablation) (default: %(default)s)")
+    e.add_argument("--table", default=str(DEFAULT_TABLE), metavar="PATH",
+                   help="latency table cache (default: %(default)s)")
+    e.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+    e.add_argument("--seed", type=non_negative_int, default=d.seed, help="(default: %(default)s)")
+    e.add_argument("--workers", type=positive_int, default=1, help="processes rendering the data on first use "
+                   "(default: %(default)s)")
+    e.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
+    e.set_defaults(func=_search)
     t = ss.add_parser(
         "lut", help="fill the latency lookup table and check it against whole architectures",
         description="Times every building block the sampled architectures need (each its own ONNX model, "
@@ -37,6 +80,27 @@ def register(sub) -> None:
                    help="write ave_lut.json and ave_lut.png here (default: print only)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_lut)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from capture.identity import check_identity
+    from decoder.export import load_vae
+    from encoder.lut import LatencyTable
+    from encoder.search import FlopTable, SearchConfig, run_search
+    from encoder.train import load_identity_data
+
+    check_identity(args.identity)
+    cfg = SearchConfig(identity=args.identity, name=args.name, target_ms=args.target_ms, lam=args.lam,
+                       latency=args.latency, reweight=not args.no_reweight, tau=args.tau, batch_size=args.batch_size,
+                       steps=args.steps, time_budget_s=args.minutes * 60, seed=args.seed)
+    table = LatencyTable(args.table) if args.latency == "lut" else FlopTable()
+    vae = load_vae(args.identity)
+    train, _ = load_identity_data(args.identity, workers=args.workers, progress=True)
+    r = run_search(args.out, cfg, data=train, vae=vae, table=table, resume=not args.fresh, progress=True)
+    unit = "ms" if args.latency == "lut" else "MFLOPs"
+    print(f"search {args.out}: {r.steps} steps in {r.elapsed_s / 60:.1f} min; {args.name}: predicted "
+          f"{r.predicted_ms:.2f} {unit} (target {args.target_ms:g}); wrote {Path(args.out) / 'arch.json'}")
+    return 0
 
 
 def _lut(args: argparse.Namespace) -> int:

@@ -131,9 +131,10 @@ def view_arch(space: SearchSpace, c: ViewChoice, *, gaze: bool) -> ViewArch:
                     pool=c.pool)
 
 
-def to_arch(space: SearchSpace, choice: Choice) -> EncoderArch:
+def to_arch(space: SearchSpace, choice: Choice, *, latent_dim: int = 256, num_keypoints: int = 9) -> EncoderArch:
     """The architecture (``arch.json`` data) of a point of the space."""
     return EncoderArch(name=choice.name,
                        views={v: view_arch(space, choice.views[v], gaze=v != "mouth") for v in VIEW_NAMES},
-                       feature_dim=space.feature_dim, fusion_hidden=(choice.fusion,), input_size=space.input_size)
+                       feature_dim=space.feature_dim, fusion_hidden=(choice.fusion,), latent_dim=latent_dim,
+                       num_keypoints=num_keypoints, input_size=space.input_size)
 

@@ -80,3 +80,80 @@ def test_every_entry_of_a_sampled_architecture_exports_and_runs(tmp_path):
     assert time_entry("empty:", runs=2, warmup=1) > 0
     with pytest.raises(ValueError):
         entry_module("nonsense:1")
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    from decoder.config import DecoderConfig
+    from decoder.model import CodecAvatarVAE
+    from encoder.data import HmcDataConfig, render_session
+
+    cfg = HmcDataConfig(render_size=16, enc_texture_size=16)
+    data = render_session("S1", 3, 11, 1.2, 30.0, "train", cfg, hmc_size=32)
+    dcfg = DecoderConfig(latent_dim=8, num_vertices=data["vertices"].shape[1], geometry_basis=4, geometry_hidden=16,
+                         texture_size=16, texture_seed=4, texture_channels=(8, 8), view_inject=1,
+                         encoder_texture_size=16, encoder_channels=(4, 8))
+    torch.manual_seed(0)
+    vae = CodecAvatarVAE(dcfg).eval().requires_grad_(False)
+    with torch.no_grad():
+        vae.encoder.geo_proj.normal_(0, 0.01)
+        vae.decoder.geometry.basis.normal_(0, 0.01)
+    return data, vae
+
+
+def test_a_tiny_search_takes_gumbel_and_policy_gradient_steps_resumes_and_writes_an_architecture(tiny_setup, tmp_path):
+    from encoder.export import save_model
+    from encoder.runtime import HmcEncoder
+    from encoder.search import FlopTable, SearchConfig, read_log, run_search
+
+    data, vae = tiny_setup
+    cfg = SearchConfig(name="AVE-test", target_ms=0.5, latency="flops", batch_size=4, steps=3, warmup_frac=0.2,
+                       augment=False, threads=1, checkpoint_every_s=1e9, arch_lr=0.5, res_lr=0.5)
+    table = FlopTable()
+    r = run_search(tmp_path / "s", cfg, data=dict(data), vae=vae, table=table, space=SMALL, progress=False)
+    assert r.steps == 3
+    ck = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)
+    logits = {k: v for k, v in ck["model"].items() if k.startswith("logits.") or k == "fusion_logits"}
+    res = [v for k, v in logits.items() if k.endswith(".resolution")]
+    assert any(v.abs().sum() > 0 for v in res)  # the policy gradient moved the resolution policies
+    assert any(v.abs().sum() > 0 for k, v in logits.items() if not k.endswith(".resolution"))  # Gumbel: the others
+    rows = read_log(tmp_path / "s" / "search_log.jsonl")
+    assert [x["step"] for x in rows] == [1] and rows[0]["warmup"]
+    # resume: two more steps continue from the checkpoint
+    ck["search_config"]["steps"] = 5
+    torch.save(ck, tmp_path / "s" / "checkpoint.pt")
+    r2 = run_search(tmp_path / "s", SearchConfig(**{**cfg.to_dict(), "steps": 5}), data=dict(data), vae=vae,
+                    table=table, space=SMALL, progress=False)
+    assert r2.steps == 5
+    arch = EncoderArch.from_json((tmp_path / "s" / "arch.json").read_text())
+    assert arch.name == "AVE-test" and (tmp_path / "s" / "search_trajectory.png").stat().st_size > 0
+    assert json.loads((tmp_path / "s" / "choice.json").read_text())["predicted_ms"] == pytest.approx(r2.predicted_ms)
+    model = build_encoder(arch).eval()
+    save_model(model, tmp_path / "m", identity="S1")  # exports with ONNX parity
+    assert HmcEncoder(tmp_path / "m").encode(data["views"][0]).z.shape == (8,)
+
+
+def test_the_latency_term_steers_the_architecture_towards_cheaper_choices():
+    """Under latency pressure alone, the expected cost over the architecture distributions falls, and so does the
+    cost of the most likely architecture (costs from the FLOPs table, so no timing here)."""
+    from encoder.search import FlopTable
+    from encoder.supernet import SuperNet
+
+    torch.manual_seed(0)
+    net = SuperNet(SMALL, latent_dim=8)
+    table = FlopTable()
+    res = {v: 32 for v in VIEW_NAMES}
+    opt = torch.optim.Adam(net.arch_parameters(), lr=0.1)
+    start = float(net.expected_latency(table, res))
+    with torch.no_grad():  # start from a costly most-likely architecture: the widest choices
+        for v in VIEW_NAMES:
+            for p in net.logits[v].width:
+                p[-1] = 1.0
+    before = table.predict(to_arch(SMALL, net.derive(), latent_dim=8))["total"]
+    for _ in range(30):
+        lat = net.expected_latency(table, res)
+        opt.zero_grad()
+        lat.backward()
+        opt.step()
+    assert float(net.expected_latency(table, res)) < 0.8 * start
+    assert table.predict(to_arch(SMALL, net.derive(), latent_dim=8))["total"] < before
