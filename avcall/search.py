@@ -55,6 +55,9 @@ def register(sub) -> None:
     e.add_argument("--tau", type=positive_float, default=d.tau,
                    help="temperature of the extreme-expression re-weighting, radians of gaze (default: %(default)s)")
     e.add_argument("--no-reweight", action="store_true", help="no extreme-expression re-weighting (ablation)")
+    e.add_argument("--shared", action="store_true", help="one architecture for all three views (ablation)")
+    e.add_argument("--fixed-resolution", type=positive_int, default=0, metavar="R",
+                   help="search at this input resolution only, e.g. 192 (ablation; default: searched)")
     e.add_argument("--latency", choices=("lut", "flops"), default=d.latency,
                    help="cost model: the measured latency table or MFLOPs (ablation) (default: %(default)s)")
     e.add_argument("--table", default=str(DEFAULT_TABLE), metavar="PATH",
@@ -91,7 +94,8 @@ def _search(args: argparse.Namespace) -> int:
 
     check_identity(args.identity)
     cfg = SearchConfig(identity=args.identity, name=args.name, target_ms=args.target_ms, lam=args.lam,
-                       latency=args.latency, reweight=not args.no_reweight, tau=args.tau, batch_size=args.batch_size,
+                       latency=args.latency, reweight=not args.no_reweight, shared=args.shared,
+                       fixed_resolution=args.fixed_resolution, tau=args.tau, batch_size=args.batch_size,
                        steps=args.steps, time_budget_s=args.minutes * 60, seed=args.seed)
     table = LatencyTable(args.table) if args.latency == "lut" else FlopTable()
     vae = load_vae(args.identity)

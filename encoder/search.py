@@ -47,6 +47,10 @@ class SearchConfig(ConfigDict):
     """``lut`` (measured latency table) or ``flops`` (MFLOPs as the cost, the Table 2 ablation)."""
     reweight: bool = True
     """Extreme-expression-aware re-weighting of the loss."""
+    shared: bool = False
+    """One architecture for all three views (the Table 2 ablation)."""
+    fixed_resolution: int = 0
+    """Search at this input resolution only (0: the space's resolutions; the Table 2 ablation uses 192)."""
     tau: float = 0.25
     """Temperature of the re-weighting (radians of gaze)."""
     momentum: float = 0.99
@@ -171,6 +175,8 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
         cfg = SearchConfig.from_dict({**ckpt["search_config"], **keep})
         space = SearchSpace.from_dict(ckpt["space"])
     space = space or SearchSpace()
+    if cfg.fixed_resolution:
+        space = SearchSpace.from_dict({**space.to_dict(), "resolutions": (cfg.fixed_resolution,)})
     _codec.attach_codes(data, vae)
     z_std = np.maximum(data["z_gt"].std(0), 1e-2).astype(np.float32)
     N = len(data["views"])
@@ -180,7 +186,7 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
         arch_idx = weight_idx
     torch.manual_seed(cfg.seed)
     dims = {"latent_dim": int(data["z_gt"].shape[1]), "num_keypoints": int(data["keypoints"].shape[2])}
-    net = SuperNet(space, **dims)
+    net = SuperNet(space, **dims, shared=cfg.shared)
     opt_w = torch.optim.AdamW(net.weight_parameters(), lr=cfg.lr, weight_decay=1e-5)
     opt_a = torch.optim.Adam(net.arch_parameters(), lr=cfg.arch_lr, betas=(0.5, 0.999))
     opt_r = torch.optim.Adam(net.resolution_parameters(), lr=cfg.res_lr)
@@ -216,14 +222,14 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
         return b
 
     def sample_resolutions(uniform: bool) -> tuple[dict, torch.Tensor]:
-        res, logp = {}, torch.zeros(())
-        for v in VIEW_NAMES:
-            lg = net.logits[v].resolution
+        drawn, logp = {}, torch.zeros(())
+        for key, lgs in net.logits.items():
+            lg = lgs.resolution
             p = torch.full_like(lg, 1.0 / len(lg)) if uniform else F.softmax(lg, -1)
             i = int(torch.multinomial(p.detach(), 1, generator=gen))
-            res[v] = space.resolutions[i]
+            drawn[key] = space.resolutions[i]
             logp = logp + F.log_softmax(lg, -1)[i]
-        return res, logp
+        return {v: drawn["shared" if net.shared else v] for v in VIEW_NAMES}, logp
 
     loop = TrainingLoop(
         ckpt_path, lambda: {"model": net.state_dict(), "opt_w": opt_w.state_dict(), "opt_a": opt_a.state_dict(),

@@ -182,32 +182,38 @@ class ViewLogits(nn.Module):
 class SuperNet(nn.Module):
     """Three :class:`SuperView` s, the fusion MLP at its largest width, and the architecture parameters."""
 
-    def __init__(self, space: SearchSpace, *, latent_dim: int, num_keypoints: int = 9):
+    def __init__(self, space: SearchSpace, *, latent_dim: int, num_keypoints: int = 9, shared: bool = False):
         super().__init__()
         self.space = space
+        self.shared = shared
+        """One architecture for all three views (the Table 2 ablation); the weights stay per view."""
         self.latent_dim = latent_dim
         self.num_keypoints = num_keypoints
         self.views = nn.ModuleDict({v: SuperView(space, gaze=v != "mouth", feature_dim=space.feature_dim,
                                                  num_keypoints=num_keypoints) for v in VIEW_NAMES})
-        self.logits = nn.ModuleDict({v: ViewLogits(space) for v in VIEW_NAMES})
+        self.logits = nn.ModuleDict({v: ViewLogits(space) for v in (("shared",) if shared else VIEW_NAMES)})
         self.fusion_logits = nn.Parameter(torch.zeros(len(space.fusion_widths)))
         fmax = max(space.fusion_widths)
         self.fc1 = nn.Linear(3 * space.feature_dim, fmax)
         self.fc2 = nn.Linear(fmax, latent_dim)
 
+    def view_logits(self, view: str) -> ViewLogits:
+        return self.logits["shared" if self.shared else view]
+
     def weight_parameters(self) -> list[nn.Parameter]:
-        arch = {id(p) for p in self.arch_parameters()} | {id(self.logits[v].resolution) for v in VIEW_NAMES}
+        arch = {id(p) for p in self.arch_parameters()} | {id(p) for p in self.resolution_parameters()}
         return [p for p in self.parameters() if id(p) not in arch]
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        return [p for v in VIEW_NAMES for p in self.logits[v].arch_parameters()] + [self.fusion_logits]
+        return [p for lg in self.logits.values() for p in lg.arch_parameters()] + [self.fusion_logits]
 
     def resolution_parameters(self) -> list[nn.Parameter]:
-        return [self.logits[v].resolution for v in VIEW_NAMES]
+        return [lg.resolution for lg in self.logits.values()]
 
     def sample(self, tau: float, generator: torch.Generator | None = None) -> dict:
-        """Gumbel weights of every choice but the resolutions."""
-        return {"views": {v: self.logits[v].sample(tau, generator) for v in VIEW_NAMES},
+        """Gumbel weights of every choice but the resolutions (one draw for all views when shared)."""
+        draws = {k: lg.sample(tau, generator) for k, lg in self.logits.items()}
+        return {"views": {v: draws["shared" if self.shared else v] for v in VIEW_NAMES},
                 "fusion": gumbel(self.fusion_logits, tau, False, generator)}
 
     def forward(self, views: torch.Tensor, resolutions: dict[str, int], w: dict) -> dict[str, torch.Tensor]:
@@ -226,7 +232,7 @@ class SuperNet(nn.Module):
         sp = self.space
         views = {}
         for v in VIEW_NAMES:
-            lg = self.logits[v]
+            lg = self.view_logits(v)
             arg = lambda p: int(p.detach().argmax())  # noqa: E731
             n = len(sp.stage_strides)
             widths = [sp.stage_widths[s][arg(lg.width[s])] for s in range(n)]
@@ -260,7 +266,7 @@ class SuperNet(nn.Module):
         lat = lambda key: max(table.get(key) - ov, 0.0)  # noqa: E731
         total = torch.zeros(())
         for v in VIEW_NAMES:
-            lg = self.logits[v]
+            lg = self.view_logits(v)
             r = resolutions[v]
             total = total + lat(f"input:{sp.input_size}>{r}") + ov
             ps = F.softmax(lg.stem, -1)

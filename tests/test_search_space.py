@@ -157,3 +157,20 @@ def test_the_latency_term_steers_the_architecture_towards_cheaper_choices():
         opt.step()
     assert float(net.expected_latency(table, res)) < 0.8 * start
     assert table.predict(to_arch(SMALL, net.derive(), latent_dim=8))["total"] < before
+
+
+def test_a_shared_search_gives_every_view_the_same_architecture():
+    from encoder.supernet import SuperNet
+
+    torch.manual_seed(1)
+    net = SuperNet(SMALL, latent_dim=8, shared=True)
+    with torch.no_grad():
+        for p in net.arch_parameters():
+            p.normal_()
+    choice = net.derive()
+    assert len({json.dumps(choice.views[v].to_dict()) for v in VIEW_NAMES}) == 1
+    w = net.sample(1.0)
+    assert all(w["views"][v] is w["views"]["left_eye"] for v in VIEW_NAMES)
+    assert len(net.resolution_parameters()) == 1
+    own = SuperNet(SMALL, latent_dim=8)
+    assert len(own.arch_parameters()) == 3 * (len(net.arch_parameters()) - 1) + 1
