@@ -72,6 +72,24 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     tmp.replace(path)
 
 
+RUN_LENGTH_FIELDS = ("steps", "time_budget_s", "checkpoint_every_s", "threads")
+"""Settings of a resumed run that come from the caller (how long to go on, on how many threads); the others
+(data, architecture, losses) come from the checkpoint."""
+
+
+def open_run(out_dir: str | Path, resume: bool) -> tuple[Path, Path, dict | None]:
+    """(``out_dir``, its checkpoint path, the checkpoint when resuming and there is one): the directory is made."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / CHECKPOINT_FILE
+    return out_dir, path, load_checkpoint(path) if resume else None
+
+
+def resumed_config(cls, saved: dict, current):
+    """``cls.from_dict(saved)`` with the :data:`RUN_LENGTH_FIELDS` of ``current`` (the caller's config)."""
+    return cls.from_dict({**saved, **{k: getattr(current, k) for k in RUN_LENGTH_FIELDS if hasattr(current, k)}})
+
+
 def load_checkpoint(path: str | Path) -> dict | None:
     """The checkpoint at ``path`` (CPU tensors, ``weights_only=True``), or None if there is none."""
     import torch

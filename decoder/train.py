@@ -129,23 +129,16 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     """
     import torch
 
-    from avcore.training import CHECKPOINT_FILE, TrainingLoop, load_checkpoint
+    from avcore.training import TrainingLoop, open_run, resumed_config
 
     from .data import load_or_build
     from .model import CodecAvatarVAE
 
     torch.set_num_threads(tcfg.threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT_FILE
-    ckpt = load_checkpoint(ckpt_path) if resume else None
+    out_dir, ckpt_path, ckpt = open_run(out_dir, resume)
     if ckpt is not None:
         dcfg = DecoderConfig.from_dict(ckpt["decoder_config"])
-        # Data and loss settings come from the checkpoint; how long to go on comes from the caller.
-        saved = TrainConfig.from_dict(ckpt["train_config"])
-        for k in ("steps", "time_budget_s", "checkpoint_every_s", "threads"):
-            setattr(saved, k, getattr(tcfg, k))
-        tcfg = saved
+        tcfg = resumed_config(TrainConfig, ckpt["train_config"], tcfg)
     if data is None:
         cache = Path(tcfg.cache) if tcfg.cache else out_dir / "dataset.npz"
         data = load_or_build(cache, dcfg.identity, tcfg.num_train_poses, tcfg.train_seed, dcfg, tcfg)

@@ -157,7 +157,7 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
     import torch
     from torch.nn import functional as F
 
-    from avcore.training import CHECKPOINT_FILE, TrainingLoop, load_checkpoint
+    from avcore.training import TrainingLoop, open_run, resumed_config
 
     from . import codec as _codec
     from .arch import VIEW_NAMES
@@ -166,13 +166,9 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
     from .train import EncoderTrainConfig, augment_hmc, batch_tensors
 
     torch.set_num_threads(cfg.threads)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT_FILE
-    ckpt = load_checkpoint(ckpt_path) if resume else None
+    out_dir, ckpt_path, ckpt = open_run(out_dir, resume)
     if ckpt is not None:
-        keep = {k: getattr(cfg, k) for k in ("steps", "time_budget_s", "checkpoint_every_s", "threads")}
-        cfg = SearchConfig.from_dict({**ckpt["search_config"], **keep})
+        cfg = resumed_config(SearchConfig, ckpt["search_config"], cfg)
         space = SearchSpace.from_dict(ckpt["space"])
     space = space or SearchSpace()
     if cfg.fixed_resolution:

@@ -272,22 +272,8 @@ def test_augmentation_moves_keypoints_with_the_image():
 
 # ---------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
-def tiny_setup():
-    from decoder.config import DecoderConfig
-    from decoder.model import CodecAvatarVAE
-    from encoder.data import HmcDataConfig, render_session
-
-    cfg = HmcDataConfig(render_size=16, enc_texture_size=16)
-    data = render_session("S1", 3, 11, 1.2, 30.0, "train", cfg, hmc_size=32)
-    dcfg = DecoderConfig(latent_dim=8, num_vertices=data["vertices"].shape[1], geometry_basis=4, geometry_hidden=16,
-                         texture_size=16, texture_seed=4, texture_channels=(8, 8), view_inject=1,
-                         encoder_texture_size=16, encoder_channels=(4, 8))
-    torch.manual_seed(0)
-    vae = CodecAvatarVAE(dcfg).eval().requires_grad_(False)
-    with torch.no_grad():
-        vae.encoder.geo_proj.normal_(0, 0.01)
-        vae.decoder.geometry.basis.normal_(0, 0.01)
-    return data, vae
+def tiny_setup(tiny_hmc_setup):
+    return tiny_hmc_setup
 
 
 def test_tiny_rendered_data_has_every_target(tiny_setup):

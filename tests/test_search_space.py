@@ -83,22 +83,8 @@ def test_every_entry_of_a_sampled_architecture_exports_and_runs(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_setup():
-    from decoder.config import DecoderConfig
-    from decoder.model import CodecAvatarVAE
-    from encoder.data import HmcDataConfig, render_session
-
-    cfg = HmcDataConfig(render_size=16, enc_texture_size=16)
-    data = render_session("S1", 3, 11, 1.2, 30.0, "train", cfg, hmc_size=32)
-    dcfg = DecoderConfig(latent_dim=8, num_vertices=data["vertices"].shape[1], geometry_basis=4, geometry_hidden=16,
-                         texture_size=16, texture_seed=4, texture_channels=(8, 8), view_inject=1,
-                         encoder_texture_size=16, encoder_channels=(4, 8))
-    torch.manual_seed(0)
-    vae = CodecAvatarVAE(dcfg).eval().requires_grad_(False)
-    with torch.no_grad():
-        vae.encoder.geo_proj.normal_(0, 0.01)
-        vae.decoder.geometry.basis.normal_(0, 0.01)
-    return data, vae
+def tiny_setup(tiny_hmc_setup):
+    return tiny_hmc_setup
 
 
 def test_a_tiny_search_takes_gumbel_and_policy_gradient_steps_resumes_and_writes_an_architecture(tiny_setup, tmp_path):
