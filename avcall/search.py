@@ -68,6 +68,14 @@ def register(sub) -> None:
                    "(default: %(default)s)")
     e.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
     e.set_defaults(func=_search)
+    g = ss.add_parser(
+        "register", help="add a searched architecture to the registry (avcall train encoder --arch NAME)",
+        description="Copies DIR/arch.json into encoder/archs/NAME.json, the registry of searched architectures "
+                    "shipped with avcall; then 'avcall train encoder --arch NAME' trains it like a baseline.",
+        epilog="example:\n  avcall search register runs/search/S1-5ms --as AVE-S\n", formatter_class=HelpFormatter)
+    g.add_argument("dir", metavar="DIR", help="a finished search directory (holds arch.json)")
+    g.add_argument("--as", dest="name", required=True, metavar="NAME", help="registry name, e.g. AVE-S")
+    g.set_defaults(func=_register)
     t = ss.add_parser(
         "lut", help="fill the latency lookup table and check it against whole architectures",
         description="Times every building block the sampled architectures need (each its own ONNX model, "
@@ -104,6 +112,21 @@ def _search(args: argparse.Namespace) -> int:
     unit = "ms" if args.latency == "lut" else "MFLOPs"
     print(f"search {args.out}: {r.steps} steps in {r.elapsed_s / 60:.1f} min; {args.name}: predicted "
           f"{r.predicted_ms:.2f} {unit} (target {args.target_ms:g}); wrote {Path(args.out) / 'arch.json'}")
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    from avcore.errors import UsageError
+    from encoder.arch import install_arch
+
+    src = Path(args.dir) / "arch.json"
+    if not src.is_file():
+        raise UsageError(f"{src} missing: is {args.dir} a finished search directory?")
+    try:
+        out = install_arch(src, args.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"registered {args.name}: wrote {out}; train it with 'avcall train encoder --arch {args.name} --identity S1'")
     return 0
 
 

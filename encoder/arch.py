@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from avcore.config import ConfigDict
 from capture.rig import HMC_VIEWS
@@ -167,6 +168,35 @@ def register_arch(name: str):
     return deco
 
 
+ARCHS_DIR = Path(__file__).resolve().parent / "archs"
+"""Searched architectures shipped as data: ``NAME.json`` (an :class:`EncoderArch`) registers ``NAME``."""
+
+
+def register_arch_file(path: str | Path) -> str:
+    """Register the architecture in ``path`` (``arch.json`` format) under its file name; returns the name."""
+    path = Path(path)
+    name = path.stem
+    arch = EncoderArch.from_json(path.read_text())
+    if arch.name != name:
+        raise ValueError(f"{path}: the architecture is named {arch.name!r}, the file {name!r}")
+    text = arch.to_json()
+    register_arch(name)(lambda: EncoderArch.from_json(text))
+    return name
+
+
+def install_arch(arch_json: str | Path, name: str, directory: str | Path = ARCHS_DIR) -> Path:
+    """Copy a searched ``arch.json`` into the registry's directory as ``name`` (and register it now)."""
+    arch = EncoderArch.from_json(Path(arch_json).read_text())
+    arch.name = name
+    if name in _REGISTRY:
+        raise ValueError(f"architecture {name!r} is already registered")
+    out = Path(directory) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(arch.to_json())
+    register_arch_file(out)
+    return out
+
+
 def list_archs() -> list[str]:
     return list(_REGISTRY)
 
@@ -245,3 +275,7 @@ def tiny_search() -> EncoderArch:
                      keypoints=True)
     return EncoderArch(name="tiny-search", views={"left_eye": eye(True), "right_eye": eye(True), "mouth": mouth},
                        feature_dim=16, fusion_hidden=(24,), latent_dim=8, num_keypoints=9, input_size=32)
+
+
+for _path in sorted(ARCHS_DIR.glob("*.json")):  # searched architectures (AVE-S, AVE-M, AVE-L, ...)
+    register_arch_file(_path)

@@ -160,3 +160,20 @@ def test_a_shared_search_gives_every_view_the_same_architecture():
     assert len(net.resolution_parameters()) == 1
     own = SuperNet(SMALL, latent_dim=8)
     assert len(own.arch_parameters()) == 3 * (len(net.arch_parameters()) - 1) + 1
+
+
+def test_a_searched_architecture_installs_into_the_registry(tmp_path):
+    from encoder.arch import get_arch, install_arch, list_archs, register_arch_file
+
+    arch = to_arch(SMALL, sample_choice(SMALL, np.random.default_rng(9), name="x"), latent_dim=8)
+    (tmp_path / "arch.json").write_text(arch.to_json())
+    out = install_arch(tmp_path / "arch.json", "AVE-test-install", directory=tmp_path / "archs")
+    assert out.name == "AVE-test-install.json" and "AVE-test-install" in list_archs()
+    got = get_arch("AVE-test-install")
+    assert got.name == "AVE-test-install" and got.views == arch.views
+    with pytest.raises(ValueError, match="already registered"):
+        install_arch(tmp_path / "arch.json", "AVE-test-install", directory=tmp_path / "archs")
+    bad = tmp_path / "other.json"
+    bad.write_text(arch.to_json())  # named "x" inside
+    with pytest.raises(ValueError, match="named"):
+        register_arch_file(bad)
