@@ -252,13 +252,15 @@ def measure_arch(arch: EncoderArch, *, runs: int = 60, warmup: int = 10, threads
 
 
 def check_lut(n: int = 24, *, seed: int = 0, table: LatencyTable, progress: bool = True, command: str = "",
-              include: tuple[str, ...] = ("EEM", "EEM-ch50", "EEM-res50", "EEM-flat")) -> dict:
-    """Predicted vs measured latency for ``n`` random architectures of the search space plus the baselines."""
+              include: tuple[str, ...] = ("EEM", "EEM-ch50", "EEM-res50", "EEM-flat"), space=None,
+              runs: int = 60) -> dict:
+    """Predicted vs measured latency for ``n`` random architectures of the search space (default:
+    :class:`encoder.search_space.SearchSpace`) plus the registered ``include``."""
     from .arch import get_arch
     from .bench import machine_description
     from .search_space import SearchSpace, sample_choice, to_arch
 
-    space = SearchSpace()
+    space = space or SearchSpace()
     rng = np.random.default_rng(seed)
     archs = [to_arch(space, sample_choice(space, rng, name=f"random-{i}")) for i in range(n)]
     archs += [get_arch(name) for name in include]
@@ -266,7 +268,7 @@ def check_lut(n: int = 24, *, seed: int = 0, table: LatencyTable, progress: bool
     points = []
     for a in progress_bar(archs, desc="measure whole architectures", unit="arch", disable=not progress):
         pred = table.predict(a)
-        meas = measure_arch(a, threads=table.threads)
+        meas = measure_arch(a, threads=table.threads, runs=runs, warmup=max(1, runs // 6))
         points.append({"arch": a.name, "predicted_ms": pred["total"], "measured_ms": meas["total"],
                        "predicted": pred, "measured": meas, "arch_json": a.to_dict()})
     p = np.array([x["predicted_ms"] for x in points])

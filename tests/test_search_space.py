@@ -177,3 +177,18 @@ def test_a_searched_architecture_installs_into_the_registry(tmp_path):
     bad.write_text(arch.to_json())  # named "x" inside
     with pytest.raises(ValueError, match="named"):
         register_arch_file(bad)
+
+
+def test_the_lut_check_compares_predictions_with_whole_models(tmp_path):
+    from encoder.lut import check_lut, plot_lut
+
+    table = LatencyTable(tmp_path / "lut.json", runs=3, warmup=1)
+    r = check_lut(4, seed=1, table=table, progress=False, include=("tiny-search",), space=SMALL, runs=3)
+    assert r["n"] == 5 and [p["arch"] for p in r["points"]] == ["random-0", "random-1", "random-2", "random-3", "tiny-search"]
+    for p in r["points"]:
+        assert p["predicted_ms"] > 0 and p["measured_ms"] > 0
+        assert p["predicted_ms"] == pytest.approx(table.predict(EncoderArch.from_dict(p["arch_json"]))["total"])
+        assert set(p["measured"]) == {*VIEW_NAMES, "fusion", "total"}
+    assert -1 <= r["pearson_r"] <= 1 and r["mean_abs_pct_error"] >= 0
+    assert json.loads((tmp_path / "lut.json").read_text())["entries"]  # the table was cached
+    assert plot_lut(r, tmp_path / "lut.png").stat().st_size > 0
