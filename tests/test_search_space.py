@@ -130,7 +130,7 @@ def test_the_latency_term_steers_the_architecture_towards_cheaper_choices():
     table = FlopTable()
     res = {v: 32 for v in VIEW_NAMES}
     opt = torch.optim.Adam(net.arch_parameters(), lr=0.1)
-    start = float(net.expected_latency(table, res))
+    start = float(net.expected_latency(table, res).detach())
     with torch.no_grad():  # start from a costly most-likely architecture: the widest choices
         for v in VIEW_NAMES:
             for p in net.logits[v].width:
@@ -141,7 +141,7 @@ def test_the_latency_term_steers_the_architecture_towards_cheaper_choices():
         opt.zero_grad()
         lat.backward()
         opt.step()
-    assert float(net.expected_latency(table, res)) < 0.8 * start
+    assert float(net.expected_latency(table, res).detach()) < 0.8 * start
     assert table.predict(to_arch(SMALL, net.derive(), latent_dim=8))["total"] < before
 
 
