@@ -52,13 +52,15 @@ def add_train(sub) -> None:
                        description="Train the per-identity VAE (geometry + view-dependent texture decoder) on\n"
                                    "the synthetic studio's dome data; resumes from DIR/checkpoint.pt.",
                        epilog=TRAIN_EPILOG, formatter_class=HelpFormatter)
-    p.add_argument("--identity", default="S1", help="studio identity (default S1)")
+    p.add_argument("--identity", default="S1", help="studio identity")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory (checkpoints, model)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock training budget (default 20)")
     p.add_argument("--steps", type=int, default=None, help="maximum optimisation steps (default 100000; the time budget usually ends the run first)")
     p.add_argument("--poses", type=int, default=None, help="training poses to render (default 1000)")
-    p.add_argument("--latent-dim", type=int, default=256, help="size of z (default 256)")
-    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--latent-dim", type=int, default=256, help="size of z")
+    p.add_argument("--preset", default="current", metavar="NAME",
+                   help="decoder size: teacher, current, student-s, student-xs (decoder/presets.py)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.set_defaults(func=run_train)
 
@@ -108,11 +110,22 @@ def _emit(res: dict, args) -> None:
             print(f"{k:<{w}}  {v:.4g}" if isinstance(v, float) else f"{k:<{w}}  {v}")
 
 
+def decoder_config(args):
+    """The :class:`decoder.config.DecoderConfig` the ``train decoder`` arguments describe (its ``--preset``)."""
+    from avcore.errors import UsageError
+    from decoder.presets import preset_config
+
+    try:
+        return preset_config(args.preset, identity=args.identity, latent_dim=args.latent_dim)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def run_train(args) -> int:
-    from decoder.config import DecoderConfig, TrainConfig
+    from decoder.config import TrainConfig
     from decoder.train import train_decoder
 
-    d = DecoderConfig(identity=args.identity, latent_dim=args.latent_dim)
+    d = decoder_config(args)
     t = TrainConfig(threads=args.threads)
     if args.minutes is not None:
         t.time_budget_s = args.minutes * 60

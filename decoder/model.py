@@ -42,8 +42,11 @@ class GeometryDecoder(nn.Module):
         self.mean = nn.Parameter(torch.zeros(V * 3))
         self.basis = nn.Parameter(torch.zeros(K, V * 3))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (B, Z) -> (B, V, 3)
-        coef = self.skip(z) + self.mlp(z)
+    def forward(self, z: torch.Tensor, features: list | None = None) -> torch.Tensor:  # (B, Z) -> (B, V, 3)
+        h = self.mlp[:-1](z)
+        if features is not None:
+            features.append(h)  # (B, geometry_hidden): the MLP's last hidden layer
+        coef = self.skip(z) + self.mlp[-1](h)
         return (self.mean + coef @ self.basis).view(z.shape[0], -1, 3)
 
 
@@ -73,7 +76,7 @@ class TextureDecoder(nn.Module):
         nn.init.zeros_(self.head.bias)
         self.mean = nn.Parameter(torch.full((1, 3, cfg.texture_size, cfg.texture_size), 0.5))
 
-    def forward(self, z: torch.Tensor, view_direction: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, view_direction: torch.Tensor, features: list | None = None) -> torch.Tensor:
         B = z.shape[0]
         x = F.leaky_relu(self.fc(z), 0.2).view(B, self.c0, self.seed, self.seed)
         for i, conv in enumerate(self.convs):
@@ -83,6 +86,8 @@ class TextureDecoder(nn.Module):
                 v = view_direction.view(B, 3, 1, 1).expand(B, 3, x.shape[2], x.shape[3])
                 x = torch.cat([x, v], 1)
             x = F.leaky_relu(conv(x), 0.2)
+            if features is not None:
+                features.append(x)  # (B, texture_channels[i], seed * 2**i, seed * 2**i)
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
         x = self.head(x)  # (B, 6, T/2, T/2)
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
@@ -99,8 +104,14 @@ class AvatarDecoder(nn.Module):
         self.geometry = GeometryDecoder(cfg)
         self.texture = TextureDecoder(cfg)
 
-    def forward(self, z: torch.Tensor, view_direction: torch.Tensor):
-        return self.geometry(z), self.texture(z, view_direction)
+    def forward(self, z: torch.Tensor, view_direction: torch.Tensor, features: bool = False):
+        """(vertices, texture), or with ``features`` (vertices, texture, {"geometry": [hidden (B, H)], "texture":
+        [feature maps (B, C_i, S_i, S_i), one per conv]}) for feature-consistency distillation."""
+        if not features:
+            return self.geometry(z), self.texture(z, view_direction)
+        geo: list = []
+        tex: list = []
+        return self.geometry(z, geo), self.texture(z, view_direction, tex), {"geometry": geo, "texture": tex}
 
 
 class AvatarEncoder(nn.Module):

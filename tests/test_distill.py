@@ -1,0 +1,135 @@
+"""Decoder presets and the distillation losses (known values, a tiny teacher -> student run)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from decoder.distill import FeatureProjector, channel_kl, cosine_loss, distillation_losses, gaussian_kl, match_features
+from decoder.model import AvatarDecoder
+from decoder.presets import decoder_cost, list_presets, preset_config
+
+
+def test_channel_kl_and_cosine_give_known_values():
+    # one sample, one channel, two positions: P = (1/4, 3/4), Q = (1/2, 1/2)
+    t = torch.tensor([[[0.0, math.log(3.0)]]])
+    s = torch.zeros(1, 1, 2)
+    want = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)
+    assert float(channel_kl(t, s)) == pytest.approx(want, abs=1e-6)
+    assert float(channel_kl(t, t)) == pytest.approx(0.0, abs=1e-7)
+    # temperature 2: P = softmax(t / 2) and the T**2 factor
+    p = torch.softmax(t / 2, -1)[0, 0]
+    want2 = 4 * float((p * torch.log(p / 0.5)).sum())
+    assert float(channel_kl(t, s, temperature=2.0)) == pytest.approx(want2, abs=1e-6)
+    assert float(gaussian_kl(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.5]), spread=0.5)) == pytest.approx(
+        (0.0 + 0.25) / 2 / (2 * 0.25))
+    a = torch.tensor([[1.0, 0.0]])
+    assert float(cosine_loss(a, a * 3)) == pytest.approx(0.0, abs=1e-7)
+    assert float(cosine_loss(a, torch.tensor([[0.0, 2.0]]))) == pytest.approx(1.0)
+    assert float(cosine_loss(a, -a)) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        channel_kl(torch.zeros(1, 1, 2), torch.zeros(1, 1, 3))
+
+
+def test_every_preset_builds_and_is_sized_as_the_study_needs():
+    costs = {n: decoder_cost(preset_config(n)) for n in list_presets()}
+    assert costs["teacher"]["params"] > costs["current"]["params"] > costs["student-s"]["params"]
+    xs, te = costs["student-xs"], costs["teacher"]
+    assert xs["params"] <= 0.05 * te["params"] and xs["mflops"] <= 0.10 * te["mflops"]
+    assert preset_config("current").to_dict() == preset_config("current", identity="S1").to_dict()
+    with pytest.raises(ValueError, match="presets"):
+        preset_config("huge")
+
+
+def _tiny(channels, basis):
+    from decoder.config import DecoderConfig
+
+    return DecoderConfig(latent_dim=8, num_vertices=30, geometry_basis=basis, geometry_hidden=16 * len(channels) // 2,
+                         texture_size=16, texture_seed=2, texture_channels=channels, view_inject=1)
+
+
+def test_features_are_returned_without_changing_the_outputs():
+    torch.manual_seed(0)
+    dec = AvatarDecoder(_tiny((8, 6, 4), 4)).eval()
+    z, v = torch.randn(2, 8), torch.nn.functional.normalize(torch.randn(2, 3), dim=1)
+    with torch.no_grad():
+        verts, tex = dec(z, v)
+        verts2, tex2, feats = dec(z, v, features=True)
+    assert torch.equal(verts, verts2) and torch.equal(tex, tex2)
+    assert [f.shape for f in feats["texture"]] == [(2, 8, 2, 2), (2, 6, 4, 4), (2, 4, 8, 8)]
+    assert feats["geometry"][0].shape == (2, 24)
+
+
+def test_a_tiny_distillation_run_lowers_the_distillation_loss():
+    torch.manual_seed(0)
+    teacher = AvatarDecoder(_tiny((16, 12, 8), 6)).eval().requires_grad_(False)
+    with torch.no_grad():
+        teacher.geometry.basis.normal_(0, 0.1)
+        teacher.texture.head.weight.normal_(0, 0.1)
+    student = AvatarDecoder(_tiny((6, 4), 3))
+    z = torch.randn(64, 8)
+    v = torch.nn.functional.normalize(torch.randn(64, 3) + torch.tensor([0.0, 0.0, 2.0]), dim=1)
+    with torch.no_grad():
+        t_out = teacher(z, v, features=True)
+    projector = FeatureProjector(t_out[2], student(z[:1], v[:1], features=True)[2])
+    assert [p[0] for p in match_features(t_out[2], student(z[:1], v[:1], features=True)[2])] == ["geometry", "texture", "texture"]
+    opt = torch.optim.Adam([*student.parameters(), *projector.parameters()], lr=3e-3)
+
+    def loss():
+        d = distillation_losses(t_out, student(z, v, features=True), projector)
+        return d["kl"] + d["feature"], d
+
+    first = float(loss()[0].detach())
+    for _ in range(150):
+        total, _ = loss()
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    last, parts = loss()
+    assert float(last.detach()) < 0.5 * first, (first, float(last))
+    assert set(parts) == {"kl", "feature"} and all(np.isfinite(float(x.detach())) for x in parts.values())
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_every_preset_exports_with_onnx_parity(name, tmp_path):
+    from decoder.export import export_onnx
+
+    torch.manual_seed(0)
+    dec = AvatarDecoder(preset_config(name, num_vertices=200)).eval()
+    with torch.no_grad():  # non-trivial outputs: a random basis and texture head
+        dec.geometry.basis.normal_(0, 0.01)
+        dec.texture.head.weight.normal_(0, 0.01)
+    diffs = export_onnx(dec, tmp_path / "decoder.onnx")  # raises when onnxruntime and torch disagree
+    assert set(diffs) == {"vertices", "texture"}
+
+
+def test_the_receiver_loads_a_student_directory(tmp_path):
+    from capture.head import HeadModel
+    from capture.identity import make_identity
+    from decoder.export import save_model
+    from decoder.runtime import Avatar
+
+    torch.manual_seed(0)
+    cfg = preset_config("student-xs", num_vertices=len(HeadModel(make_identity("S1")).uvs))
+    save_model(AvatarDecoder(cfg).eval(), tmp_path, studio_identity="S1")
+    av = Avatar(tmp_path, size=64)
+    try:
+        img = av.render_code(np.zeros(256, np.float32), np.zeros((2, 2), np.float32), np.array([0, 0, 1], np.float32))
+        assert img.shape == (64, 64, 3) and img.dtype == np.uint8 and img.max() > 0
+    finally:
+        av.close()
+
+
+def test_train_decoder_builds_the_named_preset():
+    from avcall.cli import build_parser
+    from avcall.decoder_cmds import decoder_config
+    from avcore.errors import UsageError
+
+    parse = lambda *a: build_parser().parse_args(["train", "decoder", "--out", "/tmp/unused", *a])  # noqa: E731
+    assert decoder_config(parse("--preset", "student-xs", "--identity", "S2")).to_dict() == \
+        preset_config("student-xs", identity="S2").to_dict()
+    assert decoder_config(parse()).to_dict() == preset_config("current").to_dict()
+    with pytest.raises(UsageError, match="presets"):
+        decoder_config(parse("--preset", "huge"))
