@@ -58,6 +58,9 @@ def add_train(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="maximum optimisation steps (default 100000; the time budget usually ends the run first)")
     p.add_argument("--poses", type=int, default=None, help="training poses to render (default 1000)")
     p.add_argument("--latent-dim", type=int, default=256, help="size of z")
+    p.add_argument("--latent-from", default="", metavar="DIR",
+                   help="train only the decoder, on the codes of this decoder model's frozen encoder (its latent "
+                        "space: a teacher or student that today's HMC encoders drive), e.g. decoder/models/S1")
     p.add_argument("--preset", default="current", metavar="NAME",
                    help="decoder size: teacher, current, student-s, student-xs (decoder/presets.py)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -126,7 +129,7 @@ def run_train(args) -> int:
     from decoder.train import train_decoder
 
     d = decoder_config(args)
-    t = TrainConfig(threads=args.threads)
+    t = TrainConfig(threads=args.threads, latent_from=args.latent_from)
     if args.minutes is not None:
         t.time_budget_s = args.minutes * 60
     if args.steps is not None:

@@ -78,6 +78,10 @@ class TrainConfig(ConfigDict):
     """Weight of the L1 rendered-image loss (predicted texture seen through the GT UV map vs the studio render)."""
     checkpoint_every_s: float = 180.0
     """Write a resumable checkpoint this often (seconds)."""
+    latent_from: str = ""
+    """A decoder model directory whose (frozen) encoder defines the latent space: the decoder is trained on that
+    encoder's codes (its means; no KL), so it decodes the same codes as that model and the same HMC encoders
+    drive it (teachers and students of the distillation). Empty: train encoder and decoder together (a VAE)."""
     threads: int = 2
     """torch intra-op threads."""
     cache: str = ""

@@ -122,6 +122,7 @@ class AvatarEncoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
+        self.cfg = cfg
         K = cfg.geometry_basis
         self.register_buffer("geo_mean", torch.zeros(cfg.num_vertices * 3))
         self.register_buffer("geo_proj", torch.zeros(cfg.num_vertices * 3, K))

@@ -26,8 +26,9 @@ class TrainResult:
     model_dir: Path
 
 
-def init_from_data(model, data: dict) -> None:
-    """PCA geometry basis (decoder) and projection (encoder), and the mean texture, from training data."""
+def init_from_data(model, data: dict, *, encoder: bool = True) -> None:
+    """PCA geometry basis (decoder) and projection (encoder, unless ``encoder`` is False: a frozen one), and the
+    mean texture, from training data."""
     import torch
 
     cfg = model.cfg
@@ -35,16 +36,19 @@ def init_from_data(model, data: dict) -> None:
     mean = X.mean(0)
     _, S, Vt = np.linalg.svd(X - mean, full_matrices=False)
     K = min(cfg.geometry_basis, len(S))  # tiny data sets: the rest of the basis starts at zero
-    std = S[:K] / math.sqrt(len(X)) + 1e-8
+    # A component without (numerical) variance must not blow up the encoder's projection (float16 on export):
+    # its scale is floored at 1/1000 of the largest.
+    std = np.maximum(S[:K], 1e-3 * S[0]) / math.sqrt(len(X)) + 1e-8
     with torch.no_grad():
         g = model.decoder.geometry
         g.mean.copy_(torch.from_numpy(mean).float())
         g.basis.zero_()
         g.basis[:K] = torch.from_numpy(Vt[:K] * std[:, None]).float()
-        e = model.encoder
-        e.geo_mean.copy_(torch.from_numpy(mean).float())
-        e.geo_proj.zero_()
-        e.geo_proj[:, :K] = torch.from_numpy(Vt[:K].T / std[None]).float()
+        if encoder:
+            e = model.encoder
+            e.geo_mean.copy_(torch.from_numpy(mean).float())
+            e.geo_proj.zero_()
+            e.geo_proj[:, :K] = torch.from_numpy(Vt[:K].T / std[None]).float()
         tex = data["texture"].reshape(-1, *data["texture"].shape[-3:])[::7].astype(np.float32).mean(0) / 255.0
         model.decoder.texture.mean.copy_(torch.from_numpy(tex).permute(2, 0, 1)[None].float())
     fill_uncovered_texels(model, data["coverage"])
@@ -59,7 +63,8 @@ def param_groups(model) -> list[dict]:
     special = {n: [] for n in LR_SCALES}
     rest = []
     for name, p in model.named_parameters():
-        (special[name] if name in special else rest).append(p)
+        if p.requires_grad:  # a frozen encoder (``latent_from``) is not optimised
+            (special[name] if name in special else rest).append(p)
     groups = [{"params": rest, "lr_scale": 1.0}]
     groups += [{"params": ps, "lr_scale": LR_SCALES[n]} for n, ps in special.items() if ps]
     return groups
@@ -115,8 +120,26 @@ def vae_losses(model, batch, coverage, tcfg: TrainConfig, sample: bool = True) -
     seen = F.grid_sample(pt, uv * 2 - 1, mode="bilinear", padding_mode="border", align_corners=False)
     iml = ((seen.clamp(0, 1) - img).abs() * mask).sum() / (mask.sum() * 3 + 1)
     kl = kl_divergence(mu, log_std)
-    total = tcfg.geometry_weight * geo + tcfg.texture_weight * texl + tcfg.image_weight * iml + tcfg.kl_weight * kl
+    kl_weight = 0.0 if tcfg.latent_from else tcfg.kl_weight  # a frozen latent space: nothing to regularise
+    total = tcfg.geometry_weight * geo + tcfg.texture_weight * texl + tcfg.image_weight * iml + kl_weight * kl
     return {"total": total, "geometry": geo, "texture": texl, "image": iml, "kl": kl}
+
+
+def _frozen_encoder(model_dir: str, dcfg: DecoderConfig):
+    """The encoder of ``model_dir`` (``encoder.pt``), frozen, checked to fit ``dcfg`` (latent size, encoder input)."""
+    from avcore.errors import UsageError
+
+    from .export import load_torch_encoder
+
+    enc = load_torch_encoder(Path(model_dir))
+    if enc is None:
+        raise UsageError(f"--latent-from {model_dir}: no encoder.pt there (a decoder model directory from "
+                         "'avcall train decoder' has one)")
+    for field in ("latent_dim", "encoder_texture_size", "num_vertices"):
+        if getattr(enc.cfg, field) != getattr(dcfg, field):
+            raise UsageError(f"--latent-from {model_dir}: its {field} is {getattr(enc.cfg, field)}, this decoder's "
+                             f"{getattr(dcfg, field)}")
+    return enc.eval().requires_grad_(False)
 
 
 def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resume: bool = True, progress: bool = True,
@@ -139,12 +162,17 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     if ckpt is not None:
         dcfg = DecoderConfig.from_dict(ckpt["decoder_config"])
         tcfg = resumed_config(TrainConfig, ckpt["train_config"], tcfg)
+    if tcfg.latent_from and not (Path(tcfg.latent_from) / "encoder.pt").is_file():
+        _frozen_encoder(tcfg.latent_from, dcfg)  # says what is missing, before any data is rendered
     if data is None:
         cache = Path(tcfg.cache) if tcfg.cache else out_dir / "dataset.npz"
         data = load_or_build(cache, dcfg.identity, tcfg.num_train_poses, tcfg.train_seed, dcfg, tcfg)
     dcfg.num_vertices = data["vertices"].shape[1]
     torch.manual_seed(tcfg.train_seed)
     model = CodecAvatarVAE(dcfg)
+    frozen = _frozen_encoder(tcfg.latent_from, dcfg) if tcfg.latent_from else None
+    if frozen is not None:
+        model.encoder = frozen
     opt = torch.optim.Adam(param_groups(model), lr=tcfg.lr)
     step, elapsed0, history = 0, 0.0, []
     if ckpt is not None:
@@ -152,7 +180,7 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed0, history = ckpt["step"], ckpt["elapsed_s"], list(ckpt["loss_history"])
     else:
-        init_from_data(model, data)
+        init_from_data(model, data, encoder=frozen is None)
     (out_dir / "train_config.json").write_text(json.dumps({"decoder": dcfg.to_dict(), "train": tcfg.to_dict()}, indent=2))
     coverage = torch.from_numpy(data["coverage"].astype(np.float32))[None, None]
     N, K = data["view_direction"].shape[:2]
@@ -164,13 +192,15 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s, step=step,
         elapsed_s=elapsed0, desc=f"train decoder {dcfg.identity}", progress=progress)
     model.train()
+    if frozen is not None:
+        frozen.eval()
     for step, frac in loop:
         lr = tcfg.lr_final + 0.5 * (tcfg.lr - tcfg.lr_final) * (1 + math.cos(math.pi * frac))
         for g in opt.param_groups:
             g["lr"] = lr * g["lr_scale"]
         pi = rng.integers(0, N, tcfg.batch_size)
         vi = rng.integers(0, K, tcfg.batch_size)
-        losses = vae_losses(model, batch_tensors(data, pi, vi), coverage, tcfg)
+        losses = vae_losses(model, batch_tensors(data, pi, vi), coverage, tcfg, sample=frozen is None)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

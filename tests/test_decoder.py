@@ -207,3 +207,24 @@ def test_receiver_path_does_not_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_a_decoder_trained_into_another_models_latent_space_keeps_its_encoder(tmp_path, tiny_data):
+    """``latent_from``: a larger decoder learns to decode the codes of an existing model's frozen encoder (the
+    teacher and students of the distillation), its loss falls, and its directory carries that same encoder."""
+    from decoder.export import load_torch_encoder
+    from decoder.train import train_decoder
+
+    base = tmp_path / "base"
+    train_decoder(base, tiny_config(), tiny_train_config(steps=5), progress=False, data=tiny_data)
+    bigger = tiny_config(geometry_hidden=64, texture_channels=(16, 8))
+    r = train_decoder(tmp_path / "big", bigger, tiny_train_config(steps=40, latent_from=str(base)), progress=False,
+                      data=tiny_data)
+    hist = r.loss_history
+    assert hist[-1]["total"] < 0.9 * hist[0]["total"], (hist[0], hist[-1])
+    a, b = load_torch_encoder(base), load_torch_encoder(tmp_path / "big")
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)  # the latent space is the base model's, untouched
+    with pytest.raises(Exception, match="latent_dim"):
+        train_decoder(tmp_path / "bad", tiny_config(latent_dim=8), tiny_train_config(steps=1, latent_from=str(base)),
+                      progress=False, data=tiny_data)
