@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "avcall.eval",
     "avcall.bench",
     "avcall.search",
+    "avcall.distill",
 )
 
 

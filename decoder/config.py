@@ -59,6 +59,9 @@ class TrainConfig(ConfigDict):
     image_size: int = 128
     """Resolution of the rendered-image loss (GT render and UV map)."""
     train_seed: int = 1
+    init_seed: int = -1
+    """Seed of the weights' initialisation and the batch order (-1: ``train_seed``, which also picks the training
+    poses); runs that differ only in it train on the same data (seed-to-seed noise)."""
     test_seed: int = 1_000_003
     batch_size: int = 8
     lr: float = 2e-3
@@ -82,6 +85,17 @@ class TrainConfig(ConfigDict):
     """A decoder model directory whose (frozen) encoder defines the latent space: the decoder is trained on that
     encoder's codes (its means; no KL), so it decodes the same codes as that model and the same HMC encoders
     drive it (teachers and students of the distillation). Empty: train encoder and decoder together (a VAE)."""
+    teacher: str = ""
+    """Distillation: a decoder model directory whose decoder teaches this one (its encoder's latent space is used,
+    ``latent_from`` defaults to it). Empty: no teacher."""
+    distill_kl_weight: float = 1.0
+    """Weight of L_kl (:func:`decoder.distill.distillation_losses`: texture channel KL + geometry Gaussian KL)."""
+    distill_feature_weight: float = 1.0
+    """Weight of the feature-consistency loss (1 - cosine of matched, projected features)."""
+    distill_temperature: float = 1.0
+    """Temperature of the texture's channel-wise softmax."""
+    distill_geometry_spread: float = 0.05
+    """Spread (decimetres) of the per-vertex Gaussians of the geometry KL."""
     threads: int = 2
     """torch intra-op threads."""
     cache: str = ""

@@ -125,7 +125,54 @@ def vae_losses(model, batch, coverage, tcfg: TrainConfig, sample: bool = True) -
     return {"total": total, "geometry": geo, "texture": texl, "image": iml, "kl": kl}
 
 
-def _frozen_encoder(model_dir: str, dcfg: DecoderConfig):
+def _flag(tcfg: TrainConfig) -> str:
+    return "--teacher" if tcfg.teacher and tcfg.latent_from == tcfg.teacher else "--latent-from"
+
+
+def _teacher(model_dir: str, model, dcfg: DecoderConfig):
+    """(frozen teacher decoder, feature projector) for distilling into ``model``'s decoder."""
+    import torch
+
+    from avcore.errors import UsageError
+
+    from .distill import FeatureProjector
+    from .export import load_torch_decoder
+
+    if not (Path(model_dir) / "weights.pt").is_file():
+        raise UsageError(f"--teacher {model_dir}: no weights.pt there (a decoder model directory)")
+    teacher = load_torch_decoder(Path(model_dir)).requires_grad_(False)
+    if teacher.cfg.latent_dim != dcfg.latent_dim or teacher.cfg.num_vertices != dcfg.num_vertices:
+        raise UsageError(f"--teacher {model_dir}: latent {teacher.cfg.latent_dim} / {teacher.cfg.num_vertices} vertices, "
+                         f"this decoder {dcfg.latent_dim} / {dcfg.num_vertices}")
+    z, v = torch.zeros(1, dcfg.latent_dim), torch.tensor([[0.0, 0.0, 1.0]])
+    with torch.no_grad():
+        projector = FeatureProjector(teacher(z, v, features=True)[2], model.decoder(z, v, features=True)[2])
+    return teacher, projector
+
+
+def _add_distillation(losses: dict, model, teacher, projector, batch, tcfg: TrainConfig) -> dict:
+    """``losses`` plus ``distill_kl`` and ``distill_feature`` (weighted into ``total``) on the batch's codes."""
+    import torch
+
+    from .distill import distillation_losses
+
+    verts, enc, view = batch[0], batch[1], batch[2]
+    with torch.no_grad():
+        z, _ = model.encoder(verts, enc)  # the frozen encoder's means: the latent space both decode
+        t_out = teacher(z, view, features=True)
+    d = distillation_losses(t_out, model.decoder(z, view, features=True),
+                            projector if tcfg.distill_feature_weight > 0 else None,
+                            temperature=tcfg.distill_temperature, geometry_spread=tcfg.distill_geometry_spread)
+    out = dict(losses)
+    out["distill_kl"] = d["kl"]
+    out["total"] = losses["total"] + tcfg.distill_kl_weight * d["kl"]
+    if "feature" in d:
+        out["distill_feature"] = d["feature"]
+        out["total"] = out["total"] + tcfg.distill_feature_weight * d["feature"]
+    return out
+
+
+def _frozen_encoder(model_dir: str, dcfg: DecoderConfig, flag: str = "--latent-from"):
     """The encoder of ``model_dir`` (``encoder.pt``), frozen, checked to fit ``dcfg`` (latent size, encoder input)."""
     from avcore.errors import UsageError
 
@@ -133,11 +180,11 @@ def _frozen_encoder(model_dir: str, dcfg: DecoderConfig):
 
     enc = load_torch_encoder(Path(model_dir))
     if enc is None:
-        raise UsageError(f"--latent-from {model_dir}: no encoder.pt there (a decoder model directory from "
+        raise UsageError(f"{flag} {model_dir}: no encoder.pt there (a decoder model directory from "
                          "'avcall train decoder' has one)")
     for field in ("latent_dim", "encoder_texture_size", "num_vertices"):
         if getattr(enc.cfg, field) != getattr(dcfg, field):
-            raise UsageError(f"--latent-from {model_dir}: its {field} is {getattr(enc.cfg, field)}, this decoder's "
+            raise UsageError(f"{flag} {model_dir}: its {field} is {getattr(enc.cfg, field)}, this decoder's "
                              f"{getattr(dcfg, field)}")
     return enc.eval().requires_grad_(False)
 
@@ -162,21 +209,30 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     if ckpt is not None:
         dcfg = DecoderConfig.from_dict(ckpt["decoder_config"])
         tcfg = resumed_config(TrainConfig, ckpt["train_config"], tcfg)
+    if tcfg.teacher and not tcfg.latent_from:
+        tcfg.latent_from = tcfg.teacher  # a student decodes its teacher's latent space
     if tcfg.latent_from and not (Path(tcfg.latent_from) / "encoder.pt").is_file():
-        _frozen_encoder(tcfg.latent_from, dcfg)  # says what is missing, before any data is rendered
+        _frozen_encoder(tcfg.latent_from, dcfg, _flag(tcfg))  # says what is missing, before any data is rendered
     if data is None:
         cache = Path(tcfg.cache) if tcfg.cache else out_dir / "dataset.npz"
         data = load_or_build(cache, dcfg.identity, tcfg.num_train_poses, tcfg.train_seed, dcfg, tcfg)
     dcfg.num_vertices = data["vertices"].shape[1]
-    torch.manual_seed(tcfg.train_seed)
+    seed = tcfg.train_seed if tcfg.init_seed < 0 else tcfg.init_seed
+    torch.manual_seed(seed)
     model = CodecAvatarVAE(dcfg)
-    frozen = _frozen_encoder(tcfg.latent_from, dcfg) if tcfg.latent_from else None
+    frozen = _frozen_encoder(tcfg.latent_from, dcfg, _flag(tcfg)) if tcfg.latent_from else None
     if frozen is not None:
         model.encoder = frozen
-    opt = torch.optim.Adam(param_groups(model), lr=tcfg.lr)
+    teacher, projector = (_teacher(tcfg.teacher, model, dcfg) if tcfg.teacher else (None, None))
+    groups = param_groups(model)
+    if projector is not None:
+        groups[0]["params"] = [*groups[0]["params"], *projector.parameters()]
+    opt = torch.optim.Adam(groups, lr=tcfg.lr)
     step, elapsed0, history = 0, 0.0, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if projector is not None:
+            projector.load_state_dict(ckpt["projector"])
         opt.load_state_dict(ckpt["optimizer"])
         step, elapsed0, history = ckpt["step"], ckpt["elapsed_s"], list(ckpt["loss_history"])
     else:
@@ -184,11 +240,12 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     (out_dir / "train_config.json").write_text(json.dumps({"decoder": dcfg.to_dict(), "train": tcfg.to_dict()}, indent=2))
     coverage = torch.from_numpy(data["coverage"].astype(np.float32))[None, None]
     N, K = data["view_direction"].shape[:2]
-    rng = np.random.default_rng(tcfg.train_seed + step)
+    rng = np.random.default_rng(seed + step)
     running: dict[str, float] = {}
     loop = TrainingLoop(
         ckpt_path, lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "decoder_config": dcfg.to_dict(),
-                            "train_config": tcfg.to_dict(), "loss_history": history},
+                            "train_config": tcfg.to_dict(), "loss_history": history,
+                            **({"projector": projector.state_dict()} if projector is not None else {})},
         steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s, step=step,
         elapsed_s=elapsed0, desc=f"train decoder {dcfg.identity}", progress=progress)
     model.train()
@@ -200,7 +257,10 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
             g["lr"] = lr * g["lr_scale"]
         pi = rng.integers(0, N, tcfg.batch_size)
         vi = rng.integers(0, K, tcfg.batch_size)
-        losses = vae_losses(model, batch_tensors(data, pi, vi), coverage, tcfg, sample=frozen is None)
+        batch = batch_tensors(data, pi, vi)
+        losses = vae_losses(model, batch, coverage, tcfg, sample=frozen is None)
+        if teacher is not None:
+            losses = _add_distillation(losses, model, teacher, projector, batch, tcfg)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

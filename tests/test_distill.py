@@ -133,3 +133,49 @@ def test_train_decoder_builds_the_named_preset():
     assert decoder_config(parse()).to_dict() == preset_config("current").to_dict()
     with pytest.raises(UsageError, match="presets"):
         decoder_config(parse("--preset", "huge"))
+
+
+def test_distilling_a_student_from_a_trained_teacher_lowers_the_distillation_loss_and_resumes(tmp_path):
+    """The real training loop: a tiny teacher is trained and exported, a smaller student is trained against it
+    (in its latent space) with L_kl and the feature loss; both fall, the student's directory carries the teacher's
+    encoder, and a resumed run keeps the projector."""
+    from decoder.data import build_dataset
+    from decoder.export import load_torch_encoder
+    from decoder.train import train_decoder
+    from test_decoder import tiny_config, tiny_train_config
+
+    data = build_dataset("S1", 6, 5, tiny_config(), tiny_train_config(), progress=False)
+    train_decoder(tmp_path / "teacher", tiny_config(geometry_hidden=64, texture_channels=(16, 12)),
+                  tiny_train_config(steps=30), progress=False, data=data)
+    student = tiny_config(geometry_hidden=16, texture_channels=(6, 4))
+    tcfg = tiny_train_config(steps=60, teacher=str(tmp_path / "teacher"), distill_feature_weight=0.5)
+    r = train_decoder(tmp_path / "student", student, tcfg, progress=False, data=data)
+    first, last = r.loss_history[0], r.loss_history[-1]
+    assert {"distill_kl", "distill_feature"} <= set(first)
+    distill = lambda h: h["distill_kl"] + 0.5 * h["distill_feature"]  # noqa: E731  (as weighted in the total)
+    assert distill(last) < 0.7 * distill(first), (first, last)
+    a, b = load_torch_encoder(tmp_path / "teacher"), load_torch_encoder(tmp_path / "student")
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    ck = torch.load(tmp_path / "student" / "checkpoint.pt", weights_only=True)
+    assert "projector" in ck and ck["train_config"]["teacher"] == str(tmp_path / "teacher")
+    r2 = train_decoder(tmp_path / "student", student, tiny_train_config(steps=65), progress=False, data=data)
+    assert r2.steps == 65 and "distill_kl" in r2.loss_history[-1]  # the teacher came back from the checkpoint
+    # without a teacher (training from scratch) there are no distillation terms
+    r3 = train_decoder(tmp_path / "scratch", student, tiny_train_config(steps=5, latent_from=str(tmp_path / "teacher")),
+                       progress=False, data=data, export=False)
+    assert "distill_kl" not in r3.loss_history[-1]
+
+
+def test_distill_decoder_arguments_make_the_student_and_its_ablations():
+    from avcall.cli import build_parser
+    from avcall.distill import distill_config
+    from avcore.errors import UsageError
+
+    parse = lambda *a: build_parser().parse_args(["distill", "decoder", "--teacher", "T", "--out", "/tmp/o", *a])  # noqa: E731
+    d, t = distill_config(parse("--preset", "student-xs", "--seed", "2"))
+    assert d.to_dict() == preset_config("student-xs").to_dict()
+    assert (t.teacher, t.distill_kl_weight, t.distill_feature_weight, t.init_seed) == ("T", 1.0, 1.0, 2)
+    _, t = distill_config(parse("--preset", "student-xs", "--no-kl", "--no-feature"))
+    assert (t.distill_kl_weight, t.distill_feature_weight) == (0.0, 0.0)
+    with pytest.raises(UsageError):
+        distill_config(parse("--preset", "huge"))
