@@ -7,8 +7,9 @@ Each step alternates, after a warm-up of weight-only steps:
    training batch with the encoder's Auto-CARD loss (:func:`encoder.losses.autocard_loss`), re-weighted towards
    extreme expressions: ``exp(||g - g_bar|| / tau)`` with ``g_bar`` the EMA of the gaze (Auto-CARD Eq. 3-4);
 2. **architecture**: on a batch of the frames held out for it, the same loss plus the latency term
-   ``lam * relu(L / target - 1) + lam_linear * L / target``, where ``L`` is the latency table's prediction
-   averaged over the architecture distributions (:meth:`SuperNet.expected_latency`); Adam on the logits;
+   ``lam * relu(L / target - 1) + lam_linear * L / target``, where ``L`` is the latency table's prediction for
+   the sampled path, with straight-through gradients to the logits (:meth:`SuperNet.expected_latency`); Adam on
+   the logits;
 3. **resolutions**: REINFORCE with a moving-average baseline: reward ``-(loss + latency term)`` of the sampled
    resolutions, ``grad = -(R - b) grad log p(resolutions)``.
 
@@ -251,9 +252,10 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
         if not warm and step % cfg.arch_every == 0:
             res, logp = sample_resolutions(uniform=False)
             b = batch(arch_idx)
-            out = net(b["views"], res, net.sample(tau, gen))
+            w = net.sample(tau, gen)
+            out = net(b["views"], res, w)
             task = autocard_loss(out, b, decoder, zs, coverage, S, weights, reweight(b["gaze"]))["total"]
-            lat = net.expected_latency(table, res)
+            lat = net.expected_latency(table, res, w)  # the sampled path's cost (straight-through)
             arch_loss = task + latency_term(lat)
             opt_a.zero_grad(set_to_none=True)
             arch_loss.backward()

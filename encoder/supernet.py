@@ -257,28 +257,36 @@ class SuperNet(nn.Module):
                                   head=sp.head_widths[arg(lg.head)], pool=sp.pools[arg(lg.pool)])
         return Choice(views=views, fusion=sp.fusion_widths[int(self.fusion_logits.detach().argmax())], name=name)
 
-    def expected_latency(self, table, resolutions: dict[str, int]) -> torch.Tensor:
-        """The latency table's prediction (ms) averaged over the operator, width, head and pooling distributions
-        (softmax of the logits), the other choices of each entry at their most likely value; the resolution is the
-        sampled one. Differentiable in the architecture logits."""
+    def expected_latency(self, table, resolutions: dict[str, int], weights: dict | None = None) -> torch.Tensor:
+        """The latency table's prediction (ms) weighted by the choices' probabilities, the other choices of each
+        entry at their most likely value; the resolution is the sampled one. Differentiable in the architecture
+        logits.
+
+        ``weights`` (a :meth:`sample`): the sampled path's weights instead of the softmax of the logits -- hard
+        one-hot operators and pooling with straight-through gradients, Gumbel-softmax widths -- so the cost is
+        that of the architecture the step trained, not an average over every candidate. With many candidates per
+        layer the plain average stays far above any single architecture's cost, and a hinge on it drives the most
+        likely architecture well below the target."""
         sp = self.space
         ov = table.overhead_ms
         lat = lambda key: max(table.get(key) - ov, 0.0)  # noqa: E731
         total = torch.zeros(())
         for v in VIEW_NAMES:
             lg = self.view_logits(v)
+            wv = None if weights is None else weights["views"][v]
+            prob = lambda logits, sampled: F.softmax(logits, -1) if wv is None else sampled  # noqa: E731
             r = resolutions[v]
             total = total + lat(f"input:{sp.input_size}>{r}") + ov
-            ps = F.softmax(lg.stem, -1)
+            ps = prob(lg.stem, None if wv is None else wv["stem"])
             hw = (r + 1) // 2
             total = total + sum(ps[i] * lat(f"stem:r{r}_c{c}") for i, c in enumerate(sp.stem_widths))
             cin = sp.stem_widths[int(ps.argmax())]
             for s, stride in enumerate(sp.stage_strides):
-                pw = F.softmax(lg.width[s], -1)
+                pw = prob(lg.width[s], None if wv is None else wv["width"][s])
                 wmax = sp.stage_widths[s][int(pw.argmax())]
                 for layer in range(MAX_LAYERS):
                     cands = candidates(sp, layer > 0 or (s == 0 and 0 in sp.first_stage_depths))
-                    po = F.softmax(lg.op_logits(s, layer), -1)
+                    po = prob(lg.op_logits(s, layer), None if wv is None else wv["op"][s][layer])
                     st = stride if layer == 0 else 1
                     for j, (op, k) in enumerate(cands):
                         if op == SKIP:
@@ -288,8 +296,8 @@ class SuperNet(nn.Module):
                             total = total + po[j] * pw[i] * lat(key)
                     if layer == 0:
                         hw, cin = (hw + st - 1) // st, wmax
-            ph = F.softmax(lg.head, -1)
-            pp = F.softmax(lg.pool, -1)
+            ph = prob(lg.head, None if wv is None else wv["head"])
+            pp = prob(lg.pool, None if wv is None else wv["pool"])
             for i, c in enumerate(sp.head_widths):
                 if c:
                     total = total + ph[i] * lat(f"head:i{cin}_o{c}_hw{hw}")
@@ -297,7 +305,7 @@ class SuperNet(nn.Module):
                 for j, pool in enumerate(sp.pools):
                     key = f"out:{pool}_c{cout}_hw{hw}_f{sp.feature_dim}_g{int(v != 'mouth')}_k{self.num_keypoints}"
                     total = total + ph[i] * pp[j] * lat(key)
-        pf = F.softmax(self.fusion_logits, -1)
+        pf = F.softmax(self.fusion_logits, -1) if weights is None else weights["fusion"]
         total = total + sum(pf[i] * (lat(f"fusion:{3 * sp.feature_dim}_{f}_{self.latent_dim}") + ov)
                             for i, f in enumerate(sp.fusion_widths))
         return total

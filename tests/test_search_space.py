@@ -192,3 +192,26 @@ def test_the_lut_check_compares_predictions_with_whole_models(tmp_path):
     assert -1 <= r["pearson_r"] <= 1 and r["mean_abs_pct_error"] >= 0
     assert json.loads((tmp_path / "lut.json").read_text())["entries"]  # the table was cached
     assert plot_lut(r, tmp_path / "lut.png").stat().st_size > 0
+
+
+def test_the_latency_term_of_a_sampled_path_is_that_paths_cost_and_has_gradients():
+    """With a sample's weights the latency term costs the sampled operators (hard, straight-through) instead of
+    averaging every candidate, and its gradient still reaches the logits."""
+    from encoder.search import FlopTable
+    from encoder.supernet import SuperNet
+
+    torch.manual_seed(3)
+    net = SuperNet(SMALL, latent_dim=8)
+    table = FlopTable()
+    res = {v: 24 for v in VIEW_NAMES}
+    costs = []
+    for _ in range(6):
+        w = net.sample(1.0)
+        lat = net.expected_latency(table, res, w)
+        net.zero_grad()
+        lat.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.arch_parameters())
+        costs.append(float(lat.detach()))
+    avg = float(net.expected_latency(table, res).detach())
+    assert len({round(c, 6) for c in costs}) > 1  # different paths, different costs
+    assert all(abs(c - avg) > 1e-9 for c in costs)  # not the plain average over the candidates
