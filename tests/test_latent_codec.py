@@ -414,3 +414,31 @@ def test_a_subscriber_with_a_reorder_wait_decodes_swapped_frames(tables):
         bad = dict(sub.stats.bad)
     assert [f.seq for f in out] == list(range(1, 40)) and not bad
     assert all(np.array_equal(np.concatenate([f.z, f.gaze.reshape(-1)]), shown[f.seq]) for f in out)
+
+
+def test_frames_waiting_for_a_lost_reference_are_decided_before_an_intra_frame_overtakes_them(tables):
+    """5 is lost; 6 and 7 wait for it; the intra frame 8 arrives before their deadline: 6 and 7 are bridged and
+    handed out first (never silently dropped), then 8 decodes exactly."""
+    import dataclasses
+
+    from transport.latent_codec import ReorderingDecoder
+
+    t = dataclasses.replace(tables, predictor="previous", codec_id="")
+    x = walk(t, 12, seed=8)
+    enc = LatentStreamEncoder(t, "alice", CodecConfig(intra_interval=8))
+    msgs, shown = [], []
+    for i, v in enumerate(x):
+        tc = T0 + i * FRAME_NS
+        msgs.append(enc.encode(i, tc, tc, v[: t.latent_dim], v[t.latent_dim:].reshape(2, 2)))
+        shown.append(np.concatenate([a.reshape(-1) for a in enc.decoded()]))
+    assert decode_message(msgs[8]).is_intra
+    dec = ReorderingDecoder({t.codec_id: t}, bridge=3)
+    dec.deadline = lambda tc: tc - T0 + 10**9  # a long wait: nothing expires on its own here
+    got = []
+    for i in [0, 1, 2, 3, 4, 6, 7, 8, 9]:
+        got += dec.push(decode_message(msgs[i]), 0, tag=i)
+    frames = [r for _, r, _ in got]
+    assert [f.seq for f in frames] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert [f.approximate for f in frames] == [False] * 5 + [True, True] + [False, False]
+    assert np.array_equal(np.concatenate([frames[7].z, frames[7].gaze.reshape(-1)]), shown[8])
+    assert dec.superseded == 0

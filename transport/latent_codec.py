@@ -565,18 +565,27 @@ class ReorderingDecoder:
 
     def push(self, cf: CodedFrame, now_ns: int, tag: Any = None) -> list[tuple[Any, FrameMessage | Exception, int]]:
         d = self.decoder
+        out: list = []
+        if cf.is_intra and self._held:
+            # the frames still waiting before an intra frame are decided now (across the gap, or failed): once the
+            # intra frame is decoded their references are gone for good, and dropping them silently would hide them
+            for seq in sorted(s for s in self._held if s < cf.seq):
+                if seq in self._held:
+                    hcf, _, htag = self._held.pop(seq)
+                    out.append(self._decode(hcf, htag))
+                    self._release(out)
         if self.deadline is not None and not cf.is_intra and d._seq is not None:
             ahead = (cf.seq - d._seq) % SEQ_CHECK_MOD
             if cf.ref < ahead <= self.HOLD:  # its reference is a frame this decoder has not seen yet
                 seq = d._seq + ahead
                 due = self.deadline(d._tc + ahead * d._dt) - self.MARGIN_NS
                 if seq in self._held:
-                    return []  # a duplicate
+                    return out  # a duplicate
                 if due > now_ns:
                     self._held[seq] = (cf, due, tag)
                     self.held += 1
-                    return []
-        out = [self._decode(cf, tag)]
+                    return out
+        out.append(self._decode(cf, tag))
         self._release(out)
         return out
 
