@@ -34,11 +34,36 @@ MODELS_PER_ENCODER = len(VIEW_NAMES) + 1
 """Sessions an encoder runs per frame: one per view and the fusion."""
 
 
+def input_key(input_size: int, resolution: int) -> str:
+    return f"input:{input_size}>{resolution}"
+
+
+def stem_key(resolution: int, channels: int) -> str:
+    return f"stem:r{resolution}_c{channels}"
+
+
+def block_key(op: str, kernel: int, stride: int, expansion: int, cin: int, cout: int, hw: int) -> str:
+    """One layer (``op`` a block op of :mod:`encoder.arch`; ``hw`` the side of its input)."""
+    return f"block:{op}_k{kernel}_s{stride}_e{expansion}_i{cin}_o{cout}_hw{hw}"
+
+
+def head_key(cin: int, cout: int, hw: int) -> str:
+    return f"head:i{cin}_o{cout}_hw{hw}"
+
+
+def out_key(pool: str, channels: int, hw: int, feature_dim: int, gaze: bool, keypoints: int) -> str:
+    return f"out:{pool}_c{channels}_hw{hw}_f{feature_dim}_g{int(gaze)}_k{keypoints}"
+
+
+def fusion_key(in_dim: int, hidden: tuple[int, ...], latent_dim: int) -> str:
+    return "fusion:" + "_".join(str(d) for d in (in_dim, *hidden, latent_dim))
+
+
 def view_entries(view: ViewArch, input_size: int, feature_dim: int, num_keypoints: int) -> list[str]:
     """The LUT keys of one per-view encoder, in order."""
-    out = [f"input:{input_size}>{view.resolution}"]
+    out = [input_key(input_size, view.resolution)]
     hw = (view.resolution + 1) // 2
-    out.append(f"stem:r{view.resolution}_c{view.stem}")
+    out.append(stem_key(view.resolution, view.stem))
     c = view.stem
     for b in view.decoded():
         for r in range(b.repeats):
@@ -46,17 +71,17 @@ def view_entries(view: ViewArch, input_size: int, feature_dim: int, num_keypoint
                 continue
             s = b.stride if r == 0 else 1
             e = b.expansion if b.op in ("fmb", "mb") else 1
-            out.append(f"block:{b.op}_k{b.kernel}_s{s}_e{e}_i{c}_o{b.channels}_hw{hw}")
+            out.append(block_key(b.op, b.kernel, s, e, c, b.channels, hw))
             c, hw = b.channels, (hw + s - 1) // s
     if view.head:
-        out.append(f"head:i{c}_o{view.head}_hw{hw}")
+        out.append(head_key(c, view.head, hw))
         c = view.head
-    out.append(f"out:{view.pool}_c{c}_hw{hw}_f{feature_dim}_g{int(view.gaze)}_k{num_keypoints if view.keypoints else 0}")
+    out.append(out_key(view.pool, c, hw, feature_dim, view.gaze, num_keypoints if view.keypoints else 0))
     return out
 
 
 def fusion_entry(arch: EncoderArch) -> str:
-    return "fusion:" + "_".join(str(d) for d in (3 * arch.feature_dim, *arch.fusion_hidden, arch.latent_dim))
+    return fusion_key(3 * arch.feature_dim, arch.fusion_hidden, arch.latent_dim)
 
 
 def arch_entries(arch: EncoderArch) -> dict[str, list[str]]:

@@ -31,15 +31,16 @@ MAX_LAYERS = 3
 """Layers per stage."""
 
 
+OPERATOR_BLOCKS: dict[str, tuple[str, int]] = {"conv": ("conv", 1), "fmb4": ("fmb", 4), "mb3": ("mb", 3), "mb6": ("mb", 6)}
+"""Operator -> (block op of :mod:`encoder.arch`, expansion)."""
+
+
 def block_string(op: str, kernel: int, stride: int, channels: int) -> str:
     """One layer as a block string of :mod:`encoder.arch`."""
-    if op == "conv":
-        return f"conv_k{kernel}_s{stride}_c{channels}"
-    if op == "fmb4":
-        return f"fmb_k{kernel}_s{stride}_e4_c{channels}"
-    if op in ("mb3", "mb6"):
-        return f"mb_k{kernel}_s{stride}_e{op[2]}_c{channels}"
-    raise ValueError(f"unknown operator {op!r}; expected one of {OPERATORS}")
+    if op not in OPERATOR_BLOCKS:
+        raise ValueError(f"unknown operator {op!r}; expected one of {OPERATORS}")
+    name, e = OPERATOR_BLOCKS[op]
+    return f"{name}_k{kernel}_s{stride}" + (f"_e{e}" if name != "conv" else "") + f"_c{channels}"
 
 
 @dataclass

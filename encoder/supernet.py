@@ -24,7 +24,8 @@ from torch.nn import functional as F
 
 from .arch import VIEW_NAMES, BlockSpec
 from .model import PIXEL_MEAN, PIXEL_STD, conv_bn_act, make_block
-from .search_space import MAX_LAYERS, Choice, SearchSpace, ViewChoice, block_string
+from .lut import block_key, fusion_key, head_key, input_key, out_key, stem_key
+from .search_space import MAX_LAYERS, OPERATOR_BLOCKS, Choice, SearchSpace, ViewChoice
 
 SKIP = "skip"
 
@@ -54,7 +55,7 @@ def width_mask(weights: torch.Tensor, widths: tuple[int, ...], max_width: int) -
 
 
 def _op_module(op: str, k: int, cin: int, cout: int, stride: int) -> nn.Module:
-    name, e = {"conv": ("conv", 1), "fmb4": ("fmb", 4), "mb3": ("mb", 3), "mb6": ("mb", 6)}[op]
+    name, e = OPERATOR_BLOCKS[op]
     return make_block(BlockSpec(name, kernel=k, stride=stride, expansion=e, channels=cout), cin, stride)[0]
 
 
@@ -92,7 +93,6 @@ class SuperView(nn.Module):
             layers.append(nn.ModuleList(row))
             cin = self.stage_max[s]
         self.layers = nn.ModuleList(layers)
-        self.last = cin
         self.max_head = max(max(space.head_widths), cin)
         self.head = conv_bn_act(cin, self.max_head, 1, 1)
         self.mean_fc = nn.Linear(self.max_head, feature_dim)
@@ -123,12 +123,9 @@ class SuperView(nn.Module):
         for s, row in enumerate(self.layers):
             m = width_mask(w["width"][s], sp.stage_widths[s], self.stage_max[s])
             for layer, sl in enumerate(row):
-                y = sl(x, w["op"][s][layer])
-                if y.shape[1] == m.shape[1]:
-                    y = y * m
-                x = y
+                x = sl(x, w["op"][s][layer]) * m  # every candidate outputs the stage's largest width
         hw_ = w["head"]  # weights over space.head_widths (0 = no head: the last stage's output, zero-padded)
-        h = self.head(x) * width_mask(hw_, tuple(c if c else 0 for c in sp.head_widths), self.max_head)
+        h = self.head(x) * width_mask(hw_, sp.head_widths, self.max_head)
         if 0 in sp.head_widths:
             pad = F.pad(x, (0, 0, 0, 0, 0, self.max_head - x.shape[1]))
             h = h + hw_[sp.head_widths.index(0)] * pad
@@ -276,10 +273,10 @@ class SuperNet(nn.Module):
             wv = None if weights is None else weights["views"][v]
             prob = lambda logits, sampled: F.softmax(logits, -1) if wv is None else sampled  # noqa: E731
             r = resolutions[v]
-            total = total + lat(f"input:{sp.input_size}>{r}") + ov
+            total = total + lat(input_key(sp.input_size, r)) + ov
             ps = prob(lg.stem, None if wv is None else wv["stem"])
             hw = (r + 1) // 2
-            total = total + sum(ps[i] * lat(f"stem:r{r}_c{c}") for i, c in enumerate(sp.stem_widths))
+            total = total + sum(ps[i] * lat(stem_key(r, c)) for i, c in enumerate(sp.stem_widths))
             cin = sp.stem_widths[int(ps.argmax())]
             for s, stride in enumerate(sp.stage_strides):
                 pw = prob(lg.width[s], None if wv is None else wv["width"][s])
@@ -292,7 +289,8 @@ class SuperNet(nn.Module):
                         if op == SKIP:
                             continue
                         for i, w in enumerate(sp.stage_widths[s]):
-                            key = "block:" + _entry_of(op, k, st, cin if layer == 0 else w, w, hw)
+                            name, e = OPERATOR_BLOCKS[op]
+                            key = block_key(name, k, st, e, cin if layer == 0 else w, w, hw)
                             total = total + po[j] * pw[i] * lat(key)
                     if layer == 0:
                         hw, cin = (hw + st - 1) // st, wmax
@@ -300,20 +298,13 @@ class SuperNet(nn.Module):
             pp = prob(lg.pool, None if wv is None else wv["pool"])
             for i, c in enumerate(sp.head_widths):
                 if c:
-                    total = total + ph[i] * lat(f"head:i{cin}_o{c}_hw{hw}")
+                    total = total + ph[i] * lat(head_key(cin, c, hw))
                 cout = c or cin
                 for j, pool in enumerate(sp.pools):
-                    key = f"out:{pool}_c{cout}_hw{hw}_f{sp.feature_dim}_g{int(v != 'mouth')}_k{self.num_keypoints}"
+                    key = out_key(pool, cout, hw, sp.feature_dim, v != "mouth", self.num_keypoints)
                     total = total + ph[i] * pp[j] * lat(key)
         pf = F.softmax(self.fusion_logits, -1) if weights is None else weights["fusion"]
-        total = total + sum(pf[i] * (lat(f"fusion:{3 * sp.feature_dim}_{f}_{self.latent_dim}") + ov)
+        total = total + sum(pf[i] * (lat(fusion_key(3 * sp.feature_dim, (f,), self.latent_dim)) + ov)
                             for i, f in enumerate(sp.fusion_widths))
         return total
 
-
-def _entry_of(op: str, k: int, stride: int, cin: int, cout: int, hw: int) -> str:
-    """The latency-table key of one layer (as :func:`encoder.lut.view_entries` writes it)."""
-    b = block_string(op, k, stride, cout)
-    name = b.split("_")[0]
-    e = int(b.split("_e")[1].split("_")[0]) if "_e" in b else 1
-    return f"{name}_k{k}_s{stride}_e{e}_i{cin}_o{cout}_hw{hw}"
