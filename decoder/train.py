@@ -109,12 +109,18 @@ def batch_tensors(data: dict, pose_idx: np.ndarray, view_idx: np.ndarray):
 
 def vae_losses(model, batch, coverage, tcfg: TrainConfig, sample: bool = True) -> dict:
     """All loss terms (tensors) for one batch; ``total`` is their weighted sum."""
+    verts, enc, view = batch[:3]
+    pv, pt, mu, log_std = model(verts, enc, view, sample=sample)
+    return _reconstruction_losses(pv, pt, mu, log_std, batch, coverage, tcfg)
+
+
+def _reconstruction_losses(pv, pt, mu, log_std, batch, coverage, tcfg: TrainConfig) -> dict:
+    """The loss terms of decoded vertices ``pv`` and texture ``pt`` from codes of posterior (``mu``, ``log_std``)."""
     from torch.nn import functional as F
 
     from .model import kl_divergence
 
     verts, enc, view, tex, img, uv, mask = batch
-    pv, pt, mu, log_std = model(verts, enc, view, sample=sample)
     geo = (pv - verts).abs().mean()
     texl = ((pt - tex).abs() * coverage).sum() / (coverage.sum() * 3 * len(pt))
     seen = F.grid_sample(pt, uv * 2 - 1, mode="bilinear", padding_mode="border", align_corners=False)
@@ -150,22 +156,23 @@ def _teacher(model_dir: str, model, dcfg: DecoderConfig):
     return teacher, projector
 
 
-def _add_distillation(losses: dict, model, teacher, projector, batch, tcfg: TrainConfig) -> dict:
-    """``losses`` plus ``distill_kl`` and ``distill_feature`` (weighted into ``total``) on the batch's codes."""
+def _distillation_losses(model, teacher, projector, batch, coverage, tcfg: TrainConfig) -> dict:
+    """:func:`vae_losses` of a student (its frozen encoder's means as codes) plus ``distill_kl`` and
+    ``distill_feature`` against the teacher, weighted into ``total``; the student decodes each batch once."""
     import torch
 
     from .distill import distillation_losses
 
-    verts, enc, view = batch[0], batch[1], batch[2]
+    verts, enc, view = batch[:3]
     with torch.no_grad():
-        z, _ = model.encoder(verts, enc)  # the frozen encoder's means: the latent space both decode
-        t_out = teacher(z, view, features=True)
-    d = distillation_losses(t_out, model.decoder(z, view, features=True),
-                            projector if tcfg.distill_feature_weight > 0 else None,
+        mu, log_std = model.encoder(verts, enc)  # frozen: the latent space both decode
+        t_out = teacher(mu, view, features=True)
+    s_out = model.decoder(mu, view, features=True)
+    out = _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)
+    d = distillation_losses(t_out, s_out, projector if tcfg.distill_feature_weight > 0 else None,
                             temperature=tcfg.distill_temperature, geometry_spread=tcfg.distill_geometry_spread)
-    out = dict(losses)
     out["distill_kl"] = d["kl"]
-    out["total"] = losses["total"] + tcfg.distill_kl_weight * d["kl"]
+    out["total"] = out["total"] + tcfg.distill_kl_weight * d["kl"]
     if "feature" in d:
         out["distill_feature"] = d["feature"]
         out["total"] = out["total"] + tcfg.distill_feature_weight * d["feature"]
@@ -258,9 +265,10 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         pi = rng.integers(0, N, tcfg.batch_size)
         vi = rng.integers(0, K, tcfg.batch_size)
         batch = batch_tensors(data, pi, vi)
-        losses = vae_losses(model, batch, coverage, tcfg, sample=frozen is None)
         if teacher is not None:
-            losses = _add_distillation(losses, model, teacher, projector, batch, tcfg)
+            losses = _distillation_losses(model, teacher, projector, batch, coverage, tcfg)
+        else:
+            losses = vae_losses(model, batch, coverage, tcfg, sample=frozen is None)
         opt.zero_grad(set_to_none=True)
         losses["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
