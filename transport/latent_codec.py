@@ -589,10 +589,14 @@ class ReorderingDecoder:
         self._release(out)
         return out
 
+    def next_due_ns(self) -> int | None:
+        """When the first held frame must be decided (None: nothing waits)."""
+        return min((due for _, due, _ in self._held.values()), default=None)
+
     def expire(self, now_ns: int) -> list[tuple[Any, FrameMessage | Exception, int]]:
         """Decode (across the gap, or fail) the held frames whose deadline came, oldest sequence first."""
         out: list = []
-        while self._held and min(due for _, due, _ in self._held.values()) <= now_ns:
+        while self._held and self.next_due_ns() <= now_ns:
             cf, _, tag = self._held.pop(min(self._held))
             out.append(self._decode(cf, tag))
             self._release(out)

@@ -682,15 +682,14 @@ class FrameSubscriber(SocketOwner):
 
     def next_held_ns(self) -> int | None:
         """When the next coded frame waiting for its reference must be decided (None: none waits)."""
-        dues = [due for dec in self._decoders.values() for _, due, _ in dec._held.values()]
-        return min(dues) if dues else None
+        dues = [d for d in (dec.next_due_ns() for dec in self._decoders.values()) if d is not None]
+        return min(dues, default=None)
 
     def _expired(self, now_ns: int) -> list[FrameMessage]:
         """Held coded frames whose wait ran out, decoded (across the gap) or counted."""
         out: list[FrameMessage] = []
         for dec in list(self._decoders.values()):
-            if dec._held:
-                out += self._coded_results(None, dec.expire(now_ns), now_ns)
+            out += self._coded_results(None, dec.expire(now_ns), now_ns)
         return out
 
     def _take_multipart_rest(self, first: bytes, now_ns: int) -> None:
