@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.cache import load_keyed_npz, save_keyed_npz
+
 from .config import DecoderConfig, TrainConfig
 
 MAX_VIEW_YAW = np.radians(60.0)
@@ -143,13 +145,9 @@ def load_or_build(path: Path, identity: str, n: int, seed: int, dcfg: DecoderCon
     """Load the cache at ``path`` if it matches (identity, n, seed, sizes), else build and save it."""
     path = Path(path)
     key = f"{identity}|{n}|{seed}|{tcfg.views_per_pose}|{tcfg.image_size}|{dcfg.texture_size}|{dcfg.encoder_texture_size}"
-    if path.exists():
-        with np.load(path) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
+    cached = load_keyed_npz(path, key)
+    if cached is not None:
+        return cached
     data = build_dataset(identity, n, seed, dcfg, tcfg, workers=max(1, tcfg.threads))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, key=np.array(key), **data)
-    tmp.replace(path)
+    save_keyed_npz(path, key, data)
     return data

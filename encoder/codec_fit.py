@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.cache import load_keyed_npz, save_keyed_npz
 from avcore.progress import progress as progress_bar
 from transport.latent_codec import GAZE_ELEMENTS, PREDICTORS, CodecTables
 
@@ -98,10 +99,9 @@ def training_codes(model_dir: str | Path, cfg: CodecFitConfig, *, progress: bool
     model_dir = Path(model_dir)
     key = repr((str(model_dir.resolve()), cfg.identity, cfg.sessions, cfg.seconds, cfg.fps, cfg.seed,
                 (model_dir / "fusion.onnx").stat().st_size))
-    if cache is not None and cache.exists():
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
+    cached = load_keyed_npz(cache, key)
+    if cached is not None:
+        return cached
     enc = HmcEncoder(model_dir)
     zs, gs, ss, fs = [], [], [], []
     for s, _seed, perf, idx in progress_bar(performance_frames(cfg), desc=f"training codes {cfg.identity}", unit="session",
@@ -118,10 +118,7 @@ def training_codes(model_dir: str | Path, cfg: CodecFitConfig, *, progress: bool
     out = {"z": np.stack(zs).astype(np.float32), "gaze": np.stack(gs).astype(np.float32),
            "session": np.asarray(ss, np.int32), "frame": np.asarray(fs, np.int32)}
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), **out)
-        tmp.replace(cache)
+        save_keyed_npz(cache, key, out)
     return out
 
 
@@ -299,17 +296,13 @@ def fit_statistics(model_dir: str | Path, cfg: CodecFitConfig, *, avatar_dir=Non
     x = np.concatenate([codes["z"], codes["gaze"].reshape(len(codes["gaze"]), -1)], 1).astype(np.float64)
     w_cache = None if cache_dir is None else Path(cache_dir) / f"sensitivity_{cfg.identity}.npz"
     key = repr((cfg.sensitivity_codes, cfg.size, str(avatar_dir), x.shape, float(x.sum())))
-    w = None
-    if w_cache is not None and w_cache.exists():
-        with np.load(w_cache) as f:
-            if str(f["key"]) == key:
-                w = f["w"]
+    cached = load_keyed_npz(w_cache, key)
+    w = None if cached is None else cached["w"]
     if w is None:
         w = decoder_sensitivity(avatar_dir, x, D, identity=cfg.identity, codes=cfg.sensitivity_codes, size=cfg.size,
                                 progress=progress)
         if w_cache is not None:
-            w_cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(w_cache, key=np.array(key), w=w)
+            save_keyed_npz(w_cache, key, {"w": w})
     assert len(w) == D + GAZE_ELEMENTS
     return {"z": codes["z"], "gaze": codes["gaze"], "starts": sequence_breaks(codes["session"], codes["frame"]),
             "w": w, "var": x.var(0)}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.cache import load_keyed_npz, save_keyed_npz
 from avcore.progress import progress as progress_bar
 
 
@@ -20,10 +21,9 @@ def heldout_codes(identity: str, sessions: tuple[int, ...], clip_s: float, fps: 
     embedded encoder's codes as float16 values (what the wire carries), ``session`` and ``frame`` (N,).
     Cached in ``codes_cache`` (the rendered sequences in ``sequence_cache``)."""
     key = repr((identity, tuple(sessions), clip_s, fps))
-    if codes_cache.is_file():
-        with np.load(codes_cache) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
+    cached = load_keyed_npz(codes_cache, key)
+    if cached is not None:
+        return cached
     import torch
 
     from decoder.export import load_vae
@@ -44,8 +44,5 @@ def heldout_codes(identity: str, sessions: tuple[int, ...], clip_s: float, fps: 
         g[i] = np.asarray(r.gaze, np.float32).reshape(2, 2).astype(np.float16)
     out = {"z": z, "g": g, "z_gt": seq["z_gt"].astype(np.float32), "gaze": seq["gaze"].astype(np.float32),
            "session": seq["session"], "frame": seq["frame"]}
-    codes_cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = codes_cache.with_name(codes_cache.stem + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), **out)
-    tmp.replace(codes_cache)
+    save_keyed_npz(codes_cache, key, out)
     return out

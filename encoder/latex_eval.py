@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.cache import load_keyed_npz, save_keyed_npz
 from avcore.progress import progress as progress_bar
 
 from .latex import (LatexConfig, LatexEncoder, apply_schedule, blind_schedule, gate_distances, gate_schedule,
@@ -55,10 +56,9 @@ def build_sequences(cfg: LatexEvalConfig, vae, *, progress: bool = True, cache: 
     from .codec import attach_codes
 
     key = repr(sorted(vars(cfg).items()))
-    if cache is not None and cache.exists():
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                return {k: z[k] for k in z.files if k != "key"}
+    cached = load_keyed_npz(cache, key)
+    if cached is not None:
+        return cached
     dcfg = HmcDataConfig(identity=cfg.identity, fps=cfg.fps)
     parts = []
     for k, s in enumerate(progress_bar(cfg.sessions, desc=f"held-out sequences {cfg.identity}", unit="session",
@@ -69,10 +69,7 @@ def build_sequences(cfg: LatexEvalConfig, vae, *, progress: bool = True, cache: 
     attach_codes(data, vae)
     del data["vertices"], data["enc_texture"]
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, key=np.array(key), **data)
-        tmp.replace(cache)
+        save_keyed_npz(cache, key, data)
     return data
 
 
