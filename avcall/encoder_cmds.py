@@ -12,7 +12,7 @@ import json
 
 from runtime.telemetry import json_safe
 
-from .args import HelpFormatter, command_line, positive_int
+from .args import HelpFormatter, command_line, positive_float, positive_int
 
 TRAIN_EPILOG = """\
 examples:
@@ -55,6 +55,10 @@ def add_train(sub) -> None:
     p.add_argument("--out", default=None, help="run directory (default runs/encoder/IDENTITY/ARCH[-noRW])")
     p.add_argument("--data", default=None, help="HMC data cache .npz (default runs/encoder/data_IDENTITY.npz)")
     p.add_argument("--decoder-dir", default=None, help="trained decoder directory (default decoder/models/IDENTITY)")
+    p.add_argument("--rom", action="store_true",
+                   help="train and test on the range-of-motion dataset (16 sessions, 35%% extreme segments, half of "
+                   "them fast, 20%% asymmetric expressions; cached in runs/encoder/rom_IDENTITY.npz): what Table 1 "
+                   "and the embedded encoders use")
     p.add_argument("--train-sessions", type=int, default=8,
                    help="headset sessions rendered for training, 16 s each (other values need their own --data)")
     p.add_argument("--train-extreme-probability", type=float, default=None, metavar="P",
@@ -103,6 +107,32 @@ def add_eval(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (progress still goes to stderr)")
     p.set_defaults(func=_eval)
 
+    r = sub.add_parser(
+        "robustness",
+        help="encoder MSE on held-out performances of a new user (fast extremes, asymmetric expressions) vs the test split",
+        description="Render performances in headset sessions and with seeds no dataset uses -- frequent fast extreme "
+        "expressions, and asymmetric ones (one side of the face only) -- run the exported encoder on them and compare "
+        "their rendered MSE (whole frame and face pixels) with the range-of-motion test split's: the ratio shows how "
+        "far the test split overstates quality for real users (aim: <= 1.3). Renders are cached under runs/encoder.",
+        epilog="examples:\n  avcall eval robustness --identity S1\n"
+               "  avcall eval robustness --identity S1 --model-dir runs/encoder/S1/AVE-S --json --out-dir docs/results\n",
+        formatter_class=HelpFormatter)
+    r.add_argument("--identity", default="S1", help="studio identity (default: %(default)s)")
+    r.add_argument("--model-dir", action="append", default=None, metavar="DIR",
+                   help="exported encoder; repeat for several (default: the embedded one)")
+    r.add_argument("--decoder-dir", default=None, help="trained decoder of the identity (default decoder/models/IDENTITY)")
+    r.add_argument("--conditions", default="frequent-fast,asymmetric", help="comma-separated (default: %(default)s)")
+    r.add_argument("--seconds", type=positive_float, default=12.0,
+                   help="length of each held-out performance, one per session, 3 sessions (default: %(default)s)")
+    r.add_argument("--frames", type=positive_int, default=240, help="frames evaluated per set, evenly spaced "
+                   "(default: %(default)s)")
+    r.add_argument("--size", type=positive_int, default=256, help="render size in pixels (default: %(default)s)")
+    r.add_argument("--workers", type=positive_int, default=2, help="processes rendering the range-of-motion data on "
+                   "first use (default: %(default)s)")
+    r.add_argument("--out-dir", default="", metavar="DIR", help="write robustness.{json,md} here (default: print only)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=_robustness)
+
     t = sub.add_parser(
         "table",
         help="the Auto-CARD Table 1: MFLOPs, latency and rendered MSE per model and identity",
@@ -119,6 +149,15 @@ def add_eval(sub) -> None:
     t.add_argument("--data-dir", default=None, metavar="DIR",
                    help="each identity's test data, DIR/test_IDENTITY.npz or DIR/data_IDENTITY.npz (default: the shared "
                    "caches under runs/encoder, rendered on first use)")
+    t.add_argument("--rom", action="store_true",
+                   help="evaluate on the range-of-motion dataset's test split (runs/encoder/rom_IDENTITY.npz: fast "
+                   "extremes and asymmetric expressions), the one Table 1 uses")
+    t.add_argument("--seeds", default="", metavar="K,K",
+                   help="runs are RUNS/seedK/IDENTITY/MODEL, one per training seed; cells are the mean over the seeds "
+                   "found, with their std (default: RUNS/IDENTITY/MODEL, else the embedded model)")
+    t.add_argument("--lut", default="runs/ave/lut_1thread.json", metavar="PATH",
+                   help="latency table for the LUT-predicted ms column (entries missing from it are measured); "
+                   "'' for none (default: %(default)s)")
     t.add_argument("--frames", type=positive_int, default=240, help="test frames per identity, >= 1")
     t.add_argument("--size", type=int, default=256, help="render size in pixels")
     t.add_argument("--bench-runs", type=int, default=200, help="timed onnxruntime runs per model")
@@ -150,7 +189,16 @@ def _train(args: argparse.Namespace) -> int:
                               momentum=args.momentum, augment=not args.no_augment, threads=args.threads, seed=args.seed,
                               bf16=args.bf16)
     data_cfg = None
-    if args.train_sessions != 8 or args.train_extreme_probability is not None:
+    data_path = args.data
+    if args.rom:
+        from encoder.data import rom_data_config
+        from encoder.train import rom_data_path
+
+        if args.train_sessions != 8 or args.train_extreme_probability is not None:
+            raise ValueError("--rom is its own dataset: drop --train-sessions / --train-extreme-probability")
+        data_cfg = rom_data_config(args.identity)
+        data_path = args.data or rom_data_path(args.identity)
+    elif args.train_sessions != 8 or args.train_extreme_probability is not None:
         from encoder.data import HmcDataConfig
 
         if not args.data:
@@ -158,7 +206,7 @@ def _train(args: argparse.Namespace) -> int:
                              "own cache with --data FILE.npz")
         data_cfg = HmcDataConfig(identity=args.identity, train_sessions=tuple(range(args.train_sessions)),
                                  train_extreme_probability=args.train_extreme_probability)
-    r = run_training(args.identity, args.arch, out_dir=args.out, data_path=args.data, tcfg=tcfg, resume=not args.fresh,
+    r = run_training(args.identity, args.arch, out_dir=args.out, data_path=data_path, tcfg=tcfg, resume=not args.fresh,
                      workers=args.workers, decoder_dir=args.decoder_dir, data_cfg=data_cfg)
     summary = {"model_dir": str(r.model_dir), "steps": r.steps, "elapsed_s": round(r.elapsed_s, 1),
                "final_losses": r.final_losses, "test": r.meta.get("train", {}).get("test")}
@@ -198,10 +246,14 @@ def _eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(json_safe(r), allow_nan=False))
     else:
-        print(f"{d}: {r['frames']} test frames ({r['extreme_frames']} extreme)")
+        print(f"{d}: {r['frames']} test frames ({r['extreme_frames']} extreme, "
+              f"{r.get('asym_extreme_frames', r['extreme_frames'])} asymmetric or extreme)")
         print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())
               + ("; extreme " + (f"{r['mse_extreme']:.2f}" if r["mse_extreme"] is not None else "n/a"))
             + f"; gaze MAE {r['gaze_mae_deg']:.2f} deg")
+        if "mse_face_mean" in r:
+            print(f"  face pixels: MSE {r['mse_face_mean']:.2f}, asymmetric/extreme "
+                  + (f"{r['mse_face_asym_extreme']:.2f}" if r["mse_face_asym_extreme"] is not None else "n/a"))
         for name, a in r.get("attribution", {}).items():
             print(f"  {name.replace('_', ' ')}: rendered MSE mean {a['mse_mean']:.2f}, extreme "
                   f"{a['mse_extreme'] if a['mse_extreme'] is None else round(a['mse_extreme'], 2)}, not extreme "
@@ -209,14 +261,65 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _robustness(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avcore.errors import UsageError
+    from capture.identity import check_identity
+    from decoder.export import load_vae
+    from encoder.bench import machine_description
+    from encoder.robustness import CONDITIONS, evaluate_robustness, write_results
+    from encoder.runtime import default_model_dir
+    from encoder.train import RUNS_ROOT, load_rom_data
+
+    check_identity(args.identity)
+    conditions = [c for c in args.conditions.split(",") if c]
+    bad = [c for c in conditions if c not in CONDITIONS]
+    if bad or not conditions:
+        raise UsageError(f"--conditions: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(CONDITIONS)}")
+    dirs = [Path(d) for d in (args.model_dir or [default_model_dir(args.identity)])]
+    for d in dirs:
+        if not (d / "fusion.onnx").is_file():
+            raise UsageError(f"{d} holds no exported encoder (fusion.onnx missing)")
+    vae = load_vae(args.identity, args.decoder_dir)
+    _, test = load_rom_data(args.identity, workers=args.workers, splits=("test",))
+    results = [evaluate_robustness(d, args.identity, vae, test, conditions=conditions, frames=args.frames,
+                                   size=args.size, cache_dir=RUNS_ROOT, seconds=args.seconds) for d in dirs]
+    command = command_line("robustness", "avcall eval robustness " + f"--identity {args.identity} "
+                           + "".join(f"--model-dir {d} " for d in (args.model_dir or []))
+                           + (f"--conditions {args.conditions} " if args.conditions != "frequent-fast,asymmetric" else "")
+                           + (f"--out-dir {args.out_dir}" if args.out_dir else "")).strip()
+    if args.out_dir:
+        write_results(results, Path(args.out_dir), machine=machine_description(), command=command)
+    if args.json:
+        print(json.dumps(json_safe({"results": results, "command": command}), allow_nan=False))
+    else:
+        for r in results:
+            t = r["test"]
+            print(f"{r['model_dir']} ({args.identity}): test split face MSE {t['mse_face_mean']:.2f}, "
+                  f"whole frame {t['mse_mean']:.2f}")
+            for c, x in r["conditions"].items():
+                print(f"  {c}: face MSE {x['mse_face_mean']:.2f} ({x['ratio']['mse_face_mean']:.2f}x the test split; "
+                      f"hard frames {x['ratio']['mse_face_hard']:.2f}x), whole frame {x['mse_mean']:.2f} "
+                      f"({x['ratio']['mse_mean']:.2f}x)")
+    return 0
+
+
 def _table(args: argparse.Namespace) -> int:
     from encoder.table import build_table, render_markdown
 
+    from avcore.errors import UsageError
+
+    try:
+        seeds = tuple(int(k) for k in args.seeds.split(",") if k.strip()) or None
+    except ValueError:
+        raise UsageError(f"--seeds: comma-separated integers, got {args.seeds!r}") from None
     command = command_line("table", f"avcall eval table --identities {args.identities} --models {args.models} "
                                     f"--out {args.out}")
     t = build_table(args.identities.split(","), args.models.split(","), args.out, command=command, runs_root=args.runs,
                     max_frames=args.frames, render_size=args.size, bench_runs=args.bench_runs,
-                    decoders_root=args.decoders, data_dir=args.data_dir)
+                    decoders_root=args.decoders, data_dir=args.data_dir, seeds=seeds, rom=args.rom,
+                    lut_path=args.lut or None)
     print(render_markdown(t))
     return 0
 

@@ -12,6 +12,10 @@ examples:
   avcall search encoder --identity S1 --target-ms 5 --minutes 90 --out runs/search/S1-5ms
   avcall search encoder --identity S1 --target-ms 5 --out runs/search/S1-5ms      # again: resumes
   avcall search encoder --identity S1 --target-ms 5 --latency flops --out runs/search/S1-flops
+  # one weight warm-up shared by several targets:
+  avcall search encoder --identity S1 --target-ms 8 --warmup-frac 1 --minutes 30 --out runs/search/S1-warm
+  avcall search encoder --identity S1 --target-ms 5 --warmup-frac 0 --warm-start runs/search/S1-warm \
+      --minutes 25 --out runs/search/S1-5ms
 """
 
 LUT_EPILOG = """\
@@ -62,10 +66,17 @@ def register(sub) -> None:
                    help="cost model: the measured latency table or MFLOPs (ablation) (default: %(default)s)")
     e.add_argument("--table", default=str(DEFAULT_TABLE), metavar="PATH",
                    help="latency table cache (default: %(default)s)")
+    e.add_argument("--warmup-frac", type=non_negative_float, default=d.warmup_frac, metavar="F",
+                   help="share of the steps that train only the supernet weights (default: %(default)s; 1 = a "
+                        "warm-up run other searches start from with --warm-start)")
+    e.add_argument("--warm-start", default="", metavar="DIR",
+                   help="start from the supernet weights of the search in DIR (e.g. a --warmup-frac 1 run), so "
+                        "several targets share one weight warm-up")
     e.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
     e.add_argument("--seed", type=non_negative_int, default=d.seed, help="(default: %(default)s)")
     e.add_argument("--workers", type=positive_int, default=1, help="processes rendering the data on first use "
                    "(default: %(default)s)")
+    e.add_argument("--threads", type=positive_int, default=d.threads, help="torch intra-op threads (default: %(default)s)")
     e.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out and start over")
     e.set_defaults(func=_search)
     g = ss.add_parser(
@@ -98,16 +109,17 @@ def _search(args: argparse.Namespace) -> int:
     from decoder.export import load_vae
     from encoder.lut import LatencyTable
     from encoder.search import FlopTable, SearchConfig, run_search
-    from encoder.train import load_identity_data
+    from encoder.train import load_rom_data
 
     check_identity(args.identity)
     cfg = SearchConfig(identity=args.identity, name=args.name, target_ms=args.target_ms, lam=args.lam,
                        latency=args.latency, reweight=not args.no_reweight, shared=args.shared,
                        fixed_resolution=args.fixed_resolution, tau=args.tau, batch_size=args.batch_size,
-                       steps=args.steps, time_budget_s=args.minutes * 60, seed=args.seed)
+                       steps=args.steps, time_budget_s=args.minutes * 60, seed=args.seed,
+                       warmup_frac=args.warmup_frac, warm_start=args.warm_start, threads=args.threads)
     table = LatencyTable(args.table) if args.latency == "lut" else FlopTable()
     vae = load_vae(args.identity)
-    train, _ = load_identity_data(args.identity, workers=args.workers, progress=True)
+    train, _ = load_rom_data(args.identity, workers=args.workers, progress=True)
     r = run_search(args.out, cfg, data=train, vae=vae, table=table, resume=not args.fresh, progress=True)
     unit = "ms" if args.latency == "lut" else "MFLOPs"
     print(f"search {args.out}: {r.steps} steps in {r.elapsed_s / 60:.1f} min; {args.name}: predicted "

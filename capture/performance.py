@@ -5,13 +5,19 @@ A performance is a list of segments. Each segment is one of
 - ``smooth``: slow transitions between sparse random expressions,
 - ``speech``: speech-like jaw and lip motion at 3-6 Hz over a calm face,
 - ``extreme``: rare extreme expressions (one eye shut and the other wide
-  open, extreme gaze, maximal jaw) held briefly.
+  open, extreme gaze, maximal jaw) held briefly; a share of them are *fast*
+  (``fast_extreme_fraction``): several extremes in a row, each reached in
+  30-50 ms and held 0.1-0.3 s, as people really pull faces,
+- ``asymmetric``: one side of the face doing what the other does not (a wink,
+  one brow up, a one-sided smile or sneer-like squint, one side smiling while
+  the other brow frowns), between calm stretches (``asymmetric_probability``;
+  the default performance has none).
 
 Over every segment run sudden events: blinks (~150 ms) and gaze saccades
 (30-60 ms jumps between fixations). Segments are assigned to the train or
 test split by a hash of (seed, segment index), so every frame of a segment
 lands in the same split. Shapes: ``expression`` (N, E), ``gaze`` (N, 2, 2),
-``segment`` (N,), ``test`` (N,) bool, ``extreme`` (N,) bool, ``t`` (N,) s.
+``segment`` (N,), ``test`` (N,) bool, ``extreme`` (N,) bool, ``asymmetric`` (N,) bool, ``t`` (N,) s.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import numpy as np
 from .expression import INDEX as X
 from .expression import MAX_GAZE_PITCH, MAX_GAZE_YAW, NUM_EXPRESSIONS
 
-SEGMENT_KINDS = ("smooth", "speech", "extreme")
+SEGMENT_KINDS = ("smooth", "speech", "extreme", "asymmetric")
 
 
 @dataclass
@@ -35,6 +41,10 @@ class PerformanceConfig:
     """Chance that a segment is an extreme-expression segment."""
     speech_probability: float = 0.3
     """Chance that a segment is a speech segment."""
+    asymmetric_probability: float = 0.0
+    """Chance that a segment is an asymmetric-expression segment (one side of the face only)."""
+    fast_extreme_fraction: float = 0.0
+    """Share of the extreme segments that are fast: several extremes in a row with 30-50 ms onsets."""
     test_fraction: float = 0.2
     """Fraction of segments held out for testing."""
     blink_interval: tuple[float, float] = (1.5, 5.0)
@@ -53,6 +63,12 @@ class Performance:
     test: np.ndarray
     extreme: np.ndarray
     fps: float
+    asymmetric: np.ndarray | None = None
+    """(N,) bool: frames of asymmetric-expression segments (all False when the performance has none)."""
+
+    def __post_init__(self) -> None:
+        if self.asymmetric is None:
+            self.asymmetric = np.zeros(len(self.t), bool)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -106,6 +122,56 @@ def _extreme_expression(rng) -> np.ndarray:
     return e
 
 
+def _asymmetric_expression(rng) -> np.ndarray:
+    """One side of the face active, the other calm (or doing something else)."""
+    e = np.zeros(NUM_EXPRESSIONS)
+    side, other = ("left", "right") if rng.random() < 0.5 else ("right", "left")
+    kind = rng.integers(0, 5)
+    if kind == 0:  # wink
+        e[X[f"blink_{side}"]] = 1.0
+        e[X[f"squint_{side}"]] = rng.uniform(0.4, 1.0)
+        e[X[f"smile_{side}"]] = rng.uniform(0.0, 0.6)
+    elif kind == 1:  # one brow up
+        e[X[f"brow_raise_{side}"]] = rng.uniform(0.7, 1.0)
+        e[X[f"squint_{other}"]] = rng.uniform(0.0, 0.5)
+    elif kind == 2:  # one-sided smile
+        e[X[f"smile_{side}"]] = rng.uniform(0.7, 1.0)
+        e[X[f"squint_{side}"]] = rng.uniform(0.2, 0.8)
+        e[X["jaw_open"]] = rng.uniform(0.0, 0.4)
+    elif kind == 3:  # squint and smile on one side, the other brow raised
+        e[X[f"squint_{side}"]] = rng.uniform(0.7, 1.0)
+        e[X[f"smile_{side}"]] = rng.uniform(0.5, 1.0)
+        e[X[f"brow_raise_{other}"]] = rng.uniform(0.6, 1.0)
+    else:  # half-closed eye on one side, lopsided mouth
+        e[X[f"blink_{side}"]] = rng.uniform(0.5, 0.8)
+        e[X[f"smile_{other}"]] = rng.uniform(0.6, 1.0)
+        e[X["lip_pucker"]] = rng.uniform(0.0, 0.5)
+    return e
+
+
+def _bursts(rng, prev: np.ndarray, m: int, fps: float, targets, onset: tuple[float, float],
+            hold: tuple[float, float]) -> np.ndarray:
+    """A track of ``m`` frames jumping from ``prev`` through ``targets()`` in turn: each reached in ``onset`` s,
+    held ``hold`` s, sometimes with a brief return towards neutral between them."""
+    track = np.zeros((m, NUM_EXPRESSIONS))
+    i, cur = 0, prev
+    while i < m:
+        target = targets()
+        on = max(1, int(round(rng.uniform(*onset) * fps)))
+        hd = max(1, int(round(rng.uniform(*hold) * fps)))
+        w = _ease(np.arange(1, on + 1) / on)[:, None]
+        seg = np.concatenate([cur * (1 - w) + target * w, np.repeat(target[None], hd, 0)])
+        if rng.random() < 0.3:  # back towards neutral for a moment
+            back = max(1, int(round(rng.uniform(*onset) * fps)))
+            wb = _ease(np.arange(1, back + 1) / back)[:, None] * 0.8
+            seg = np.concatenate([seg, target * (1 - wb)])
+        n = min(len(seg), m - i)
+        track[i:i + n] = seg[:n]
+        cur = track[i + n - 1]
+        i += n
+    return track
+
+
 def generate_performance(seed: int, seconds: float, cfg: PerformanceConfig | None = None) -> Performance:
     """A deterministic performance of ``seconds`` at ``cfg.fps``."""
     cfg = cfg or PerformanceConfig()
@@ -118,8 +184,9 @@ def generate_performance(seed: int, seconds: float, cfg: PerformanceConfig | Non
     t = np.arange(n) / cfg.fps
     expr = np.zeros((n, NUM_EXPRESSIONS))
     segment = np.zeros(n, np.int32)
-    kinds = np.empty(n, dtype="<U7")
+    kinds = np.empty(n, dtype="<U10")
     extreme = np.zeros(n, bool)
+    asymmetric = np.zeros(n, bool)
 
     # Segments and their expression tracks.
     start, seg, prev = 0, 0, np.zeros(NUM_EXPRESSIONS)
@@ -128,6 +195,9 @@ def generate_performance(seed: int, seconds: float, cfg: PerformanceConfig | Non
         end = min(n, start + max(dur, 2))
         u = rng.random()
         kind = "extreme" if u < cfg.extreme_probability else ("speech" if u < cfg.extreme_probability + cfg.speech_probability else "smooth")
+        if kind != "extreme" and cfg.asymmetric_probability > 0 and rng.random() < cfg.asymmetric_probability:
+            kind = "asymmetric"  # drawn apart, so performances without it keep their random stream
+        fast = kind == "extreme" and cfg.fast_extreme_fraction > 0 and rng.random() < cfg.fast_extreme_fraction
         m = end - start
         tt = np.arange(m) / cfg.fps
         if kind == "smooth":
@@ -149,6 +219,14 @@ def generate_performance(seed: int, seconds: float, cfg: PerformanceConfig | Non
             track = prev * (1 - _ease(tt / 0.2))[:, None] + track * _ease(tt / 0.2)[:, None]
             track[:, X["jaw_open"]] = np.maximum(track[:, X["jaw_open"]], jaw * ramp[:, 0])
             track[:, X["lip_pucker"]] += 0.25 * np.clip(np.sin(np.pi * f1 * 0.5 * tt), 0, 1) * ramp[:, 0]
+        elif kind == "asymmetric":
+            track = _bursts(rng, prev, m, cfg.fps, lambda: _asymmetric_expression(rng), onset=(0.08, 0.25), hold=(0.3, 1.0))
+            asymmetric[start:end] = True
+        elif fast:
+            track = _bursts(rng, prev, m, cfg.fps,
+                            lambda: _extreme_expression(rng) if rng.random() < 0.6 else _asymmetric_expression(rng),
+                            onset=(0.03, 0.05), hold=(0.1, 0.3))
+            extreme[start:end] = True
         else:
             target = _extreme_expression(rng)
             w = _ease(tt / 0.12)[:, None] * _ease((tt[-1] - tt) / 0.12 + 0.5)[:, None]
@@ -211,4 +289,5 @@ def generate_performance(seed: int, seconds: float, cfg: PerformanceConfig | Non
         test=test_seg[segment],
         extreme=extreme,
         fps=float(cfg.fps),
+        asymmetric=asymmetric,
     )

@@ -16,7 +16,7 @@ Arrays of a cache (N frames; S = HMC view size, R = render-loss size, t = VAE te
 - ``image`` (N, R, R, 3) uint8: the studio render from that direction
 - ``uv_map`` (N, R, R, 3) float16: (u, v, face) of the true mesh from that direction
 - ``coverage`` (R, R) bool: texels covered by the mesh
-- ``test``, ``extreme`` (N,) bool; ``session`` (N,) int32; ``frame`` (N,) int32
+- ``test``, ``extreme``, ``asymmetric`` (N,) bool; ``session`` (N,) int32; ``frame`` (N,) int32
 """
 from __future__ import annotations
 
@@ -42,6 +42,15 @@ class HmcDataConfig:
     train_extreme_probability: float | None = None
     """Chance that a training segment is extreme (None = the studio's 0.12). A range-of-motion style
     capture (more extremes in training) is what lets encoders generalise to held-out extremes."""
+    asymmetric_probability: float | None = None
+    """Chance that a performance segment (training and held-out) is an asymmetric expression, one side of the
+    face only (None = the studio's 0: none)."""
+    fast_extreme_fraction: float | None = None
+    """Share of the extreme segments (training and held-out) that are fast bursts of extremes with 30-50 ms
+    onsets (None = the studio's 0)."""
+    test_frames: str | None = None
+    """Which frames of the held-out sessions form the test set: their held-out segments (None, "test") or every
+    frame ("all": more test frames, so every kind of segment is in it)."""
     test_extreme_probability: float = 0.35
     """Chance that a held-out performance segment is extreme (training keeps the studio's rare 0.12),
     so the extreme subset of the test set is large enough to measure."""
@@ -58,6 +67,24 @@ class HmcDataConfig:
         return repr(sorted((k, v) for k, v in asdict(self).items() if v is not None))
 
 
+ROM_TRAIN_SESSIONS = 16
+ROM_EXTREME_PROBABILITY = 0.35
+ROM_ASYMMETRIC_PROBABILITY = 0.2
+ROM_FAST_EXTREME_FRACTION = 0.5
+
+
+def rom_data_config(identity: str, **overrides) -> HmcDataConfig:
+    """The range-of-motion dataset: 16 training sessions, 35% extreme segments (half of them fast bursts) and 20%
+    asymmetric-expression segments, in training and in the held-out test sessions; the test set is every frame of
+    two held-out 60 s sessions. Table 1, the AVE-NAS search and the embedded encoders are trained and evaluated
+    on it."""
+    return HmcDataConfig(identity=identity, train_sessions=tuple(range(ROM_TRAIN_SESSIONS)),
+                         train_extreme_probability=ROM_EXTREME_PROBABILITY,
+                         asymmetric_probability=ROM_ASYMMETRIC_PROBABILITY,
+                         fast_extreme_fraction=ROM_FAST_EXTREME_FRACTION, test_frames="all",
+                         test_seconds_per_session=60.0, **overrides)
+
+
 _DOME = ("front", "left", "right")
 
 
@@ -65,24 +92,40 @@ def _to_u8(x):
     return np.clip(np.rint(np.asarray(x) * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_session(identity: str, session: int, perf_seed: int, seconds: float, fps: float, split: str, cfg: HmcDataConfig,
-                   progress: bool = False, hmc_size: int = 192, extreme_probability: float | None = None) -> dict:
-    """Frames of ``split`` ("train"/"test") of one session's performance, with every target.
+def performance_config(cfg: HmcDataConfig, fps: float, split: str) -> "PerformanceConfig":
+    """The studio performance settings of ``split`` ("train", "test") of ``cfg``."""
+    from capture.performance import PerformanceConfig
 
+    pcfg = PerformanceConfig(fps=fps)
+    xp = cfg.test_extreme_probability if split == "test" else cfg.train_extreme_probability
+    if xp is not None:
+        pcfg.extreme_probability = xp
+    if cfg.asymmetric_probability is not None:
+        pcfg.asymmetric_probability = cfg.asymmetric_probability
+    if cfg.fast_extreme_fraction is not None:
+        pcfg.fast_extreme_fraction = cfg.fast_extreme_fraction
+    return pcfg
+
+
+def render_session(identity: str, session: int, perf_seed: int, seconds: float, fps: float, split: str, cfg: HmcDataConfig,
+                   progress: bool = False, hmc_size: int = 192, performance: "PerformanceConfig | None" = None,
+                   frames: str | None = None) -> dict:
+    """Frames of one session's performance rendered for ``split`` ("train"/"test"/"all"), with every target.
+
+    ``performance``: the performance settings (default :func:`performance_config` of ``cfg`` for ``split``);
+    ``frames``: which of the performance's frames ("train"/"test"/"all"; default ``split``);
     ``hmc_size`` other than 192 renders smaller HMC views (tests)."""
     import cv2
     from avcore.progress import progress as progress_bar
 
-    from capture.performance import PerformanceConfig, generate_performance
+    from capture.performance import generate_performance
     from capture.rig import HmcRigConfig, view_direction
     from capture.studio import Studio
     from decoder.data import make_rasterizer
 
-    pcfg = PerformanceConfig(fps=fps)
-    if extreme_probability is not None:
-        pcfg.extreme_probability = extreme_probability
+    pcfg = performance or performance_config(cfg, fps, split)
     perf = generate_performance(perf_seed, seconds, pcfg)
-    idx = perf.split(split)
+    idx = perf.split(frames or split)
     studio = Studio(identity, session=session, dome_size=2 * cfg.render_size, rig=HmcRigConfig(size=hmc_size))
     rast = make_rasterizer(studio, size=cfg.render_size)
     R, t = cfg.render_size, cfg.enc_texture_size
@@ -95,7 +138,7 @@ def render_session(identity: str, session: int, perf_seed: int, seconds: float, 
         "vertices": np.zeros((n, V, 3), np.float16), "enc_texture": np.zeros((n, t, t, 3), np.uint8),
         "view_direction": np.zeros((n, 3), np.float32), "texture": np.zeros((n, R, R, 3), np.uint8),
         "image": np.zeros((n, R, R, 3), np.uint8), "uv_map": np.zeros((n, R, R, 3), np.float16),
-        "test": perf.test[idx].copy(), "extreme": perf.extreme[idx].copy(),
+        "test": perf.test[idx].copy(), "extreme": perf.extreme[idx].copy(), "asymmetric": perf.asymmetric[idx].copy(),
         "session": np.full(n, session, np.int32), "frame": idx.astype(np.int32),
     }
     coverage = np.zeros((R, R), bool)
@@ -131,8 +174,8 @@ def _concat(parts: list[dict]) -> dict:
 def _job(args):
     identity, session, perf_seed, seconds, fps, split, cfg_dict = args
     cfg = HmcDataConfig(**cfg_dict)
-    xp = cfg.test_extreme_probability if split == "test" else cfg.train_extreme_probability
-    return render_session(identity, session, perf_seed, seconds, fps, split, cfg, extreme_probability=xp)
+    return render_session(identity, session, perf_seed, seconds, fps, split, cfg,
+                          frames=cfg.test_frames if split == "test" else None)
 
 
 def build_hmc_data(cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True, splits=("train", "test")) -> tuple[dict, dict]:

@@ -4,8 +4,11 @@ Rendered MSE (Auto-CARD Table 1): for each test frame, the avatar is decoded fro
 predicted code (and predicted gaze for the explicit eyes) and from the ground-truth
 code (the VAE mean of the true frame, with the true gaze), rasterised from the
 front, left and right dome views at ``size``² and compared: mean squared error over
-all pixels and channels, on the 0..255 scale. Predicted codes come from the exported
-ONNX models through :class:`encoder.runtime.HmcEncoder`, i.e. what the sender runs.
+all pixels and channels, on the 0..255 scale, and over the face pixels only (the
+ground-truth render's foreground, :func:`avcore.metrics.face_and_frame_mse`: most of a
+frame is black background). Subsets: the extreme-expression frames, and the *hard*
+frames (asymmetric or extreme). Predicted codes come from the exported ONNX models
+through :class:`encoder.runtime.HmcEncoder`, i.e. what the sender runs.
 """
 from __future__ import annotations
 
@@ -84,22 +87,50 @@ class AvatarRenders:
 
 
 def rendered_mse(identity: str, vae, z_pred: np.ndarray, gaze_pred: np.ndarray, z_gt: np.ndarray, gaze_gt: np.ndarray,
-                 *, size: int = 256, views: tuple[str, ...] = EVAL_VIEWS, batch: int = 16, progress: bool = False) -> dict[str, np.ndarray]:
-    """Per-frame MSE (0..255 scale) between avatars from predicted and ground-truth codes, per view: {view: (N,)}."""
+                 *, size: int = 256, views: tuple[str, ...] = EVAL_VIEWS, batch: int = 16,
+                 progress: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Per-frame MSE (0..255 scale) between avatars from predicted and ground-truth codes, per view, over the
+    whole frame and over the face pixels: ``{"whole": {view: (N,)}, "face": {view: (N,)}}``."""
+    from avcore.metrics import face_and_frame_mse
     from avcore.progress import progress as progress_bar
 
     r = AvatarRenders(identity, vae, size)
-    out = {v: np.zeros(len(z_pred)) for v in views}
+    out = {part: {v: np.zeros(len(z_pred)) for v in views} for part in ("whole", "face")}
     try:
         for a in progress_bar(range(0, len(z_pred), batch), desc=f"render {identity}", unit="batch", disable=not progress):
             s = slice(a, a + batch)
             for v in views:
                 ip = r.images(z_pred[s], gaze_pred[s], v)
                 ig = r.images(z_gt[s], gaze_gt[s], v)
-                out[v][s] = ((ip - ig) ** 2).reshape(len(ip), -1).mean(1)
+                for k in range(len(ip)):
+                    out["face"][v][a + k], out["whole"][v][a + k] = face_and_frame_mse(ip[k], ig[k])
     finally:
         r.close()
     return out
+
+
+def hard_frames(test: dict) -> np.ndarray:
+    """(N,) bool: the asymmetric or extreme frames of a test set (caches without ``asymmetric`` have none)."""
+    asym = test.get("asymmetric")
+    return np.asarray(test["extreme"], bool) | (np.zeros(len(test["extreme"]), bool) if asym is None else np.asarray(asym, bool))
+
+
+def summarise_mse(per: dict[str, dict[str, np.ndarray]], extreme: np.ndarray, hard: np.ndarray) -> dict:
+    """Means of :func:`rendered_mse`'s per-frame errors: per view, over the three views, on the extreme and the
+    hard (asymmetric or extreme) subsets, whole frame and face pixels."""
+    whole = np.mean([per["whole"][v] for v in EVAL_VIEWS], 0)
+    face = np.mean([per["face"][v] for v in EVAL_VIEWS], 0)
+    sub = lambda x, m: float(x[m].mean()) if m.any() else None  # noqa: E731
+    return {
+        "mse": {v: float(per["whole"][v].mean()) for v in EVAL_VIEWS},
+        "mse_mean": float(whole.mean()),
+        "mse_extreme": sub(whole, extreme),
+        "mse_asym_extreme": sub(whole, hard),
+        "mse_face": {v: float(per["face"][v].mean()) for v in EVAL_VIEWS},
+        "mse_face_mean": float(face.mean()),
+        "mse_face_extreme": sub(face, extreme),
+        "mse_face_asym_extreme": sub(face, hard),
+    }
 
 
 def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int = 256, max_frames: int | None = None,
@@ -121,26 +152,20 @@ def evaluate_model_dir(model_dir, identity: str, test: dict, vae, *, size: int =
     sel = np.linspace(0, len(test["views"]) - 1, n).astype(int) if n < len(test["views"]) else np.arange(n)
     z_pred, g_pred = predict_codes(model_dir, test["views"][sel])
     per = rendered_mse(identity, vae, z_pred, g_pred, test["z_gt"][sel], test["gaze"][sel], size=size, progress=progress)
-    ex = test["extreme"][sel]
-    allv = np.mean([per[v] for v in EVAL_VIEWS], 0)
+    ex, hard = np.asarray(test["extreme"], bool)[sel], hard_frames(test)[sel]
     gz = np.degrees(np.abs(g_pred - test["gaze"][sel])).reshape(n, -1).mean(1)
-    r = {
-        "frames": int(n),
-        "extreme_frames": int(ex.sum()),
-        "mse": {v: float(per[v].mean()) for v in EVAL_VIEWS},
-        "mse_mean": float(allv.mean()),
-        "mse_extreme": float(allv[ex].mean()) if ex.any() else None,
-        "gaze_mae_deg": float(gz.mean()),
-        "gaze_mae_deg_extreme": float(gz[ex].mean()) if ex.any() else None,
-    }
+    r = {"frames": int(n), "extreme_frames": int(ex.sum()), "asym_extreme_frames": int(hard.sum()),
+         **summarise_mse(per, ex, hard),
+         "gaze_mae_deg": float(gz.mean()),
+         "gaze_mae_deg_extreme": float(gz[ex].mean()) if ex.any() else None}
     if attribute:
+        allv = np.mean([per["whole"][v] for v in EVAL_VIEWS], 0)
         z_gt, g_gt = test["z_gt"][sel], test["gaze"][sel]
         r["attribution"] = {}
         for name, (z, g) in {"code_only": (z_pred, g_gt), "gaze_only": (z_gt, g_pred)}.items():
             part = rendered_mse(identity, vae, z, g, z_gt, g_gt, size=size, progress=progress)
-            m = np.mean([part[v] for v in EVAL_VIEWS], 0)
-            r["attribution"][name] = {"mse": {v: float(part[v].mean()) for v in EVAL_VIEWS}, "mse_mean": float(m.mean()),
-                                      "mse_extreme": float(m[ex].mean()) if ex.any() else None,
+            m = np.mean([part["whole"][v] for v in EVAL_VIEWS], 0)
+            r["attribution"][name] = {**summarise_mse(part, ex, hard),
                                       "mse_not_extreme": float(m[~ex].mean()) if (~ex).any() else None}
         r["mse_not_extreme"] = float(allv[~ex].mean()) if (~ex).any() else None
     return r
@@ -163,16 +188,17 @@ def _fingerprint(model_dir, vae, identity: str, test: dict, size: int, max_frame
 
 
 def cached_evaluation(model_dir, identity: str, test: dict, vae, *, size: int = 256, max_frames: int | None = None,
-                      progress: bool = False) -> dict:
-    """:func:`evaluate_model_dir`, remembered in ``model_dir/eval_IDENTITY.json`` under a fingerprint of the
-    models, decoder, test data and settings, so re-running a table re-uses unchanged results."""
+                      progress: bool = False, tag: str = "") -> dict:
+    """:func:`evaluate_model_dir`, remembered in ``model_dir/eval_IDENTITY[_TAG].json`` under a fingerprint of the
+    models, decoder, test data and settings, so re-running a table re-uses unchanged results (``tag``: one file
+    per kind of test data)."""
     import json
     from pathlib import Path
 
     from .codec import attach_codes
 
     attach_codes(test, vae)
-    path = Path(model_dir) / f"eval_{identity}.json"
+    path = Path(model_dir) / f"eval_{identity}{'_' + tag if tag else ''}.json"
     fp = _fingerprint(model_dir, vae, identity, test, size, max_frames)
     if path.exists():
         old = json.loads(path.read_text())

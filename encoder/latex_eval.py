@@ -59,11 +59,15 @@ def build_sequences(cfg: LatexEvalConfig, vae, *, progress: bool = True, cache: 
     cached = load_keyed_npz(cache, key)
     if cached is not None:
         return cached
+    from capture.performance import PerformanceConfig
+
     dcfg = HmcDataConfig(identity=cfg.identity, fps=cfg.fps)
+    perf = PerformanceConfig(fps=cfg.fps)  # the studio's everyday performances
     parts = []
     for k, s in enumerate(progress_bar(cfg.sessions, desc=f"held-out sequences {cfg.identity}", unit="session",
                                        disable=not progress)):
-        parts.append(render_session(cfg.identity, s, cfg.seed + k, cfg.seconds, cfg.fps, "all", dcfg, hmc_size=cfg.hmc_size))
+        parts.append(render_session(cfg.identity, s, cfg.seed + k, cfg.seconds, cfg.fps, "all", dcfg, hmc_size=cfg.hmc_size,
+                                    performance=perf))
     keep = ("views", "gaze", "vertices", "enc_texture", "extreme", "session", "frame")
     data = {k: np.concatenate([p[k] for p in parts]) for k in keep}
     attach_codes(data, vae)

@@ -77,6 +77,9 @@ class SearchConfig(ConfigDict):
     augment: bool = True
     threads: int = 2
     seed: int = 0
+    warm_start: str = ""
+    """A search directory whose supernet weights (trained by its warm-up) this search starts from, so several
+    latency targets share one weight warm-up; its architecture logits are not taken."""
 
     def __post_init__(self) -> None:
         require_positive("search", target_ms=self.target_ms, batch_size=self.batch_size, steps=self.steps,
@@ -196,6 +199,8 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
         opt_r.load_state_dict(ckpt["opt_r"])
         reweight.load_state_dict(ckpt["reweighting"])
         step, elapsed0, baseline = ckpt["step"], ckpt["elapsed_s"], ckpt["baseline"]
+    elif cfg.warm_start:
+        load_warm_start(net, opt_w, reweight, cfg, space)
     (out_dir / "search_config.json").write_text(json.dumps({"search": cfg.to_dict(), "space": space.to_dict()}, indent=2))
     table.fill(latency_keys(net, space), progress=progress)
     decoder = vae.decoder
@@ -286,6 +291,31 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
                                                      "latency": cfg.latency}, indent=2))
     plot_trajectory(log_path, out_dir / "search_trajectory.png", cfg.target_ms)
     return SearchResult(loop.step, loop.elapsed_s, choice.to_dict(), arch.to_dict(), predicted, out_dir)
+
+
+def load_warm_start(net, opt_w, reweight, cfg: SearchConfig, space: SearchSpace) -> None:
+    """Supernet weights, their optimiser and the gaze EMA from the search in ``cfg.warm_start``; its architecture
+    and resolution logits stay behind (the new search starts from uniform ones)."""
+    import torch
+
+    from avcore.errors import UsageError
+
+    path = Path(cfg.warm_start) / "checkpoint.pt"
+    if not path.is_file():
+        raise UsageError(f"--warm-start: {path} missing")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    theirs = SearchConfig.from_dict(ckpt["search_config"])
+    other = SearchSpace.from_dict(ckpt["space"])
+    same_space = (SearchSpace.from_dict({**other.to_dict(), "resolutions": space.resolutions}) == space
+                  and set(space.resolutions) <= set(other.resolutions))  # a fixed resolution may narrow them
+    if not same_space or theirs.shared != cfg.shared or theirs.identity != cfg.identity:
+        raise UsageError(f"--warm-start: {cfg.warm_start} searched another space, identity or view sharing")
+    arch = {n for n, p in net.named_parameters() if any(p is q for q in net.arch_parameters() + net.resolution_parameters())}
+    net.load_state_dict({k: v for k, v in ckpt["model"].items() if k not in arch}, strict=False)
+    opt_w.load_state_dict(ckpt["opt_w"])  # its moments; the learning rate stays this search's
+    for group in opt_w.param_groups:
+        group["lr"] = cfg.lr
+    reweight.load_state_dict(ckpt["reweighting"])
 
 
 def read_log(path: Path) -> list[dict]:

@@ -249,6 +249,20 @@ def default_data_path(identity: str, root: Path = RUNS_ROOT) -> Path:
     return Path(root) / f"data_{identity}.npz"
 
 
+def rom_data_path(identity: str, root: Path = RUNS_ROOT) -> Path:
+    """Cache of the range-of-motion dataset (:func:`encoder.data.rom_data_config`)."""
+    return Path(root) / f"rom_{identity}.npz"
+
+
+def load_rom_data(identity: str, *, root: Path = RUNS_ROOT, workers: int = 1, progress: bool = True,
+                  splits=("train", "test")) -> tuple[dict | None, dict | None]:
+    """(train, test) of the identity's range-of-motion dataset, rendered on first use and cached."""
+    from .data import load_or_build_hmc_data, rom_data_config
+
+    return load_or_build_hmc_data(rom_data_path(identity, root), rom_data_config(identity), workers=workers,
+                                  progress=progress, splits=splits)
+
+
 def default_run_dir(identity: str, name: str, root: Path = RUNS_ROOT) -> Path:
     return Path(root) / identity / name
 

@@ -206,6 +206,30 @@ def test_performance_is_deterministic_with_segment_split():
         generate_performance(0, -1)
 
 
+def test_performances_cover_asymmetric_and_fast_extreme_expressions():
+    from capture.expression import INDEX as X
+
+    base = generate_performance(5, 90, PerformanceConfig(fps=30))
+    assert not base.asymmetric.any() and "asymmetric" not in set(base.segment_kind)
+    cfg = PerformanceConfig(fps=30, asymmetric_probability=0.4, extreme_probability=0.35, fast_extreme_fraction=1.0)
+    p = generate_performance(5, 90, cfg)
+    assert np.array_equal(p.segment_kind == "asymmetric", p.asymmetric) and 0.1 < p.asymmetric.mean() < 0.6
+    assert not (p.asymmetric & p.extreme).any()
+    # Asymmetric: one side of the face does what the other does not (beyond blinks, which come from events).
+    pairs = [("smile_left", "smile_right"), ("brow_raise_left", "brow_raise_right"), ("squint_left", "squint_right")]
+    lr = lambda perf, sel: np.max([np.abs(perf.expression[sel, X[a]] - perf.expression[sel, X[b]]) for a, b in pairs], 0)  # noqa: E731
+    assert np.median(lr(p, p.asymmetric)) > 0.4 > np.median(lr(base, np.ones(len(base), bool)))
+    # Fast extremes: the expression moves several times faster in extreme segments than in the slow ones.
+    def speed(perf, sel):
+        d = np.abs(np.diff(perf.expression[:, [X["jaw_open"], X["smile_left"], X["brow_furrow"], X["lip_pucker"]]], axis=0))
+        return np.percentile(d.max(1)[sel[1:] & sel[:-1]] * perf.fps, 99)
+    assert speed(p, p.extreme) > 2 * speed(base, base.extreme)
+    # Switched off (the default), a seed gives the performance it gave before these kinds existed, so recordings
+    # and models made from it stay reproducible (sums recorded with the earlier generator).
+    assert float(base.expression.sum()) == pytest.approx(2135.455078125, rel=1e-6)
+    assert float(base.gaze.sum()) == pytest.approx(-179.27456665039062, rel=1e-6)
+
+
 def test_check_identity_accepts_only_the_studio_identities():
     from avcore.errors import UsageError
     from capture.identity import check_identity

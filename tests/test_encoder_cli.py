@@ -46,8 +46,8 @@ def test_table_markdown_and_plot_from_a_table_dict(tmp_path):
                  "EEM-res50": {"mflops": 768.0, "latency_ms": 4.5, "mse": {}, "mse_extreme": {}},
              }}
     md = render_markdown(table)
-    assert "| EEM | 3069 | 16.80 | 10.00 | 11.00 | 12.00 | 20.00 | 11.00 | 20.00 |" in md
-    assert "| EEM-res50 | 768 | 4.50 | – | – | – | – | – | – |" in md
+    assert "| EEM | 3069 | – | 16.80 | – | 11.00 | 20.00 | 11.00 | 20.00 |" in md
+    assert "| EEM-res50 | 768 | – | 4.50 | – | – | – | – | – |" in md
     assert "test cpu" in md and "S2/EEM" in md
     assert "earlier run" not in md
     # A cell kept from an earlier run names the command that produced it.
@@ -56,3 +56,11 @@ def test_table_markdown_and_plot_from_a_table_dict(tmp_path):
         in render_markdown(table)
     plot_table(table, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
+    # Face-pixel columns, seed std and the speed-up once the rows have them.
+    table["models"]["EEM"] |= {"mse_face_mean": {"S1": 40.0}, "mse_face_mean_std": {"S1": 1.5},
+                               "mse_face_asym_extreme": {"S1": 55.0}, "mse_mean": {"S1": 11.0}, "lut_ms": 15.0,
+                               "speedup_vs_eem": 1.0}
+    table["models"]["EEM-res50"] |= {"mse_face_mean": {}, "speedup_vs_eem": 16.8 / 4.5}
+    md = render_markdown(table)
+    assert "| EEM | 3069 | 15.00 | 16.80 | 1.0× | 40.00 ± 1.50 | 55.00 | 11.00 | 20.00 | 40.00 | 55.00 | 11.00 | 20.00 |" in md
+    assert "| EEM-res50 | 768 | – | 4.50 | 3.7× | – | – | – | – | – | – | – | – |" in md

@@ -121,3 +121,73 @@ def test_eval_table_writes_markdown_json_and_plot(tiny_models, capsys):
     assert md == stdout.rstrip("\n") + "\n" or md in stdout
     assert "| tiny |" in md and "nan" not in md.lower()
     assert (out / "table1.png").stat().st_size > 1000
+
+
+def test_eval_table_over_seeds_reports_the_mean_std_face_pixels_and_lut(tiny_models, capsys):
+    """Runs under RUNS/seedK: a cell is the mean over the seeds with its std; face-pixel and hard-subset columns;
+    the latency table's prediction beside the measured latency."""
+    import shutil
+
+    from decoder.export import load_vae
+    from encoder.arch import get_arch
+    from encoder.evaluate import cached_evaluation
+    from encoder.data import read_test_split
+    from encoder.train import EncoderTrainConfig, train_encoder
+
+    runs = tiny_models["root"] / "seeded"
+    shutil.copytree(tiny_models["runs"] / "S1" / "tiny", runs / "seed0" / "S1" / "tiny")
+    from encoder.data import HmcDataConfig, render_session
+
+    train = render_session("S1", 3, 11, 1.0, 30.0, "train", HmcDataConfig(render_size=16, enc_texture_size=16),
+                           hmc_size=32)
+    vae = load_vae(model_dir=tiny_models["decoders"] / "S1")
+    train_encoder(runs / "seed1" / "S1" / "tiny", get_arch("tiny"),
+                  EncoderTrainConfig(batch_size=8, steps=3, augment=False, threads=1, seed=1), data=train, vae=vae,
+                  progress=False)
+    out = tiny_models["root"] / "seeded_results"
+    rc, stdout, stderr = _run(capsys, "eval", "table", "--identities", "S1", "--models", "tiny", "--out", str(out),
+                              "--runs", str(runs), "--seeds", "0,1,2", "--decoders", str(tiny_models["decoders"]),
+                              "--data-dir", str(tiny_models["data"]), "--frames", "3", "--size", "32",
+                              "--bench-runs", "3", "--lut", str(tiny_models["root"] / "lut.json"))
+    assert rc == 0, stderr
+    row = json.loads((out / "table1.json").read_text())["models"]["tiny"]
+    assert row["seeds"]["S1"] == 2  # seed2 has no run
+    test = read_test_split(tiny_models["data"] / "test_S1.npz")
+    each = [cached_evaluation(runs / f"seed{k}" / "S1" / "tiny", "S1", test, vae, size=32, max_frames=3) for k in (0, 1)]
+    assert row["mse_face_mean"]["S1"] == pytest.approx(np.mean([r["mse_face_mean"] for r in each]))
+    assert row["mse_face_mean_std"]["S1"] == pytest.approx(np.std([r["mse_face_mean"] for r in each], ddof=1))
+    assert row["mse_face_mean"]["S1"] > row["mse_mean"]["S1"] > 0  # face pixels: no easy black background
+    assert _finite(row["lut_ms"]) and row["lut_ms"] > 0
+    assert "± " in (out / "table1.md").read_text()
+    rc, _, stderr = _run(capsys, "eval", "table", "--identities", "S1", "--models", "tiny", "--out", str(out),
+                         "--runs", str(runs), "--seeds", "zero")
+    assert rc != 0 and "--seeds" in stderr
+
+
+def test_robustness_compares_new_users_performances_with_the_test_split(tiny_models, capsys, tmp_path):
+    """Held-out performances with fast extremes / asymmetric expressions are rendered in unseen sessions, evaluated
+    like the test split and reported as ratios to it; renders are cached."""
+    from decoder.export import load_vae
+    from encoder.data import HmcDataConfig, read_test_split
+    from encoder.robustness import condition_data, evaluate_robustness, write_results
+
+    vae = load_vae(model_dir=tiny_models["decoders"] / "S1")
+    test = read_test_split(tiny_models["data"] / "test_S1.npz")
+    small = HmcDataConfig(render_size=16, enc_texture_size=16)
+    kw = dict(seconds=2.0, sessions=(301, 302, 303), hmc_size=32, data_cfg=small, progress=False)
+    fast = condition_data("S1", "frequent-fast", **kw)
+    asym = condition_data("S1", "asymmetric", **kw)
+    assert len(fast["views"]) == len(asym["views"]) == 180 and fast["extreme"].mean() > 0.2 and asym["asymmetric"].any()
+    assert not np.array_equal(fast["views"], asym["views"])
+    model = tiny_models["runs"] / "S1" / "tiny"
+    r = evaluate_robustness(model, "S1", vae, test, frames=6, size=32, cache_dir=tmp_path, **kw)
+    assert set(r["conditions"]) == {"frequent-fast", "asymmetric"}
+    for c, x in r["conditions"].items():
+        assert x["frames"] == 6 and x["ratio"]["mse_face_mean"] == pytest.approx(x["mse_face_mean"] / r["test"]["mse_face_mean"])
+        assert (model / f"eval_S1_{c}.json").is_file()
+    assert (tmp_path / "robust_S1_asymmetric.npz").is_file()
+    path = write_results([r], tmp_path / "res", machine="test cpu", command="avcall eval robustness")
+    assert json.loads(path.read_text())["results"][0]["identity"] == "S1"
+    assert "| tiny | S1 |" in (tmp_path / "res" / "robustness.md").read_text()
+    rc, _, stderr = _run(capsys, "eval", "robustness", "--conditions", "sideways")
+    assert rc != 0 and "unknown sideways" in stderr and "Traceback" not in stderr

@@ -119,6 +119,29 @@ def test_a_tiny_search_takes_gumbel_and_policy_gradient_steps_resumes_and_writes
     assert HmcEncoder(tmp_path / "m").encode(data["views"][0]).z.shape == (8,)
 
 
+def test_a_search_warm_started_from_a_weight_warm_up_takes_its_weights_not_its_logits(tiny_setup, tmp_path):
+    from avcore.errors import UsageError
+    from encoder.search import FlopTable, SearchConfig, run_search
+
+    data, vae = tiny_setup
+    base = dict(name="AVE-test", target_ms=0.5, latency="flops", batch_size=4, augment=False, threads=1,
+                checkpoint_every_s=1e9, arch_lr=0.5, res_lr=0.5)
+    run_search(tmp_path / "warm", SearchConfig(**base, steps=2, warmup_frac=1.0), data=dict(data), vae=vae,
+               table=FlopTable(), space=SMALL, progress=False)
+    warm = torch.load(tmp_path / "warm" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(v.abs().sum() == 0 for k, v in warm.items() if "logits" in k)  # a warm-up never moves the logits
+    # Weights frozen (lr 0) so they must still be the warm-up's after the search's own steps.
+    cfg = SearchConfig(**base, steps=2, warmup_frac=0.0, lr=0.0, warm_start=str(tmp_path / "warm"))
+    run_search(tmp_path / "s", cfg, data=dict(data), vae=vae, table=FlopTable(), space=SMALL, progress=False)
+    got = torch.load(tmp_path / "s" / "checkpoint.pt", weights_only=True)["model"]
+    weights = [k for k, v in warm.items() if "logits" not in k and v.dtype.is_floating_point and "running" not in k]
+    assert weights and all(torch.equal(got[k], warm[k]) for k in weights)
+    assert any(got[k].abs().sum() > 0 for k in got if "logits" in k)  # its own architecture steps ran
+    with pytest.raises(UsageError, match="another space"):
+        run_search(tmp_path / "bad", SearchConfig(**{**cfg.to_dict(), "shared": True}), data=dict(data), vae=vae,
+                   table=FlopTable(), space=SMALL, progress=False)
+
+
 def test_the_latency_term_steers_the_architecture_towards_cheaper_choices():
     """Under latency pressure alone, the expected cost over the architecture distributions falls, and so does the
     cost of the most likely architecture (costs from the FLOPs table, so no timing here)."""
