@@ -133,6 +133,30 @@ def add_eval(sub) -> None:
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.set_defaults(func=_robustness)
 
+    a = sub.add_parser(
+        "ablation",
+        help="Table 2: AVE-NAS against searches without one of its parts, at the same latency target",
+        description="Evaluate the AVE-NAS encoder and the ablation runs RUNS/IDENTITY/{shared,noRW,res192,flops} "
+        "(searched with --shared, --no-reweight, --fixed-resolution 192, --latency flops, each trained with the "
+        "Table 1 schedule) on the range-of-motion test split; measure their latency in one run; write "
+        "OUT/table2.{md,json,png} and the rows' architectures to OUT/table2_archs/.",
+        epilog="example:\n  avcall eval ablation --identity S1 --ave runs/table1/seed0/S1/AVE-M --runs runs/table2/seed0 "
+               "--out docs/results\n", formatter_class=HelpFormatter)
+    a.add_argument("--identity", default="S1", help="studio identity (default: %(default)s)")
+    a.add_argument("--ave", required=True, metavar="DIR", help="the trained AVE-NAS encoder the rows compare with")
+    a.add_argument("--runs", required=True, metavar="DIR", help="root of the ablation runs (DIR/IDENTITY/ROW)")
+    a.add_argument("--out", default="docs/results/", help="output directory (default: %(default)s)")
+    a.add_argument("--lut", default="runs/ave/lut_1thread.json", metavar="PATH",
+                   help="latency table for the LUT column; '' for none (default: %(default)s)")
+    a.add_argument("--data", default=None, metavar="FILE.npz",
+                   help="HMC cache whose test split is used (default: the range-of-motion test split)")
+    a.add_argument("--decoder-dir", default=None, help="trained decoder (default decoder/models/IDENTITY)")
+    a.add_argument("--frames", type=positive_int, default=240, help="test frames, >= 1 (default: %(default)s)")
+    a.add_argument("--size", type=positive_int, default=256, help="render size in pixels (default: %(default)s)")
+    a.add_argument("--bench-runs", type=positive_int, default=200, help="timed onnxruntime runs per model "
+                   "(default: %(default)s)")
+    a.set_defaults(func=_ablation)
+
     t = sub.add_parser(
         "table",
         help="the Auto-CARD Table 1: MFLOPs, latency and rendered MSE per model and identity",
@@ -302,6 +326,20 @@ def _robustness(args: argparse.Namespace) -> int:
                 print(f"  {c}: face MSE {x['mse_face_mean']:.2f} ({x['ratio']['mse_face_mean']:.2f}x the test split; "
                       f"hard frames {x['ratio']['mse_face_hard']:.2f}x), whole frame {x['mse_mean']:.2f} "
                       f"({x['ratio']['mse_mean']:.2f}x)")
+    return 0
+
+
+def _ablation(args: argparse.Namespace) -> int:
+    from capture.identity import check_identity
+    from encoder.ablation import build_table2, render_markdown
+
+    check_identity(args.identity)
+    command = command_line("ablation", f"avcall eval ablation --identity {args.identity} --ave {args.ave} "
+                                       f"--runs {args.runs} --out {args.out}")
+    t = build_table2(args.identity, args.ave, args.runs, args.out, command=command, lut_path=args.lut or None,
+                     frames=args.frames, size=args.size, bench_runs=args.bench_runs, test_path=args.data,
+                     decoder_dir=args.decoder_dir)
+    print(render_markdown(t))
     return 0
 
 

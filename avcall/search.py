@@ -72,6 +72,8 @@ def register(sub) -> None:
     e.add_argument("--warm-start", default="", metavar="DIR",
                    help="start from the supernet weights of the search in DIR (e.g. a --warmup-frac 1 run), so "
                         "several targets share one weight warm-up")
+    e.add_argument("--arch-lr", type=positive_float, default=d.arch_lr,
+                   help="Adam step of the architecture logits; raise it for short searches (default: %(default)s)")
     e.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
     e.add_argument("--seed", type=non_negative_int, default=d.seed, help="(default: %(default)s)")
     e.add_argument("--workers", type=positive_int, default=1, help="processes rendering the data on first use "
@@ -116,7 +118,8 @@ def _search(args: argparse.Namespace) -> int:
                        latency=args.latency, reweight=not args.no_reweight, shared=args.shared,
                        fixed_resolution=args.fixed_resolution, tau=args.tau, batch_size=args.batch_size,
                        steps=args.steps, time_budget_s=args.minutes * 60, seed=args.seed,
-                       warmup_frac=args.warmup_frac, warm_start=args.warm_start, threads=args.threads)
+                       warmup_frac=args.warmup_frac, warm_start=args.warm_start, threads=args.threads,
+                       arch_lr=args.arch_lr)
     table = LatencyTable(args.table) if args.latency == "lut" else FlopTable()
     vae = load_vae(args.identity)
     train, _ = load_rom_data(args.identity, workers=args.workers, progress=True)

@@ -202,7 +202,13 @@ def list_archs() -> list[str]:
 
 
 def get_arch(name: str) -> EncoderArch:
-    """A fresh copy of the registered architecture ``name``."""
+    """A fresh copy of the registered architecture ``name``, or the one in the ``arch.json`` file ``name`` (a path
+    ending in ``.json``: a searched architecture trained without registering it)."""
+    if name.endswith(".json") and name not in _REGISTRY:
+        path = Path(name)
+        if not path.is_file():
+            raise ValueError(f"architecture file {name} missing")
+        return EncoderArch.from_json(path.read_text())
     if name not in _REGISTRY:
         raise ValueError(f"unknown encoder architecture {name!r}; registered: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]()

@@ -295,7 +295,8 @@ def run_search(out_dir: str | Path, cfg: SearchConfig, *, data: dict, vae, table
 
 def load_warm_start(net, opt_w, reweight, cfg: SearchConfig, space: SearchSpace) -> None:
     """Supernet weights, their optimiser and the gaze EMA from the search in ``cfg.warm_start``; its architecture
-    and resolution logits stay behind (the new search starts from uniform ones)."""
+    and resolution logits stay behind (the new search starts from uniform ones). The weights are per view either
+    way, so a shared-architecture search can start from a per-view warm-up and the other way round."""
     import torch
 
     from avcore.errors import UsageError
@@ -308,11 +309,14 @@ def load_warm_start(net, opt_w, reweight, cfg: SearchConfig, space: SearchSpace)
     other = SearchSpace.from_dict(ckpt["space"])
     same_space = (SearchSpace.from_dict({**other.to_dict(), "resolutions": space.resolutions}) == space
                   and set(space.resolutions) <= set(other.resolutions))  # a fixed resolution may narrow them
-    if not same_space or theirs.shared != cfg.shared or theirs.identity != cfg.identity:
-        raise UsageError(f"--warm-start: {cfg.warm_start} searched another space, identity or view sharing")
+    if not same_space or theirs.identity != cfg.identity:
+        raise UsageError(f"--warm-start: {cfg.warm_start} searched another space or identity")
     arch = {n for n, p in net.named_parameters() if any(p is q for q in net.arch_parameters() + net.resolution_parameters())}
     net.load_state_dict({k: v for k, v in ckpt["model"].items() if k not in arch}, strict=False)
-    opt_w.load_state_dict(ckpt["opt_w"])  # its moments; the learning rate stays this search's
+    try:
+        opt_w.load_state_dict(ckpt["opt_w"])  # its moments; the learning rate stays this search's
+    except ValueError:  # fewer weights (one resolution's flatten layers): fresh moments
+        pass
     for group in opt_w.param_groups:
         group["lr"] = cfg.lr
     reweight.load_state_dict(ckpt["reweighting"])

@@ -191,3 +191,27 @@ def test_robustness_compares_new_users_performances_with_the_test_split(tiny_mod
     assert "| tiny | S1 |" in (tmp_path / "res" / "robustness.md").read_text()
     rc, _, stderr = _run(capsys, "eval", "robustness", "--conditions", "sideways")
     assert rc != 0 and "unknown sideways" in stderr and "Traceback" not in stderr
+
+
+def test_eval_ablation_writes_table2_with_every_row_found(tiny_models, capsys):
+    import shutil
+
+    runs = tiny_models["root"] / "ablations"
+    for sub in ("shared", "res192"):
+        shutil.copytree(tiny_models["runs"] / "S1" / "tiny", runs / "S1" / sub)
+    out = tiny_models["root"] / "t2"
+    rc, stdout, stderr = _run(capsys, "eval", "ablation", "--identity", "S1", "--ave", str(tiny_models["runs"] / "S1" / "tiny"),
+                              "--runs", str(runs), "--out", str(out), "--lut", "", "--data",
+                              str(tiny_models["data"] / "test_S1.npz"), "--decoder-dir", str(tiny_models["decoders"] / "S1"),
+                              "--frames", "3", "--size", "32", "--bench-runs", "3")
+    assert rc == 0, stderr
+    t = json.loads((out / "table2.json").read_text())
+    assert [r["name"] for r in t["rows"]] == ["AVE-NAS", "shared-arch", "fixed-resolution"]
+    assert t["missing"] == ["no-extreme-term", "flops-constrained"]
+    assert all(_finite(r["latency_ms"]) and _finite(r["mse_face_mean"]) for r in t["rows"])
+    assert t["rows"][0]["mse_face_mean"] == t["rows"][1]["mse_face_mean"]  # the same model evaluates the same
+    assert (out / "table2_archs" / "shared-arch.json").is_file() and (out / "table2.png").stat().st_size > 1000
+    assert "| AVE-NAS |" in (out / "table2.md").read_text()
+    rc, _, stderr = _run(capsys, "eval", "ablation", "--ave", str(runs / "nothing"), "--runs", str(runs),
+                         "--out", str(out))
+    assert rc != 0 and "fusion.onnx missing" in stderr

@@ -138,8 +138,13 @@ def test_a_search_warm_started_from_a_weight_warm_up_takes_its_weights_not_its_l
     assert weights and all(torch.equal(got[k], warm[k]) for k in weights)
     assert any(got[k].abs().sum() > 0 for k in got if "logits" in k)  # its own architecture steps ran
     with pytest.raises(UsageError, match="another space"):
-        run_search(tmp_path / "bad", SearchConfig(**{**cfg.to_dict(), "shared": True}), data=dict(data), vae=vae,
+        run_search(tmp_path / "bad", SearchConfig(**{**cfg.to_dict(), "identity": "S2"}), data=dict(data), vae=vae,
                    table=FlopTable(), space=SMALL, progress=False)
+    # A shared-architecture search starts from the same per-view weights.
+    run_search(tmp_path / "shared", SearchConfig(**{**cfg.to_dict(), "shared": True}), data=dict(data), vae=vae,
+               table=FlopTable(), space=SMALL, progress=False)
+    got = torch.load(tmp_path / "shared" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(got[k], warm[k]) for k in weights)
 
 
 def test_the_latency_term_steers_the_architecture_towards_cheaper_choices():
@@ -200,6 +205,10 @@ def test_a_searched_architecture_installs_into_the_registry(tmp_path):
     bad.write_text(arch.to_json())  # named "x" inside
     with pytest.raises(ValueError, match="named"):
         register_arch_file(bad)
+    # An arch.json file trains without registering (the Table 2 ablations).
+    assert get_arch(str(tmp_path / "arch.json")).views == arch.views
+    with pytest.raises(ValueError, match="missing"):
+        get_arch(str(tmp_path / "nowhere.json"))
 
 
 def test_the_lut_check_compares_predictions_with_whole_models(tmp_path):
