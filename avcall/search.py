@@ -24,11 +24,25 @@ examples:
   avcall search lut --archs 8 --table /tmp/lut.json --out-dir /tmp/lut
 """
 
+BENCH_EPILOG = """\
+examples:
+  avcall search bench --identity S1                       # 300 archs, 60 trained, local Ray on this machine
+  avcall search bench --identity S1 --address auto        # the same trials on a running Ray cluster
+  avcall search bench --archs 40 --trained 8 --steps 50 --out runs/nas/small --data-file /tmp/bench.json
+"""
+
+PREDICTOR_EPILOG = """\
+examples:
+  avcall eval predictor --json --out-dir docs/results
+  avcall eval predictor --bench /tmp/bench.json --portions 4,6 --splits 3 --budget 4 --runs 3
+"""
+
 DEFAULT_TABLE = Path("runs") / "ave" / "lut_1thread.json"
+DEFAULT_BENCH = Path("docs") / "results" / "ave_bench.json"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("search", help="encoder architecture search (AVE-NAS): latency table",
+    p = sub.add_parser("search", help="encoder architecture search (AVE-NAS): latency table, benchmark",
                        description="Searching per-view HMC encoders: the latency lookup table the search costs "
                                    "architectures with.")
     ss = p.add_subparsers(dest="search_command", metavar="WHAT")
@@ -89,6 +103,40 @@ def register(sub) -> None:
     g.add_argument("dir", metavar="DIR", help="a finished search directory (holds arch.json)")
     g.add_argument("--as", dest="name", required=True, metavar="NAME", help="registry name, e.g. AVE-S")
     g.set_defaults(func=_register)
+    from encoder.nas.bench import BenchConfig
+
+    bd = BenchConfig()
+    b = ss.add_parser(
+        "bench", help="the avatar-encoder benchmark (trained architectures of the search space) on Ray",
+        description="Samples architectures of the AVE-NAS space; gives each MFLOPs, parameters, the LUT latency and "
+                    "its supernet-inherited quality; trains the first --trained of them standalone with a short "
+                    "fixed schedule (ground truth: face-pixel MSE on held-out frames, measured latency). Every "
+                    "training is one Ray task (local Ray with --workers CPUs, or a cluster with --address); results "
+                    "are appended to OUT as they finish and a stopped run resumes. Writes the benchmark to "
+                    "--data-file.",
+        epilog=BENCH_EPILOG, formatter_class=HelpFormatter)
+    b.add_argument("--identity", default=bd.identity, help="(default: %(default)s)")
+    b.add_argument("--archs", type=positive_int, default=bd.archs, help="architectures sampled (default: %(default)s)")
+    b.add_argument("--trained", type=non_negative_int, default=bd.trained,
+                   help="of them trained standalone (default: %(default)s)")
+    b.add_argument("--steps", type=positive_int, default=bd.steps, help="standalone training steps, batch "
+                   f"{bd.batch_size} (default: %(default)s)")
+    b.add_argument("--eval-frames", type=positive_int, default=bd.eval_frames,
+                   help="held-out frames of the ground truth (default: %(default)s)")
+    b.add_argument("--supernet", default=bd.supernet, metavar="DIR",
+                   help="search directory whose supernet gives the inherited quality; '' for none "
+                        "(default: %(default)s)")
+    b.add_argument("--seed", type=non_negative_int, default=bd.seed, help="sampling seed (default: %(default)s)")
+    b.add_argument("--out", default="runs/nas/S1", metavar="DIR",
+                   help="trial directory: results so far, checkpoints (default: %(default)s)")
+    b.add_argument("--data-file", default=str(DEFAULT_BENCH), metavar="PATH",
+                   help="the benchmark's versioned data file (default: %(default)s)")
+    b.add_argument("--address", default=None,
+                   help="Ray cluster to run the trials on ('auto': the one this machine belongs to; default: a local "
+                        "Ray with --workers CPUs)")
+    b.add_argument("--workers", type=positive_int, default=2, help="CPUs of the local Ray (default: %(default)s)")
+    b.add_argument("--table", default=str(DEFAULT_TABLE), metavar="PATH", help="latency table (default: %(default)s)")
+    b.set_defaults(func=_bench)
     t = ss.add_parser(
         "lut", help="fill the latency lookup table and check it against whole architectures",
         description="Times every building block the sampled architectures need (each its own ONNX model, "
@@ -127,6 +175,72 @@ def _search(args: argparse.Namespace) -> int:
     unit = "ms" if args.latency == "lut" else "MFLOPs"
     print(f"search {args.out}: {r.steps} steps in {r.elapsed_s / 60:.1f} min; {args.name}: predicted "
           f"{r.predicted_ms:.2f} {unit} (target {args.target_ms:g}); wrote {Path(args.out) / 'arch.json'}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from capture.identity import check_identity
+    from encoder.bench import machine_description
+    from encoder.nas.bench import BenchConfig, run_benchmark, write_bench
+
+    check_identity(args.identity)
+    cfg = BenchConfig(identity=args.identity, archs=args.archs, trained=args.trained, steps=args.steps,
+                      eval_frames=args.eval_frames, supernet=args.supernet, seed=args.seed)
+    bench = run_benchmark(cfg, args.out, address=args.address, workers=args.workers, lut_path=args.table)
+    path = write_bench(bench, args.data_file, machine=machine_description(),
+                       command=command_line("bench", "avcall search bench"))
+    n = sum(1 for a in bench["archs"] if a.get("trained"))
+    print(f"benchmark {args.identity}: {len(bench['archs'])} architectures, {n} trained -> {path}")
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "predictor", help="Kendall tau of CARL, a GCN and simple proxies on the encoder benchmark; guided search",
+        description="Trains CARL and a plain GCN on a portion of the benchmark's trained architectures and ranks the "
+                    "others (Kendall tau, several random splits), next to MFLOPs, LUT latency, parameters and the "
+                    "supernet-inherited quality; then compares CARL-guided evolution, random and supernet-guided "
+                    "search at the same number of standalone trainings. Writes carl.{json,md,png} with --out-dir.",
+        epilog=PREDICTOR_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--bench", default=str(DEFAULT_BENCH), metavar="PATH", help="benchmark file (default: %(default)s)")
+    p.add_argument("--portions", default="10,20,40", metavar="N,N",
+                   help="training portions, trained architectures (default: %(default)s)")
+    p.add_argument("--splits", type=positive_int, default=5, help="random splits per portion (default: %(default)s)")
+    p.add_argument("--epochs", type=positive_int, default=300, help="predictor training epochs (default: %(default)s)")
+    p.add_argument("--budget", type=positive_int, default=10, help="search: standalone trainings (default: %(default)s)")
+    p.add_argument("--runs", type=positive_int, default=5, help="search runs (default: %(default)s)")
+    p.add_argument("--target-ms", type=positive_float, default=None,
+                   help="search: latency target, LUT ms (default: the trained architectures' median)")
+    p.add_argument("--out-dir", default="", metavar="DIR", help="write carl.{json,md,png} here (default: print only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_predictor)
+
+
+def _predictor(args: argparse.Namespace) -> int:
+    import torch
+
+    from avcore.errors import UsageError
+    from encoder.bench import machine_description
+    from encoder.nas.bench import read_bench
+    from encoder.nas.evaluate import ranking, render_markdown, search_comparison, write_results
+
+    torch.set_num_threads(1)
+    try:
+        portions = [int(x) for x in args.portions.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"--portions: comma-separated integers, got {args.portions!r}") from None
+    bench = read_bench(args.bench)
+    try:
+        res = {"portions": ranking(bench, portions, args.splits, epochs=args.epochs),
+               "search": search_comparison(bench, budget=args.budget, runs=args.runs, target_ms=args.target_ms)}
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    res |= {"bench": args.bench, "archs": len(bench["archs"]),
+            "trained": sum(1 for a in bench["archs"] if a.get("trained")), "machine": machine_description(),
+            "command": command_line("predictor", f"avcall eval predictor --bench {args.bench}")}
+    if args.out_dir:
+        write_results(res, args.out_dir)
+    print(json.dumps(res) if args.json else render_markdown(res))
     return 0
 
 

@@ -222,6 +222,32 @@ class SuperNet(nn.Module):
         return {"z": z, "gaze": torch.stack([outs[0]["gaze"], outs[1]["gaze"]], 1),
                 "keypoints": torch.stack([o["keypoints"] for o in outs], 1), "features": feats}
 
+    def path_weights(self, choice: Choice) -> dict:
+        """One-hot weights (the shape of :meth:`sample`) that run exactly the architecture ``choice``: the supernet
+        with inherited weights as a stand-in for that architecture (benchmark proxies)."""
+        sp = self.space
+
+        def one(options, value) -> torch.Tensor:
+            w = torch.zeros(len(options))
+            w[list(options).index(value)] = 1.0
+            return w
+
+        views = {}
+        for v in VIEW_NAMES:
+            c = choice.views[v]
+            n = len(sp.stage_strides)
+            ops = []
+            for s in range(n):
+                row = []
+                for layer in range(MAX_LAYERS):
+                    cands = candidates(sp, layer > 0 or (s == 0 and 0 in sp.first_stage_depths))
+                    pick = (c.ops[s][layer], c.kernels[s][layer]) if layer < c.depths[s] else (SKIP, 0)
+                    row.append(one(cands, pick))
+                ops.append(row)
+            views[v] = {"stem": one(sp.stem_widths, c.stem), "width": [one(sp.stage_widths[s], c.widths[s]) for s in range(n)],
+                        "op": ops, "head": one(sp.head_widths, c.head), "pool": one(sp.pools, c.pool)}
+        return {"views": views, "fusion": one(sp.fusion_widths, choice.fusion)}
+
     # ------------------------------------------------------------------ reading the architecture
 
     def derive(self, name: str = "searched") -> Choice:
