@@ -93,7 +93,7 @@ def _model_dir(args):
 
     from encoder.runtime import default_model_dir
 
-    return Path(args.model_dir) if args.model_dir else default_model_dir(args.identity, "EEM")
+    return Path(args.model_dir) if args.model_dir else default_model_dir(args.identity)
 
 
 def _fit_cfg(args, **kw) -> CodecFitConfig:

@@ -78,7 +78,9 @@ def add_train(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes that render the data on first use")
     p.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--install", action="store_true", help="copy the result to encoder/models/IDENTITY/ARCH (embedded default)")
+    p.add_argument("--install", action="store_true", help="copy the result to encoder/models/IDENTITY/ARCH (embedded)")
+    p.add_argument("--make-default", action="store_true",
+                   help="with --install: the sender's default for IDENTITY from now on (encoder/models/defaults.json)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_train)
 
@@ -206,12 +208,15 @@ def add_bench(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from avcore.errors import UsageError
     from encoder.train import EncoderTrainConfig, install_embedded, run_training
 
     tcfg = EncoderTrainConfig(identity=args.identity, batch_size=args.batch_size, lr=args.lr, steps=args.steps,
                               time_budget_s=args.time_budget, reweight=not args.no_reweight, tau=args.tau,
                               momentum=args.momentum, augment=not args.no_augment, threads=args.threads, seed=args.seed,
                               bf16=args.bf16)
+    if args.make_default and not args.install:
+        raise UsageError("--make-default needs --install")
     data_cfg = None
     data_path = args.data
     if args.rom:
@@ -219,14 +224,14 @@ def _train(args: argparse.Namespace) -> int:
         from encoder.train import rom_data_path
 
         if args.train_sessions != 8 or args.train_extreme_probability is not None:
-            raise ValueError("--rom is its own dataset: drop --train-sessions / --train-extreme-probability")
+            raise UsageError("--rom is its own dataset: drop --train-sessions / --train-extreme-probability")
         data_cfg = rom_data_config(args.identity)
         data_path = args.data or rom_data_path(args.identity)
     elif args.train_sessions != 8 or args.train_extreme_probability is not None:
         from encoder.data import HmcDataConfig
 
         if not args.data:
-            raise ValueError("--train-sessions / --train-extreme-probability build a different dataset: give it its "
+            raise UsageError("--train-sessions / --train-extreme-probability build a different dataset: give it its "
                              "own cache with --data FILE.npz")
         data_cfg = HmcDataConfig(identity=args.identity, train_sessions=tuple(range(args.train_sessions)),
                                  train_extreme_probability=args.train_extreme_probability)
@@ -235,7 +240,7 @@ def _train(args: argparse.Namespace) -> int:
     summary = {"model_dir": str(r.model_dir), "steps": r.steps, "elapsed_s": round(r.elapsed_s, 1),
                "final_losses": r.final_losses, "test": r.meta.get("train", {}).get("test")}
     if args.install:
-        summary["installed"] = str(install_embedded(r.model_dir, args.identity, args.arch))
+        summary["installed"] = str(install_embedded(r.model_dir, args.identity, args.arch, make_default=args.make_default))
     if args.json:
         print(json.dumps(summary))
     else:

@@ -31,12 +31,35 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 """Embedded encoders: ``MODELS_DIR/IDENTITY/ARCH``."""
 
 
-def default_model_dir(identity: str = "S1", arch: str = "EEM") -> Path:
-    return MODELS_DIR / identity / arch
+DEFAULTS_FILE = "defaults.json"
+"""``MODELS_DIR/defaults.json``: the embedded encoder the sender runs for each identity (``{"S1": "EEM"}``)."""
+
+
+def default_arch(identity: str = "S1", models_dir: Path = MODELS_DIR) -> str:
+    """Name of the embedded encoder the sender runs for ``identity`` (EEM where the defaults name none)."""
+    path = Path(models_dir) / DEFAULTS_FILE
+    return (json.loads(path.read_text()) if path.is_file() else {}).get(identity, "EEM")
+
+
+def set_default_arch(identity: str, arch: str, models_dir: Path = MODELS_DIR) -> Path:
+    """Make ``MODELS_DIR/identity/arch`` the sender's default for ``identity``."""
+    models_dir = Path(models_dir)
+    if not (models_dir / identity / arch / "fusion.onnx").is_file():
+        raise FileNotFoundError(f"no embedded encoder {models_dir / identity / arch}")
+    path = models_dir / DEFAULTS_FILE
+    table = json.loads(path.read_text()) if path.is_file() else {}
+    table[identity] = arch
+    path.write_text(json.dumps(dict(sorted(table.items())), indent=2) + "\n")
+    return path
+
+
+def default_model_dir(identity: str = "S1", arch: str | None = None) -> Path:
+    """``MODELS_DIR/identity/arch``; without ``arch``, the identity's default (:func:`default_arch`)."""
+    return MODELS_DIR / identity / (arch or default_arch(identity))
 
 
 DEFAULT_MODEL_DIR = default_model_dir()
-"""The embedded default encoder (identity S1, EEM), shipped with the package."""
+"""The embedded default encoder of S1 (:func:`default_arch`), shipped with the package."""
 
 
 @dataclass

@@ -314,15 +314,20 @@ def training_data_of(model_dir: str | Path) -> tuple[Path | None, object]:
     return (Path(data["path"]) if data.get("path") else None), cfg
 
 
-def install_embedded(run_dir: str | Path, identity: str, arch: str) -> Path:
+def install_embedded(run_dir: str | Path, identity: str, arch: str, *, make_default: bool = False) -> Path:
     """Re-save a finished run as a compact model (float16 weights, parity-checked ONNX) in
-    ``encoder/models/<identity>/<arch>/``, the default the sender loads."""
+    ``encoder/models/<identity>/<arch>/``; ``make_default``: the one the sender loads for ``identity``
+    (``encoder/models/defaults.json``)."""
     from .export import load_model, save_model
     from .runtime import default_model_dir
 
     model, meta = load_model(run_dir)
     dst = default_model_dir(identity, arch)
     save_model(model, dst, identity=identity, train_info=meta.get("train"), compact=True)
+    if make_default:
+        from .runtime import set_default_arch
+
+        set_default_arch(identity, arch)
     return dst
 
 

@@ -22,8 +22,16 @@ from avcore.errors import UsageError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """Root that the default model directories are relative to."""
-DEFAULT_ENCODER_DIR = "encoder/models/S1/EEM"
-"""Default per-view encoder models (relative to the installed package root)."""
+def default_encoder_dir(identity: str = "S1") -> str:
+    """The sender's default encoder of ``identity`` relative to the package root, as ``encoder/models/defaults.json``
+    names it (``encoder/models/IDENTITY/ARCH``)."""
+    path = PACKAGE_ROOT / "encoder" / "models" / "defaults.json"
+    arch = (json.loads(path.read_text()) if path.is_file() else {}).get(identity, "EEM")
+    return f"encoder/models/{identity}/{arch}"
+
+
+DEFAULT_ENCODER_DIR = default_encoder_dir()
+"""Default per-view encoder models of S1 (relative to the installed package root)."""
 DEFAULT_AVATAR_DIR = "decoder/models/S1"
 """Default codec-avatar decoder + topology (relative to the installed package root)."""
 

@@ -399,3 +399,24 @@ def test_a_trained_model_records_the_data_it_was_trained_on(tiny_setup, tmp_path
                   data_info=rom.__dict__ | {"path": "runs/encoder/data_S1_rom.npz"})
     path, cfg = training_data_of(tmp_path / "run")
     assert str(path) == "runs/encoder/data_S1_rom.npz" and cfg == rom and cfg.key() == rom.key()
+
+
+def test_the_senders_default_encoder_is_named_per_identity(tmp_path):
+    import json
+
+    from encoder.runtime import default_arch, default_model_dir, set_default_arch
+    from runtime.models import DEFAULT_ENCODER_DIR, PACKAGE_ROOT
+
+    # The shipped table names the embedded default, and every runtime path agrees on it.
+    assert default_model_dir("S1") == default_model_dir("S1", default_arch("S1"))
+    assert PACKAGE_ROOT / DEFAULT_ENCODER_DIR == default_model_dir("S1")
+    assert (default_model_dir("S1") / "fusion.onnx").is_file()
+    # Switching: only to an encoder that is there; other identities keep theirs.
+    (tmp_path / "S1" / "AVE-S").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):
+        set_default_arch("S1", "AVE-S", tmp_path)
+    (tmp_path / "S1" / "AVE-S" / "fusion.onnx").write_bytes(b"x")
+    (tmp_path / "defaults.json").write_text(json.dumps({"S2": "EEM"}))
+    set_default_arch("S1", "AVE-S", tmp_path)
+    assert default_arch("S1", tmp_path) == "AVE-S" and default_arch("S2", tmp_path) == "EEM"
+    assert default_arch("S3", tmp_path) == "EEM"  # none named: EEM

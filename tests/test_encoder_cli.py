@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from avcall import encoder_cmds
 
 
@@ -64,3 +66,16 @@ def test_table_markdown_and_plot_from_a_table_dict(tmp_path):
     md = render_markdown(table)
     assert "| EEM | 3069 | 15.00 | 16.80 | 1.0× | 40.00 ± 1.50 | 55.00 | 11.00 | 20.00 | 40.00 | 55.00 | 11.00 | 20.00 |" in md
     assert "| EEM-res50 | 768 | – | 4.50 | 3.7× | – | – | – | – | – | – | – | – |" in md
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--make-default"], "--make-default needs --install"),
+    (["--rom", "--train-sessions", "4"], "--rom is its own dataset"),
+    (["--train-sessions", "4"], "give it its own cache with --data"),
+])
+def test_train_encoder_refuses_contradictory_data_options_in_one_line(argv, message, capsys):
+    from avcall.cli import main
+
+    rc = main(["train", "encoder", *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
