@@ -22,6 +22,7 @@ LUT_EPILOG = """\
 examples:
   avcall search lut --json --out-dir docs/results
   avcall search lut --archs 8 --table /tmp/lut.json --out-dir /tmp/lut
+  avcall search lut --fresh --json --out-dir docs/results     # every entry measured again, then the check
 """
 
 BENCH_EPILOG = """\
@@ -141,7 +142,8 @@ def register(sub) -> None:
         "lut", help="fill the latency lookup table and check it against whole architectures",
         description="Times every building block the sampled architectures need (each its own ONNX model, "
                     "onnxruntime, one intra-op thread), predicts whole encoders' latency from the table, and "
-                    "measures them: Pearson r and mean absolute error in percent, plus a scatter plot.",
+                    "measures them (random architectures, the EEM baselines and the registered AVE encoders): "
+                    "Pearson r and mean absolute error in percent, plus a scatter plot.",
         epilog=LUT_EPILOG, formatter_class=HelpFormatter)
     t.add_argument("--archs", type=positive_int, default=24, help="random architectures of the search space "
                    "(the EEM baselines are always added) (default: %(default)s)")
@@ -150,6 +152,8 @@ def register(sub) -> None:
                    help="the table's JSON cache: entries measured before are reused (default: %(default)s)")
     t.add_argument("--out-dir", default="", metavar="DIR",
                    help="write ave_lut.json and ave_lut.png here (default: print only)")
+    t.add_argument("--fresh", action="store_true",
+                   help="measure again every entry the table holds before the check (run it on an idle machine)")
     t.add_argument("--json", action="store_true", help="print one JSON object")
     t.set_defaults(func=_lut)
 
@@ -262,9 +266,14 @@ def _register(args: argparse.Namespace) -> int:
 def _lut(args: argparse.Namespace) -> int:
     from encoder.lut import LatencyTable, check_lut, plot_lut
 
+    from encoder.arch import list_archs
+
     table = LatencyTable(args.table)
+    if args.fresh:
+        table.remeasure()
     cmd = command_line("search", "avcall search lut --json --out-dir docs/results")
-    r = check_lut(args.archs, seed=args.seed, table=table, progress=True, command=cmd)
+    include = ("EEM", "EEM-ch50", "EEM-res50", "EEM-flat", *sorted(a for a in list_archs() if a.startswith("AVE")))
+    r = check_lut(args.archs, seed=args.seed, table=table, progress=True, command=cmd, include=include)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)

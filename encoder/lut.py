@@ -238,6 +238,13 @@ class LatencyTable:
             self.get(k)
         self.save()
 
+    def remeasure(self, *, progress: bool = True) -> None:
+        """Measure every entry again in one sitting and save (entries measured while the machine was busy
+        drift; a table is most consistent measured at once, on an idle machine)."""
+        keys = list(self.entries)
+        self.entries = {}
+        self.fill(keys, progress=progress)
+
     def save(self) -> None:
         if self.path is None:
             return

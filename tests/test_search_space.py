@@ -224,6 +224,12 @@ def test_the_lut_check_compares_predictions_with_whole_models(tmp_path):
     assert -1 <= r["pearson_r"] <= 1 and r["mean_abs_pct_error"] >= 0
     assert json.loads((tmp_path / "lut.json").read_text())["entries"]  # the table was cached
     assert plot_lut(r, tmp_path / "lut.png").stat().st_size > 0
+    # Measured again in one sitting: every entry comes back, a stale value is replaced.
+    keys = set(table.entries)
+    table.entries["empty:"] = 999.0
+    table.remeasure(progress=False)
+    assert set(table.entries) == keys and table.entries["empty:"] < 100
+    assert LatencyTable(tmp_path / "lut.json").entries == table.entries
 
 
 def test_the_latency_term_of_a_sampled_path_is_that_paths_cost_and_has_gradients():
