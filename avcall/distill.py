@@ -49,6 +49,56 @@ def register(sub) -> None:
     d.set_defaults(func=_distill)
 
 
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "distill", help="teacher, today's decoder and students side by side: size, decode time, face-pixel quality",
+        description="Parameters, MFLOPs, decode time (one thread, one run) and face-pixel PSNR/SSIM on held-out "
+                    "poses (front, left, right) of every decoder given; each role takes one directory per "
+                    "training seed (comma-separated: mean and std). Writes distill.{md,json} and a side-by-side "
+                    "picture with error maps with --out-dir.",
+        epilog="example:\n  avcall eval distill --teacher runs/decoder/S1-teacher --student runs/distill/xs-s0,"
+               "runs/distill/xs-s1 \\\n      --student-scratch runs/distill/xs-scratch-s0,runs/distill/xs-scratch-s1 "
+               "--out-dir docs/results\n", formatter_class=HelpFormatter)
+    p.add_argument("--identity", default="S1", help="studio identity (default: %(default)s)")
+    p.add_argument("--current", default=None, metavar="DIR",
+                   help="today's decoder (default: the embedded decoder/models/IDENTITY)")
+    for role in ("teacher", "student", "student-scratch", "student-no-kl", "student-no-feature"):
+        p.add_argument(f"--{role}", default="", metavar="DIR[,DIR]", help=f"the {role.replace('-', ' ')} decoder(s), "
+                       "one per seed")
+    p.add_argument("--poses", type=positive_int, default=24, help="held-out poses (default: %(default)s)")
+    p.add_argument("--out-dir", default="", metavar="DIR", help="write distill.{md,json} and "
+                   "distill_side_by_side.png here (default: print only)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval_distill)
+
+
+def _eval_distill(args: argparse.Namespace) -> int:
+    import json
+
+    from avcall.args import command_line
+    from capture.identity import check_identity
+    from decoder.compare import compare_decoders, render_markdown, write_results
+    from decoder.runtime import default_model_dir
+    from encoder.bench import machine_description
+
+    check_identity(args.identity)
+    rows = []
+    for role in ("teacher", "current", "student", "student-scratch", "student-no-kl", "student-no-feature"):
+        value = getattr(args, role.replace("-", "_"))
+        if role == "current":
+            value = value or str(default_model_dir(args.identity))
+        dirs = [Path(d) for d in value.split(",") if d.strip()]
+        if dirs:
+            rows.append((role, dirs))
+    picture = Path(args.out_dir) / "distill_side_by_side.png" if args.out_dir else None
+    table = compare_decoders(rows, identity=args.identity, num_test=args.poses, sheet=picture)
+    table |= {"machine": machine_description(), "command": command_line("distill", "avcall eval distill")}
+    if args.out_dir:
+        write_results(table, Path(args.out_dir))
+    print(json.dumps(table) if args.json else render_markdown(table), file=sys.stdout)
+    return 0
+
+
 def distill_config(args):
     """(DecoderConfig, TrainConfig) the ``distill decoder`` arguments describe."""
     from avcore.errors import UsageError

@@ -41,7 +41,7 @@ def face_and_frame_mse(img, gt) -> tuple[float, float]:
     studio renders on black). A ground truth with no foreground gives a face MSE of 0."""
     a, b = _pair(img, gt)
     d = (a - b) ** 2
-    mask = np.asarray(gt).max(-1) > 0
+    mask = face_mask(gt)
     return (float(d[mask].mean()) if mask.any() else 0.0), float(d.mean())
 
 
@@ -57,8 +57,9 @@ def psnr(a, b, peak: float = 255.0) -> float:
     return psnr_from_mse(mse(a, b), peak)
 
 
-def ssim(a, b, peak: float = 255.0) -> float:
-    """Mean SSIM of two images (H, W) or (H, W, C), H and W >= 11 (see the module docstring)."""
+def ssim(a, b, peak: float = 255.0, mask=None) -> float:
+    """Mean SSIM of two images (H, W) or (H, W, C), H and W >= 11 (see the module docstring); with ``mask``
+    (H, W) bool, the mean over the masked pixels only (e.g. the face: :func:`face_mask`)."""
     import cv2
 
     a, b = _pair(a, b)
@@ -69,6 +70,9 @@ def ssim(a, b, peak: float = 255.0) -> float:
     c1, c2 = (SSIM_K1 * peak) ** 2, (SSIM_K2 * peak) ** 2
     blur = lambda x: cv2.GaussianBlur(x, (SSIM_WINDOW, SSIM_WINDOW), SSIM_SIGMA, borderType=cv2.BORDER_REFLECT)
     r = SSIM_WINDOW // 2
+    inner = None if mask is None else np.asarray(mask, bool)[r:-r, r:-r]
+    if inner is not None and not inner.any():
+        raise ValueError("SSIM mask selects no pixel away from the border")
     vals = []
     for ch in range(a.shape[2]):
         x, y = np.ascontiguousarray(a[..., ch]), np.ascontiguousarray(b[..., ch])
@@ -77,5 +81,11 @@ def ssim(a, b, peak: float = 255.0) -> float:
         syy = blur(y * y) - my * my
         sxy = blur(x * y) - mx * my
         s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
-        vals.append(s[r:-r, r:-r].mean())
+        s = s[r:-r, r:-r]
+        vals.append(s.mean() if inner is None else s[inner].mean())
     return float(np.mean(vals))
+
+
+def face_mask(gt) -> np.ndarray:
+    """(H, W) bool: the ground-truth render's foreground (any channel > 0; the studio renders on black)."""
+    return np.asarray(gt).max(-1) > 0

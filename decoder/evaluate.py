@@ -65,6 +65,47 @@ def latent_linearity(codes: np.ndarray, render, targets: list, window: int = 8) 
             "linearity_mse_change": mi - mt, "linearity_mse_ratio": mi / max(mt, 1e-12)}
 
 
+class HeldOutProbe:
+    """A decoder directory on held-out poses: ``code(expr, gaze)`` (its training encoder's VAE mean of the true
+    frame), ``render(z, gaze, view)`` (onnxruntime decode + rasterise, uint8) and ``truth(expr, gaze, view)``
+    (the studio's render), all at the studio's dome size. ``close()`` frees GL."""
+
+    def __init__(self, model_dir: Path, identity: str | None = None, *, threads: int = 2):
+        from capture.studio import Studio
+
+        from .export import load_torch_encoder
+        from .runtime import OnnxAvatarDecoder
+
+        self.model_dir = Path(model_dir)
+        self.decoder = OnnxAvatarDecoder(self.model_dir, threads=threads)
+        self.identity = identity or self.decoder.config["identity"]
+        self.encoder = load_torch_encoder(self.model_dir)
+        if self.encoder is None:
+            raise FileNotFoundError(f"{model_dir} has no encoder.pt; evaluation needs the training encoder for GT codes")
+        self.studio = Studio(self.identity)
+        self.rast = self.decoder.make_rasterizer(size=self.studio.dome_size, ctx=self.studio.ctx)
+        self.tsize = int(self.decoder.config["encoder_texture_size"])
+
+    def code(self, expr, gaze) -> np.ndarray:
+        st = self.studio.pose(expr, gaze)
+        tex, _ = self.studio.render_texture(expr, gaze, "front")
+        return _encode(self.encoder, st.vertices, tex, self.tsize)
+
+    def render(self, z, gaze, view) -> np.ndarray:
+        from capture.rig import view_direction
+
+        d = view_direction(view)
+        v, t = self.decoder.decode(z, d)
+        return self.rast.render(v, np.clip(t, 0, 1), gaze, d)
+
+    def truth(self, expr, gaze, view, size: int | None = None) -> np.ndarray:
+        return self.studio.render_view(expr, gaze, view, size=size)
+
+    def close(self) -> None:
+        self.rast.release()
+        self.studio.release()
+
+
 def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: int = 48, test_seed: int = 1_000_003,
                      linearity_frames: int = 48, sheet: Path | None = None, progress: bool = True) -> dict:
     """Held-out reconstruction metrics (see module docstring). Returns a JSON-able dict.
@@ -77,12 +118,8 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
     from avcore.metrics import psnr_from_mse, ssim
     from avcore.progress import progress as progress_bar
     from capture.expression import NAMED_POSES
-    from capture.rig import view_direction
-    from capture.studio import Studio
 
     from .data import sample_poses
-    from .export import load_torch_encoder
-    from .runtime import OnnxAvatarDecoder
 
     if num_test < 1:
         raise UsageError(f"frames must be >= 1 (got {num_test})")
@@ -90,24 +127,8 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
         raise UsageError(f"linearity frames must be 0 (skip) or >= {LINEARITY_WINDOW} (got {linearity_frames})")
     torch.set_num_threads(2)
     model_dir = Path(model_dir)
-    dec = OnnxAvatarDecoder(model_dir)
-    identity = identity or dec.config["identity"]
-    encoder = load_torch_encoder(model_dir)
-    if encoder is None:
-        raise FileNotFoundError(f"{model_dir} has no encoder.pt; evaluation needs the training encoder for GT codes")
-    studio = Studio(identity)
-    rast = dec.make_rasterizer(size=studio.dome_size, ctx=studio.ctx)
-    tsize = int(dec.config["encoder_texture_size"])
-
-    def code(expr, gaze):
-        st = studio.pose(expr, gaze)
-        tex, _ = studio.render_texture(expr, gaze, "front")
-        return _encode(encoder, st.vertices, tex, tsize)
-
-    def render(z, gaze, view):
-        d = view_direction(view)
-        v, t = dec.decode(z, d)
-        return rast.render(v, np.clip(t, 0, 1), gaze, d)
+    probe = HeldOutProbe(model_dir, identity)
+    identity, studio, code, render = probe.identity, probe.studio, probe.code, probe.render
 
     bar = progress_bar(total=num_test + linearity_frames, desc=f"eval decoder {identity}", unit="frame",
                        disable=not progress)
@@ -153,7 +174,7 @@ def evaluate_decoder(model_dir: Path, *, identity: str | None = None, num_test: 
             rows.append(np.concatenate(row, 1))
         save_sheet(Path(sheet), np.concatenate(rows, 0), names)
         out["sheet"] = str(sheet)
-    studio.release()
+    probe.close()
     return out
 
 

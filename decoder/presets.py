@@ -42,6 +42,14 @@ def preset_config(name: str, *, identity: str = "S1", latent_dim: int = 256, num
     return cfg
 
 
+def preset_of(cfg: DecoderConfig) -> str | None:
+    """The preset whose sizes ``cfg`` has (identity, latent size and vertex count aside), else None."""
+    for name in PRESETS:
+        if preset_config(name, identity=cfg.identity, latent_dim=cfg.latent_dim, num_vertices=cfg.num_vertices) == cfg:
+            return name
+    return None
+
+
 def decoder_cost(cfg: DecoderConfig) -> dict:
     """Parameters and MFLOPs (2 x multiply-accumulates, counted by ``FlopCounterMode``) of one decode (batch 1)."""
     import torch

@@ -184,6 +184,16 @@ def test_ssim_is_one_for_identical_images_and_follows_the_formula():
     assert 1 > noisy[0] > noisy[1] > noisy[2] > 0
     with pytest.raises(ValueError, match="11"):
         ssim(np.zeros((8, 8)), np.zeros((8, 8)))
+    # A mask averages only its pixels: noise outside it does not count, an all-true mask is the plain mean.
+    left = np.zeros((48, 40), bool)
+    left[:, :14] = True  # windows of these pixels end before column 20
+    half = img.copy()
+    half[:, 20:] = np.clip(half[:, 20:] + rng.normal(0, 40, half[:, 20:].shape), 0, 255)
+    assert ssim(img, half, mask=left) == pytest.approx(1.0, abs=1e-9)
+    assert ssim(img, half) < 0.97  # unmasked, the noisy half counts
+    assert ssim(img, half, mask=np.ones((48, 40), bool)) == pytest.approx(ssim(img, half))
+    with pytest.raises(ValueError, match="mask"):
+        ssim(img, half, mask=np.zeros((48, 40), bool))
 
 
 def test_receiver_path_does_not_import_torch():

@@ -215,3 +215,24 @@ def test_eval_ablation_writes_table2_with_every_row_found(tiny_models, capsys):
     rc, _, stderr = _run(capsys, "eval", "ablation", "--ave", str(runs / "nothing"), "--runs", str(runs),
                          "--out", str(out))
     assert rc != 0 and "fusion.onnx missing" in stderr
+
+
+def test_eval_distill_compares_decoders_per_role_with_seeds_and_a_picture(tiny_models, capsys):
+    dec = str(tiny_models["decoders"] / "S1")
+    out = tiny_models["root"] / "distill"
+    rc, stdout, stderr = _run(capsys, "eval", "distill", "--teacher", dec, "--current", dec, "--student", f"{dec},{dec}",
+                              "--poses", "2", "--out-dir", str(out), "--json")
+    assert rc == 0, stderr
+    t = json.loads(stdout)
+    assert [r["role"] for r in t["rows"]] == ["teacher", "current", "student"]
+    for r in t["rows"]:
+        assert {"name", "role", "params", "mflops", "decode_ms", "psnr_face_mean", "seeds"} <= set(r)
+        assert r["params"] > 0 and r["mflops"] > 0 and r["decode_ms"] > 0 and _finite(r["psnr_face_mean"])
+        assert 0 < r["ssim_face_mean"] <= 1 and set(r["psnr_face"]) == {"front", "left", "right"}
+    student = t["rows"][2]
+    assert student["seeds"] == 2 and student["psnr_face_mean_std"] == pytest.approx(0.0, abs=1e-9)
+    assert student["psnr_face_mean"] == pytest.approx(t["rows"][0]["psnr_face_mean"])  # the same model
+    assert json.loads((out / "distill.json").read_text())["rows"][0]["role"] == "teacher"
+    assert (out / "distill_side_by_side.png").stat().st_size > 1000 and "| teacher" in (out / "distill.md").read_text()
+    rc, _, stderr = _run(capsys, "eval", "distill", "--teacher", str(tiny_models["root"]), "--poses", "1")
+    assert rc != 0 and "config.json missing" in stderr
