@@ -1,0 +1,129 @@
+"""The deferred neural renderer G (DNR+ of the neural-caching paper): rasterized buffers in, the final image out.
+
+Torch: training and export only (the receiver runs the exported ONNX model with onnxruntime).
+
+Inputs, at G's working resolution, from the rasterizer (:class:`renderer.rasterizer.AvatarRasterizer`) of the
+decoded avatar:
+
+- ``raster`` (B, 3, H, W) in [0, 1]: the decoder's view-dependent texture rasterized (today's receiver image);
+- ``uv`` (B, 3, H, W): per pixel (u, v, face), ``face`` = 1 where the face mesh is the visible surface
+  (:meth:`~renderer.rasterizer.AvatarRasterizer.render_uv`);
+- ``view`` (B, 3): unit direction head -> viewer.
+
+A learned multi-scale **neural texture** (``channels`` feature channels at ``texture_levels`` resolutions,
+bilinearly sampled at ``uv`` and summed, as a Laplacian pyramid) gives per-pixel features; the view direction's
+9 real spherical-harmonics coefficients (bands 0-2) multiply feature channels 4-12 (``SH_CHANNELS``, 0-based
+3..11), so those channels can carry view-dependent effects. Features, raster colour and the face mask go
+through a U-Net (``widths`` per level, stride-2 down, nearest-upsample + conv up, skip connections) to RGB.
+
+``forward`` also returns G's last three feature maps (the bottleneck and the two decoder levels): with the view
+direction, its SH, the code, the gaze and the UV map they are the *neural cache* a shallow warp network turns
+into the next display frames.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from avcore.config import ConfigDict
+
+SH_CHANNELS = (3, 12)
+"""Feature channels [start, stop) multiplied by the view's 9 SH coefficients (the paper's channels 4-12)."""
+
+
+@dataclass
+class NeuralRendererConfig(ConfigDict):
+    channels: int = 16
+    """Neural texture feature channels (at least 12: channels 4-12 carry the SH modulation)."""
+    texture_levels: tuple[int, ...] = (256, 128, 64, 32)
+    """Side of each level of the neural texture pyramid."""
+    widths: tuple[int, ...] = (32, 64, 128)
+    """U-Net channels per level (full resolution first)."""
+
+    def __post_init__(self) -> None:
+        self.texture_levels = tuple(self.texture_levels)
+        self.widths = tuple(self.widths)
+        if self.channels < SH_CHANNELS[1]:
+            raise ValueError(f"neural renderer: channels must be >= {SH_CHANNELS[1]} (SH-modulated channels 4-12)")
+        if len(self.widths) < 2:
+            raise ValueError("neural renderer: at least two U-Net levels")
+
+
+def sh_basis(d: torch.Tensor) -> torch.Tensor:
+    """(B, 3) unit directions -> (B, 9) real spherical harmonics of bands 0, 1, 2 (the usual normalisation)."""
+    x, y, z = d[:, 0], d[:, 1], d[:, 2]
+    c0, c1 = 0.5 * math.sqrt(1 / math.pi), math.sqrt(3 / (4 * math.pi))
+    c2, c3, c4 = 0.5 * math.sqrt(15 / math.pi), 0.25 * math.sqrt(5 / math.pi), 0.25 * math.sqrt(15 / math.pi)
+    return torch.stack([torch.full_like(x, c0), c1 * y, c1 * z, c1 * x, c2 * x * y, c2 * y * z,
+                        c3 * (3 * z * z - 1), c2 * x * z, c4 * (x * x - y * y)], 1)
+
+
+class NeuralTexture(nn.Module):
+    def __init__(self, channels: int, levels: tuple[int, ...]):
+        super().__init__()
+        self.levels = nn.ParameterList([nn.Parameter(torch.zeros(1, channels, s, s)) for s in levels])
+        nn.init.normal_(self.levels[-1], 0.0, 0.1)  # the coarsest level starts the pyramid
+
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        """uv (B, 2, H, W) in [0, 1] (row 0 of a level is v = 0) -> (B, C, H, W)."""
+        grid = (uv.permute(0, 2, 3, 1) * 2 - 1).clamp(-1, 1)
+        out = 0
+        for t in self.levels:
+            out = out + F.grid_sample(t.expand(len(uv), -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+                                      align_corners=False)
+        return out
+
+
+def _conv(i: int, o: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.LeakyReLU(0.2))
+
+
+class NeuralRenderer(nn.Module):
+    """G: (raster, uv, view) -> {"image": (B, 3, H, W) in [0, 1], "features": [bottleneck, ..., full res]}."""
+
+    def __init__(self, cfg: NeuralRendererConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or NeuralRendererConfig()
+        self.texture = NeuralTexture(cfg.channels, cfg.texture_levels)
+        w = cfg.widths
+        self.down = nn.ModuleList([_conv(cfg.channels + 4, w[0])] + [_conv(w[i - 1], w[i], 2) for i in range(1, len(w))])
+        self.up = nn.ModuleList([_conv(w[i] + w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
+        self.out = nn.Conv2d(w[0], 3, 3, 1, 1)
+
+    def buffers_to_input(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+        mask = uv[:, 2:3]
+        feats = self.texture(uv[:, :2]) * mask
+        a, b = SH_CHANNELS
+        feats = torch.cat([feats[:, :a], feats[:, a:b] * sh_basis(view)[:, :, None, None], feats[:, b:]], 1)
+        return torch.cat([feats, raster, mask], 1)
+
+    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> dict:
+        x = self.buffers_to_input(raster, uv, view)
+        skips = []
+        for layer in self.down:
+            x = layer(x)
+            skips.append(x)
+        features = [x]
+        for layer, skip in zip(self.up, reversed(skips[:-1])):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
+            x = layer(torch.cat([x, skip], 1))
+            features.append(x)
+        return {"image": torch.sigmoid(self.out(x)), "features": features[-3:]}
+
+
+def ssim_loss(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """1 - mean SSIM of two image batches (B, C, H, W) in [0, 1] (Gaussian window, as :func:`avcore.metrics.ssim`):
+    the image-structure term of G's loss (no downloaded perceptual network is available here)."""
+    g = torch.exp(-((torch.arange(window) - window // 2) ** 2) / (2 * sigma * sigma))
+    g = (g / g.sum()).to(a.dtype)
+    k = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window, window)
+    blur = lambda x: F.conv2d(x, k, groups=a.shape[1])  # noqa: E731  (valid region only, as the metric)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ma, mb = blur(a), blur(b)
+    saa, sbb, sab = blur(a * a) - ma * ma, blur(b * b) - mb * mb, blur(a * b) - ma * mb
+    s = ((2 * ma * mb + c1) * (2 * sab + c2)) / ((ma * ma + mb * mb + c1) * (saa + sbb + c2))
+    return 1 - s.mean()
