@@ -70,7 +70,7 @@ class HeldOutProbe:
     frame), ``render(z, gaze, view)`` (onnxruntime decode + rasterise, uint8) and ``truth(expr, gaze, view)``
     (the studio's render), all at the studio's dome size. ``close()`` frees GL."""
 
-    def __init__(self, model_dir: Path, identity: str | None = None, *, threads: int = 2):
+    def __init__(self, model_dir: Path, identity: str | None = None, *, threads: int = 2, size: int | None = None):
         from capture.studio import Studio
 
         from .export import load_torch_encoder
@@ -83,7 +83,9 @@ class HeldOutProbe:
         if self.encoder is None:
             raise FileNotFoundError(f"{model_dir} has no encoder.pt; evaluation needs the training encoder for GT codes")
         self.studio = Studio(self.identity)
-        self.rast = self.decoder.make_rasterizer(size=self.studio.dome_size, ctx=self.studio.ctx)
+        self.size = size or self.studio.dome_size
+        """Side of ``render`` / ``render_uv`` / ``truth`` (the studio's dome size unless given)."""
+        self.rast = self.decoder.make_rasterizer(size=self.size, ctx=self.studio.ctx)
         self.tsize = int(self.decoder.config["encoder_texture_size"])
 
     def code(self, expr, gaze) -> np.ndarray:
@@ -92,14 +94,20 @@ class HeldOutProbe:
         return _encode(self.encoder, st.vertices, tex, self.tsize)
 
     def render(self, z, gaze, view) -> np.ndarray:
+        """The decoded avatar rasterized from ``view`` (name or direction)."""
+        return self.render_buffers(z, gaze, view)[0]
+
+    def render_buffers(self, z, gaze, view) -> tuple[np.ndarray, np.ndarray]:
+        """(raster (S, S, 3) uint8, uv (S, S, 3) float32 (u, v, face)) of the decoded avatar from ``view``."""
         from capture.rig import view_direction
 
         d = view_direction(view)
         v, t = self.decoder.decode(z, d)
-        return self.rast.render(v, np.clip(t, 0, 1), gaze, d)
+        return self.rast.render(v, np.clip(t, 0, 1), gaze, d), self.rast.render_uv(v, gaze, d, self.size)
 
     def truth(self, expr, gaze, view, size: int | None = None) -> np.ndarray:
-        return self.studio.render_view(expr, gaze, view, size=size)
+        """The studio's render from ``view`` at ``size`` (default :attr:`size`)."""
+        return self.studio.render_view(expr, gaze, view, size=size or self.size)
 
     def close(self) -> None:
         self.rast.release()

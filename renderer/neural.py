@@ -16,7 +16,8 @@ bilinearly sampled at ``uv`` and summed, as a Laplacian pyramid) gives per-pixel
 3..11), so those channels can carry view-dependent effects. Features, raster colour and the face mask go
 through a U-Net (``widths`` per level, stride-2 down, nearest-upsample + conv up, skip connections) to RGB.
 
-``forward`` also returns G's last three feature maps (the bottleneck and the two decoder levels): with the view
+``forward`` also returns G's last three feature maps (the bottleneck and the decoder levels after it; fewer for
+a two-level U-Net): with the view
 direction, its SH, the code, the gaze and the UV map they are the *neural cache* a shallow warp network turns
 into the next display frames.
 """

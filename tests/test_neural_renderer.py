@@ -100,3 +100,38 @@ def test_the_structure_loss_matches_the_ssim_metric():
     t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].double()  # noqa: E731
     assert float(ssim_loss(t(a), t(a))) == pytest.approx(0.0, abs=1e-9)
     assert 1 - float(ssim_loss(t(a), t(b))) == pytest.approx(ssim(a, b, peak=1.0), abs=2e-3)
+
+
+def test_renderer_data_and_training_on_a_tiny_decoder(tmp_path):
+    """Buffers of the decoded avatar against the studio's truth; a short run exports G and compares it with the
+    raster on held-out poses; a second run resumes."""
+    from decoder.config import DecoderConfig, TrainConfig
+    from decoder.data import build_dataset
+    from decoder.train import train_decoder
+    from renderer.data import RendererDataConfig, build_renderer_data
+    from renderer.train import RendererTrainConfig, train_renderer
+
+    dcfg = DecoderConfig(identity="S1", latent_dim=8, geometry_basis=4, geometry_hidden=16, texture_seed=4,
+                         texture_channels=(8, 8), view_inject=1, encoder_texture_size=16, encoder_channels=(4, 8))
+    tcfg = TrainConfig(num_train_poses=4, views_per_pose=1, image_size=32, batch_size=4, steps=3, time_budget_s=120.0,
+                       checkpoint_every_s=1e9, threads=1)
+    train_decoder(tmp_path / "dec", dcfg, tcfg, progress=False, data=build_dataset("S1", 4, 5, dcfg, tcfg, progress=False))
+    train = build_renderer_data(RendererDataConfig(poses=3, views_per_pose=2, size=32), decoder_dir=tmp_path / "dec",
+                                cache=tmp_path / "train.npz", progress=False)
+    assert train["raster"].shape == (6, 32, 32, 3) and train["uv"].shape == (6, 32, 32, 3) and train["z"].shape == (6, 8)
+    face = train["uv"][..., 2] > 0.5
+    assert face.any() and (train["raster"][face].max(-1) > 0).mean() > 0.9  # the avatar is drawn where the face is
+    assert (train["target"].max(-1) > 0).mean() > 0.05  # the studio's truth is not blank
+    again = build_renderer_data(RendererDataConfig(poses=3, views_per_pose=2, size=32), decoder_dir=tmp_path / "dec",
+                                cache=tmp_path / "train.npz", progress=False)
+    assert np.array_equal(again["target"], train["target"])  # from the cache
+    test = build_renderer_data(RendererDataConfig(poses=2, views_per_pose=1, size=32, seed=99),
+                               decoder_dir=tmp_path / "dec", progress=False)
+    gcfg = NeuralRendererConfig(channels=12, texture_levels=(16, 8), widths=(8, 12))
+    meta = train_renderer(tmp_path / "g", train, test, gcfg, RendererTrainConfig(steps=3, batch_size=2, threads=1,
+                                                                                 checkpoint_every_s=1e9), progress=False)
+    assert (tmp_path / "g" / "renderer.onnx").is_file() and meta["train"]["steps_done"] == 3
+    assert set(meta["heldout"]) == {"G", "raster"} and all(math.isfinite(v["psnr_face"]) for v in meta["heldout"].values())
+    more = train_renderer(tmp_path / "g", train, test, None, RendererTrainConfig(steps=5, batch_size=2, threads=1),
+                          progress=False)
+    assert more["train"]["steps_done"] == 5 and more["renderer"] == gcfg.to_dict()  # resumed with its own config
