@@ -5,9 +5,12 @@ Every choice of :class:`encoder.search_space.SearchSpace` becomes a set of logit
 * **operator and kernel** of every layer (plus ``skip`` for the layers a stage may drop): Gumbel-softmax with a
   hard, straight-through sample (GDAS): each step runs only the sampled candidate, scaled by its one-hot weight,
   whose gradient reaches the logits through the softmax;
-* **widths** (stem, each stage, head) by channel masking, as FBNetV2 does: every candidate runs at the largest
-  width, and its output is multiplied by ``sum_i g_i m_i``, the Gumbel-softmax weights ``g`` of the widths times
-  masks ``m_i`` that keep the first ``w_i`` channels;
+* **widths** (stem, each stage, head, fusion) by channel masking, as FBNetV2 does: every candidate runs at the
+  largest width, and its output is multiplied by ``sum_i g_i m_i``, the Gumbel-softmax weights ``g`` of the widths
+  times masks ``m_i`` that keep the first ``w_i`` channels. The weights are sampled hard (one-hot, straight-through
+  gradients), so every step trains and costs one real architecture: with soft weights the latency term costs a
+  mixture of widths while the most likely architecture takes the narrowest of each, and searches ended far below
+  their latency target;
 * **pooling** (mean or flatten): Gumbel-softmax, hard;
 * **input resolution**: not differentiable through the network; sampled from its own categorical policy and
   trained by REINFORCE (:mod:`encoder.search`).
@@ -165,11 +168,11 @@ class ViewLogits(nn.Module):
 
     def sample(self, tau: float, generator: torch.Generator | None = None) -> dict:
         n = len(self.space.stage_strides)
-        return {"stem": gumbel(self.stem, tau, False, generator),
-                "width": [gumbel(self.width[s], tau, False, generator) for s in range(n)],
+        return {"stem": gumbel(self.stem, tau, True, generator),
+                "width": [gumbel(self.width[s], tau, True, generator) for s in range(n)],
                 "op": [[gumbel(self.op_logits(s, layer), tau, True, generator) for layer in range(MAX_LAYERS)]
                        for s in range(n)],
-                "head": gumbel(self.head, tau, False, generator),
+                "head": gumbel(self.head, tau, True, generator),
                 "pool": gumbel(self.pool, tau, True, generator)}
 
     def arch_parameters(self) -> list[nn.Parameter]:
@@ -211,7 +214,7 @@ class SuperNet(nn.Module):
         """Gumbel weights of every choice but the resolutions (one draw for all views when shared)."""
         draws = {k: lg.sample(tau, generator) for k, lg in self.logits.items()}
         return {"views": {v: draws["shared" if self.shared else v] for v in VIEW_NAMES},
-                "fusion": gumbel(self.fusion_logits, tau, False, generator)}
+                "fusion": gumbel(self.fusion_logits, tau, True, generator)}
 
     def forward(self, views: torch.Tensor, resolutions: dict[str, int], w: dict) -> dict[str, torch.Tensor]:
         """views (B, 3, S, S) 0..255 -> the encoder's outputs (z, gaze (B, 2, 2), keypoints (B, 3, K, 2))."""
