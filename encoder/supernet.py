@@ -179,6 +179,19 @@ class ViewLogits(nn.Module):
         return [p for name, p in self.named_parameters() if name != "resolution"]
 
 
+def layer_choice(logits: torch.Tensor, cands: list[tuple[str, int]]) -> int:
+    """Index of the most likely candidate of a layer, deciding first whether the layer exists: it is skipped only
+    if ``skip`` holds at least half the probability. (A plain argmax over skip and the eight operator/kernel
+    candidates drops a layer that is more likely there than not whenever its probability is split among the
+    operators: the searched encoders came out far shallower, and cheaper, than the paths the search trained.)"""
+    p = F.softmax(logits.detach(), -1)
+    if cands[-1][0] != SKIP:
+        return int(p.argmax())
+    if float(p[-1]) >= 0.5:
+        return len(cands) - 1
+    return int(p[:-1].argmax())
+
+
 class SuperNet(nn.Module):
     """Three :class:`SuperView` s, the fusion MLP at its largest width, and the architecture parameters."""
 
@@ -254,7 +267,8 @@ class SuperNet(nn.Module):
     # ------------------------------------------------------------------ reading the architecture
 
     def derive(self, name: str = "searched") -> Choice:
-        """The most likely point of the space."""
+        """The most likely point of the space (a layer exists if it is more likely there than skipped,
+        :func:`layer_choice`)."""
         sp = self.space
         views = {}
         for v in VIEW_NAMES:
@@ -267,7 +281,7 @@ class SuperNet(nn.Module):
                 row_ops, row_k = [], []
                 for layer in range(MAX_LAYERS):
                     cands = candidates(sp, layer > 0 or (s == 0 and 0 in sp.first_stage_depths))
-                    op, k = cands[arg(lg.op_logits(s, layer))]
+                    op, k = cands[layer_choice(lg.op_logits(s, layer), cands)]
                     if op != SKIP:
                         row_ops.append(op)
                         row_k.append(k)

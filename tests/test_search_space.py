@@ -253,3 +253,18 @@ def test_the_latency_term_of_a_sampled_path_is_that_paths_cost_and_has_gradients
     avg = float(net.expected_latency(table, res).detach())
     assert len({round(c, 6) for c in costs}) > 1  # different paths, different costs
     assert all(abs(c - avg) > 1e-9 for c in costs)  # not the plain average over the candidates
+
+
+def test_a_layer_more_likely_there_than_skipped_is_kept_when_deriving():
+    from encoder.supernet import SKIP, candidates, layer_choice
+
+    cands = candidates(SMALL, True)
+    assert cands[-1] == (SKIP, 0)
+    p = torch.full((len(cands),), 0.59 / (len(cands) - 1))
+    p[-1] = 0.4  # skip is the single most likely candidate, but the layer is more likely there than not
+    p[2] += 0.01
+    assert layer_choice(p.log(), cands) == 2
+    p = torch.full((len(cands),), 0.45 / (len(cands) - 1))
+    p[-1] = 0.55
+    assert layer_choice(p.log(), cands) == len(cands) - 1
+    assert layer_choice(torch.tensor([0.1, 2.0, 0.3]), [("conv", 3), ("fmb4", 3), ("mb3", 3)]) == 1  # no skip allowed
