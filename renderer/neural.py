@@ -116,6 +116,18 @@ class NeuralRenderer(nn.Module):
         return {"image": torch.sigmoid(self.out(x)), "features": features[-3:]}
 
 
+class FlatOutputs(nn.Module):
+    """G with a flat tuple of outputs (``image``, then the cache features, bottleneck first), as ONNX wants them."""
+
+    def __init__(self, g: NeuralRenderer):
+        super().__init__()
+        self.g = g
+
+    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> tuple:
+        o = self.g(raster, uv, view)
+        return (o["image"], *o["features"])
+
+
 def ssim_loss(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """1 - mean SSIM of two image batches (B, C, H, W) in [0, 1] (Gaussian window, as :func:`avcore.metrics.ssim`):
     the image-structure term of G's loss (no downloaded perceptual network is available here)."""

@@ -62,14 +62,7 @@ def export_renderer(g, path: Path, size: int) -> None:
     import onnxruntime as ort
     import torch
 
-    class Flat(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, raster, uv, view):
-            o = self.m(raster, uv, view)
-            return (o["image"], *o["features"])
+    from .neural import FlatOutputs
 
     g.eval()
     gen = torch.Generator().manual_seed(0)
@@ -79,7 +72,7 @@ def export_renderer(g, path: Path, size: int) -> None:
         out = g(raster, uv, view)
     ref = out["image"].numpy()
     names = ["image"] + [f"f{i}" for i in range(len(out["features"]))]
-    torch.onnx.export(Flat(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
+    torch.onnx.export(FlatOutputs(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
                       output_names=names, opset_version=17, dynamo=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = sess.run(["image"], {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy()})[0]

@@ -55,17 +55,10 @@ def test_g_exports_to_onnx_with_parity_and_returns_its_cache_features(tmp_path):
     assert ref["image"].shape == (1, 3, 32, 32) and 0 <= float(ref["image"].min()) and float(ref["image"].max()) <= 1
     assert [f.shape[1] for f in ref["features"]] == [16, 12, 8] and ref["features"][-1].shape[-1] == 32
 
-    class Flat(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, raster, uv, view):
-            o = self.m(raster, uv, view)
-            return (o["image"], *o["features"])
+    from renderer.neural import FlatOutputs
 
     path = tmp_path / "g.onnx"
-    torch.onnx.export(Flat(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
+    torch.onnx.export(FlatOutputs(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
                       output_names=["image", "f0", "f1", "f2"], opset_version=17, dynamo=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy()})
