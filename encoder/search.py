@@ -343,7 +343,7 @@ def plot_trajectory(log_path: Path, path: Path, target_ms: float) -> Path | None
     arch = [r for r in rows if "task_loss" in r]
     if arch:
         a.plot([r["step"] for r in arch], [r["task_loss"] for r in arch], label="architecture step (held-out frames)")
-        b.plot([r["step"] for r in arch], [r["expected_ms"] for r in arch], label="expected (over the distributions)")
+        b.plot([r["step"] for r in arch], [r["expected_ms"] for r in arch], label="sampled path (the architecture the step trained)")
     b.plot([r["step"] for r in rows], [r["derived_ms"] for r in rows], label="most likely architecture")
     b.axhline(target_ms, color="gray", ls=":", label=f"target {target_ms:g} ms")
     a.set_xlabel("step")
