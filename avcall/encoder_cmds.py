@@ -299,7 +299,7 @@ def _robustness(args: argparse.Namespace) -> int:
     from encoder.bench import machine_description
     from encoder.robustness import CONDITIONS, evaluate_robustness, write_results
     from encoder.runtime import default_model_dir
-    from encoder.train import RUNS_ROOT, load_rom_data
+    from encoder.train import ROM_TAG, RUNS_ROOT, load_rom_data
 
     check_identity(args.identity)
     conditions = [c for c in args.conditions.split(",") if c]
@@ -313,7 +313,8 @@ def _robustness(args: argparse.Namespace) -> int:
     vae = load_vae(args.identity, args.decoder_dir)
     _, test = load_rom_data(args.identity, workers=args.workers, splits=("test",))
     results = [evaluate_robustness(d, args.identity, vae, test, conditions=conditions, frames=args.frames,
-                                   size=args.size, cache_dir=RUNS_ROOT, seconds=args.seconds) for d in dirs]
+                                   size=args.size, cache_dir=RUNS_ROOT, seconds=args.seconds, test_tag=ROM_TAG)
+               for d in dirs]
     command = command_line("robustness", "avcall eval robustness " + f"--identity {args.identity} "
                            + "".join(f"--model-dir {d} " for d in (args.model_dir or []))
                            + (f"--conditions {args.conditions} " if args.conditions != "frequent-fast,asymmetric" else "")

@@ -264,7 +264,7 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _lut(args: argparse.Namespace) -> int:
-    from encoder.lut import LatencyTable, check_lut, plot_lut
+    from encoder.lut import BASELINES, LatencyTable, check_lut, plot_lut
 
     from encoder.arch import list_archs
 
@@ -272,7 +272,7 @@ def _lut(args: argparse.Namespace) -> int:
     if args.fresh:
         table.remeasure()
     cmd = command_line("search", "avcall search lut --json --out-dir docs/results")
-    include = ("EEM", "EEM-ch50", "EEM-res50", "EEM-flat", *sorted(a for a in list_archs() if a.startswith("AVE")))
+    include = (*BASELINES, *sorted(a for a in list_archs() if a.startswith("AVE")))
     r = check_lut(args.archs, seed=args.seed, table=table, progress=True, command=cmd, include=include)
     if args.out_dir:
         out = Path(args.out_dir)

@@ -42,7 +42,7 @@ def build_table2(identity: str, ave_dir: str | Path, runs_root: str | Path, out_
     from .bench import bench_model_dir, machine_description
     from .evaluate import cached_evaluation
     from .flops import analytic_flops
-    from .train import load_rom_data
+    from .train import ROM_TAG, load_rom_data
 
     dirs = {"AVE-NAS": Path(ave_dir)} | {name: Path(runs_root) / identity / sub for name, sub in ROWS.items()}
     found = {n: d for n, d in dirs.items() if (d / "fusion.onnx").is_file()}
@@ -65,7 +65,7 @@ def build_table2(identity: str, ave_dir: str | Path, runs_root: str | Path, out_
     rows = []
     for name, d in found.items():
         arch = EncoderArch.from_json((d / "arch.json").read_text())
-        r = cached_evaluation(d, identity, test, vae, size=size, max_frames=frames, progress=progress, tag="rom")
+        r = cached_evaluation(d, identity, test, vae, size=size, max_frames=frames, progress=progress, tag=ROM_TAG)
         lat = bench_model_dir(d, runs=bench_runs)
         shutil.copyfile(d / "arch.json", out_dir / "table2_archs" / f"{name}.json")
         rows.append({"name": name, "latency_ms": lat["encode_ms_p50"]["total"],

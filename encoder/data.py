@@ -108,12 +108,11 @@ def performance_config(cfg: HmcDataConfig, fps: float, split: str) -> "Performan
 
 
 def render_session(identity: str, session: int, perf_seed: int, seconds: float, fps: float, split: str, cfg: HmcDataConfig,
-                   progress: bool = False, hmc_size: int = 192, performance: "PerformanceConfig | None" = None,
-                   frames: str | None = None) -> dict:
+                   progress: bool = False, hmc_size: int = 192, performance: "PerformanceConfig | None" = None) -> dict:
     """Frames of one session's performance rendered for ``split`` ("train"/"test"/"all"), with every target.
 
     ``performance``: the performance settings (default :func:`performance_config` of ``cfg`` for ``split``);
-    ``frames``: which of the performance's frames ("train"/"test"/"all"; default ``split``);
+    the test split keeps the frames ``cfg.test_frames`` names (default its held-out segments);
     ``hmc_size`` other than 192 renders smaller HMC views (tests)."""
     import cv2
     from avcore.progress import progress as progress_bar
@@ -125,7 +124,7 @@ def render_session(identity: str, session: int, perf_seed: int, seconds: float, 
 
     pcfg = performance or performance_config(cfg, fps, split)
     perf = generate_performance(perf_seed, seconds, pcfg)
-    idx = perf.split(frames or split)
+    idx = perf.split((cfg.test_frames or "test") if split == "test" else split)
     studio = Studio(identity, session=session, dome_size=2 * cfg.render_size, rig=HmcRigConfig(size=hmc_size))
     rast = make_rasterizer(studio, size=cfg.render_size)
     R, t = cfg.render_size, cfg.enc_texture_size
@@ -174,8 +173,7 @@ def _concat(parts: list[dict]) -> dict:
 def _job(args):
     identity, session, perf_seed, seconds, fps, split, cfg_dict = args
     cfg = HmcDataConfig(**cfg_dict)
-    return render_session(identity, session, perf_seed, seconds, fps, split, cfg,
-                          frames=cfg.test_frames if split == "test" else None)
+    return render_session(identity, session, perf_seed, seconds, fps, split, cfg)
 
 
 def build_hmc_data(cfg: HmcDataConfig, *, workers: int = 1, progress: bool = True, splits=("train", "test")) -> tuple[dict, dict]:

@@ -283,8 +283,12 @@ def measure_arch(arch: EncoderArch, *, runs: int = 60, warmup: int = 10, threads
     return dict(r["encode_ms_p50"])
 
 
+BASELINES: tuple[str, ...] = ("EEM", "EEM-ch50", "EEM-res50", "EEM-flat")
+"""The hand-designed encoders every latency-table check measures."""
+
+
 def check_lut(n: int = 24, *, seed: int = 0, table: LatencyTable, progress: bool = True, command: str = "",
-              include: tuple[str, ...] = ("EEM", "EEM-ch50", "EEM-res50", "EEM-flat"), space=None,
+              include: tuple[str, ...] = BASELINES, space=None,
               runs: int = 60) -> dict:
     """Predicted vs measured latency for ``n`` random architectures of the search space (default:
     :class:`encoder.search_space.SearchSpace`) plus the registered ``include``."""

@@ -27,6 +27,8 @@ CONDITIONS: dict[str, dict] = {
     "asymmetric": {"asymmetric_probability": 0.5},
 }
 """Performance settings (:class:`capture.performance.PerformanceConfig` fields) of each condition."""
+HARD_FRAMES = {"frequent-fast": "mse_face_extreme", "asymmetric": "mse_face_asym_extreme"}
+"""The face-pixel MSE of each condition's own kind of frames (its hard-frame ratio)."""
 SESSIONS = (301, 302, 303)
 """Headset sessions (slip + exposure) no dataset of the encoders uses."""
 SEED = 9000
@@ -66,11 +68,14 @@ def condition_data(identity: str, condition: str, *, seconds: float = 12.0, fps:
 def evaluate_robustness(model_dir, identity: str, vae, test: dict, *, conditions=tuple(CONDITIONS), frames: int = 240,
                         size: int = 256, cache_dir: Path | None = None, progress: bool = True,
                         seconds: float = 12.0, sessions: tuple[int, ...] = SESSIONS, hmc_size: int = 192,
-                        data_cfg=None) -> dict:
-    """The test split's MSE and each condition's, with the ratios (condition / test) of every mean."""
+                        data_cfg=None, test_tag: str = "") -> dict:
+    """The test split's MSE and each condition's, with the ratios (condition / test) of every mean. ``test_tag``:
+    the test split's evaluation cache tag (:data:`encoder.train.ROM_TAG` for the range-of-motion split, whose
+    evaluation Table 1 shares)."""
     from .evaluate import cached_evaluation
 
-    ref = cached_evaluation(model_dir, identity, test, vae, size=size, max_frames=frames, progress=progress)
+    ref = cached_evaluation(model_dir, identity, test, vae, size=size, max_frames=frames, progress=progress,
+                            tag=test_tag)
     out = {"model_dir": str(model_dir), "identity": identity, "test": ref, "conditions": {}}
     for c in conditions:
         data = condition_data(identity, c, seconds=seconds, sessions=sessions, progress=progress, hmc_size=hmc_size,
@@ -78,8 +83,8 @@ def evaluate_robustness(model_dir, identity: str, vae, test: dict, *, conditions
         r = cached_evaluation(model_dir, identity, data, vae, size=size, max_frames=frames, progress=progress, tag=c)
         r["ratio"] = {k: (r[k] / ref[k] if r.get(k) is not None and ref.get(k) else None)
                       for k in ("mse_mean", "mse_face_mean")}
-        hard = "mse_face_extreme" if c == "frequent-fast" else "mse_face_asym_extreme"
-        r["ratio"]["mse_face_hard"] = r[hard] / ref["mse_face_mean"] if r.get(hard) is not None else None
+        hard = r.get(HARD_FRAMES[c])
+        r["ratio"]["mse_face_hard"] = hard / ref["mse_face_mean"] if hard is not None else None
         out["conditions"][c] = r
     return out
 

@@ -64,7 +64,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
     from .bench import bench_arch, bench_model_dir, machine_description
     from .evaluate import cached_evaluation
     from .flops import analytic_flops
-    from .train import load_rom_data, load_test_data, parse_model_name
+    from .train import ROM_TAG, load_rom_data, load_test_data, parse_model_name
 
     if max_frames is not None and max_frames < 1:
         raise UsageError(f"frames must be >= 1 (got {max_frames})")
@@ -79,7 +79,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
             return [d] if d else []
         return [r / ident / name for r in roots if (r / ident / name / "fusion.onnx").is_file()]
 
-    test_kind = "rom" if rom else "default"
+    test_kind = ROM_TAG if rom else "default"
     json_path = out_dir / "table1.json"
     table = json.loads(json_path.read_text()) if json_path.exists() else {"models": {}}
     if table.get("test_data", "default") != test_kind:  # another test set: earlier cells do not compare
@@ -122,7 +122,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
                 missing.append(f"{ident}/{name}")
                 continue
             results = [cached_evaluation(d, ident, test, vae, size=render_size, max_frames=max_frames,
-                                         progress=progress, tag=test_kind if rom else "") for d in dirs[name]]
+                                         progress=progress, tag=ROM_TAG if rom else "") for d in dirs[name]]
             row = rows[name]
             for k in ("mse_extreme", "mse_asym_extreme", "mse_face_extreme", "mse_face_asym_extreme", "mse_mean",
                       "mse_face_mean", "gaze_mae_deg"):

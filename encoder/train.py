@@ -254,6 +254,10 @@ def rom_data_path(identity: str, root: Path = RUNS_ROOT) -> Path:
     return Path(root) / f"rom_{identity}.npz"
 
 
+ROM_TAG = "rom"
+"""Tag of the cached evaluations (:func:`encoder.evaluate.cached_evaluation`) on the range-of-motion test split."""
+
+
 def load_rom_data(identity: str, *, root: Path = RUNS_ROOT, workers: int = 1, progress: bool = True,
                   splits=("train", "test")) -> tuple[dict | None, dict | None]:
     """(train, test) of the identity's range-of-motion dataset, rendered on first use and cached."""

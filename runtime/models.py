@@ -23,11 +23,11 @@ from avcore.errors import UsageError
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 """Root that the default model directories are relative to."""
 def default_encoder_dir(identity: str = "S1") -> str:
-    """The sender's default encoder of ``identity`` relative to the package root, as ``encoder/models/defaults.json``
-    names it (``encoder/models/IDENTITY/ARCH``)."""
-    path = PACKAGE_ROOT / "encoder" / "models" / "defaults.json"
-    arch = (json.loads(path.read_text()) if path.is_file() else {}).get(identity, "EEM")
-    return f"encoder/models/{identity}/{arch}"
+    """The sender's default encoder of ``identity`` relative to the package root (``encoder/models/IDENTITY/ARCH``,
+    ARCH as :func:`encoder.runtime.default_arch` reads it from ``encoder/models/defaults.json``)."""
+    from encoder.runtime import default_arch
+
+    return f"encoder/models/{identity}/{default_arch(identity)}"
 
 
 DEFAULT_ENCODER_DIR = default_encoder_dir()

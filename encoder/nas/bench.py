@@ -238,7 +238,7 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path, *, address: str | None 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_path = out_dir / "bench_config.json"
-    if cfg_path.is_file() and BenchConfig.from_dict(json.loads(cfg_path.read_text())) != cfg:
+    if cfg_path.is_file():
         old = BenchConfig.from_dict(json.loads(cfg_path.read_text()))
         diff = [k for k in cfg.to_dict() if getattr(old, k) != getattr(cfg, k) and k not in ("archs", "trained")]
         if diff:
