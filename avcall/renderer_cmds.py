@@ -9,19 +9,22 @@ from .args import HelpFormatter, non_negative_int, positive_float, positive_int
 
 TRAIN_EPILOG = """\
 examples:
-  avcall train renderer --identity S1 --minutes 60 --out runs/renderer/S1
+  avcall train renderer --identity S1 --minutes 60 --out runs/renderer/S1 --install
   avcall train renderer --identity S1 --out runs/renderer/S1            # again: resumes
-  avcall train renderer --identity S1 --poses 40 --size 64 --minutes 2 --out /tmp/g
+  avcall train renderer --identity S1 --warp-only --from runs/renderer/S1 --ablation no-duv --out runs/renderer/S1-no-duv
+  avcall train renderer --identity S1 --clips 40 --size 64 --minutes 2 --out /tmp/g
 
 G learns to turn the receiver's rasterized buffers of the decoded avatar (raster colour, UV, view) into the
-studio's render. At the end it is compared with the raster alone on held-out poses (face-pixel PSNR/SSIM) and
-exported to DIR/renderer.onnx.
+studio's render; W learns to render the next display frames from G's cache (end to end). At the end both are
+compared on held-out clips (G against the raster alone, W against reusing G's frame; face-pixel PSNR/SSIM) and
+exported to DIR/renderer.onnx and DIR/warp.onnx; --install copies them into the avatar directory the receiver loads.
 """
 
 
 def add_train(sub) -> None:
     from renderer.data import RendererDataConfig
     from renderer.train import RendererTrainConfig
+    from renderer.warp import ABLATIONS
 
     d, t = RendererDataConfig(), RendererTrainConfig()
     p = sub.add_parser("renderer", help="train the neural renderer G (deferred neural rendering) of an identity",
@@ -32,9 +35,11 @@ def add_train(sub) -> None:
     p.add_argument("--identity", default=d.identity, help="studio identity (default: %(default)s)")
     p.add_argument("--decoder-dir", default=None, help="the decoder whose avatar G refines (default: the embedded one)")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
-    p.add_argument("--poses", type=positive_int, default=d.poses, help="training poses (default: %(default)s)")
-    p.add_argument("--views-per-pose", type=positive_int, default=d.views_per_pose, help="(default: %(default)s)")
-    p.add_argument("--test-poses", type=positive_int, default=24, help="held-out poses (default: %(default)s)")
+    p.add_argument("--clips", type=positive_int, default=d.clips,
+                   help="training clips: a frame and the display frames after it (default: %(default)s)")
+    p.add_argument("--test-clips", type=positive_int, default=48, help="held-out clips (default: %(default)s)")
+    p.add_argument("--max-view-speed", type=positive_float, default=d.max_view_speed_dps, metavar="DEG_PER_S",
+                   help="fastest viewer head turn in the clips (default: %(default)s)")
     p.add_argument("--size", type=positive_int, default=d.size, help="G's working resolution (default: %(default)s)")
     p.add_argument("--steps", type=positive_int, default=t.steps, help="(default: %(default)s)")
     p.add_argument("--minutes", type=positive_float, default=t.time_budget_s / 60,
@@ -42,33 +47,63 @@ def add_train(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=t.batch_size, help="(default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=t.threads, help="torch threads (default: %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=t.seed, help="(default: %(default)s)")
+    p.add_argument("--warp-only", action="store_true", help="train W alone on the frozen G of --from")
+    p.add_argument("--from", dest="from_dir", default=None, metavar="DIR", help="--warp-only: the trained G's run directory")
+    p.add_argument("--ablation", choices=sorted(ABLATIONS) + ["explicit"], default=None,
+                   help="W without one input (the paper's Table 3), or the explicit-warp baseline")
+    p.add_argument("--install", action="store_true",
+                   help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
+                        "the identity's embedded one)")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from avcore.errors import UsageError
     from capture.identity import check_identity
+    from decoder.runtime import default_model_dir
     from renderer.data import RendererDataConfig, build_renderer_data
-    from renderer.train import RendererTrainConfig, train_renderer
+    from renderer.train import RendererTrainConfig, install_renderer, train_renderer
+    from renderer.warp import ABLATIONS, WarpConfig
 
     check_identity(args.identity)
+    if args.warp_only != bool(args.from_dir):
+        raise UsageError("--warp-only and --from DIR go together (W is trained on the frozen G of DIR)")
+    if args.from_dir and not (Path(args.from_dir) / "checkpoint.pt").is_file():
+        raise UsageError(f"--from {args.from_dir}: no trained renderer there (checkpoint.pt missing)")
+    avatar = Path(args.decoder_dir) if args.decoder_dir else default_model_dir(args.identity)
+    if not (avatar / "config.json").is_file():
+        raise UsageError(f"no decoder in {avatar} (config.json missing)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dcfg = RendererDataConfig(identity=args.identity, poses=args.poses, views_per_pose=args.views_per_pose,
-                              size=args.size)
-    train = build_renderer_data(dcfg, decoder_dir=args.decoder_dir, cache=out / "train_data.npz")
-    test = build_renderer_data(RendererDataConfig(identity=args.identity, poses=args.test_poses, views_per_pose=1,
-                                                  size=args.size, seed=1_000_003),
-                               decoder_dir=args.decoder_dir, cache=out / "test_data.npz")
+    dcfg = RendererDataConfig(identity=args.identity, clips=args.clips, size=args.size,
+                              max_view_speed_dps=args.max_view_speed)
+    # ablations share the G run's data caches: same clips for every row
+    data_dir = Path(args.from_dir) if args.from_dir else out
+    train = build_renderer_data(dcfg, decoder_dir=avatar, cache=data_dir / "train_data.npz")
+    test = build_renderer_data(RendererDataConfig(identity=args.identity, clips=args.test_clips, size=args.size,
+                                                  max_view_speed_dps=args.max_view_speed, seed=1_000_003),
+                               decoder_dir=avatar, cache=data_dir / "test_data.npz")
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed)
-    meta = train_renderer(out, train, test, None, tcfg, resume=not args.fresh, info={"data": dcfg.to_dict()})
+    wcfg = None
+    if args.ablation:
+        wcfg = WarpConfig(explicit=True) if args.ablation == "explicit" else WarpConfig(**ABLATIONS[args.ablation])
+    meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
+                          info={"data": dcfg.to_dict(), "ablation": args.ablation})
+    installed = install_renderer(out, avatar) if args.install else []
     if args.json:
-        print(json.dumps(meta))
+        print(json.dumps({**meta, "installed": [str(p) for p in installed]}))
     else:
         h = meta["heldout"]
-        print(f"trained G for {args.identity}: {meta['train']['steps_done']} steps -> {out / 'renderer.onnx'}")
+        print(f"trained {'W' if args.warp_only else 'G + W'} for {args.identity}: {meta['train']['steps_done']} steps "
+              f"-> {out / 'renderer.onnx'}, {out / 'warp.onnx'}")
         print(f"  held-out face PSNR: G {h['G']['psnr_face']:.2f} dB, raster {h['raster']['psnr_face']:.2f} dB; "
               f"face SSIM: G {h['G']['ssim_face']:.3f}, raster {h['raster']['ssim_face']:.3f}")
+        for k in sorted(x for x in h if x.startswith("warp_")):
+            n = k.replace("warp_", "naive_")
+            print(f"  {k}: face PSNR {h[k]['psnr_face']:.2f} dB (reusing G's frame: {h[n]['psnr_face']:.2f} dB)")
+        if installed:
+            print(f"  installed into {avatar}")
     return 0

@@ -1,16 +1,22 @@
-"""``avcall train renderer``: train the neural renderer G on the studio's truth, export it, and check it earns its
-place: on held-out poses it must beat the plain rasterized decoder output (face-pixel PSNR and SSIM).
+"""``avcall train renderer``: train the neural renderer G and the implicit warp W end to end on the studio's truth,
+export both, and check that G earns its place (on held-out clips it must beat the plain rasterized decoder output,
+face-pixel PSNR and SSIM) and that W keeps G's quality.
 
-Loss: L1 + ``ssim_weight`` · (1 − SSIM) (:func:`renderer.neural.ssim_loss`; the structure term stands in for a
-perceptual network, which cannot be downloaded here), over the whole frame. Adam with a cosine learning rate;
-checkpoints (``checkpoint.pt``) resume an interrupted run. Output: ``renderer.onnx`` (inputs ``raster``, ``uv``,
-``view``; outputs ``image`` and the cache features ``f0``, ``f1``, ``f2``: bottleneck first) and ``renderer.json`` (configs, the held-out
-comparison).
+One step takes a batch of clips (:mod:`renderer.data`): G renders frame t from its buffers; W renders frames
+t + 1 .. t + K from G's cache of frame t (gradients flow through the cache into G). Loss per image: L1 +
+``ssim_weight`` · (1 − SSIM) (:func:`renderer.neural.ssim_loss`: the structure term stands in for a perceptual
+network, which cannot be downloaded here), over the whole frame; total = G's loss + ``warp_weight`` · mean of W's.
+With a frozen G (``--warp-only --from DIR``: the ablations and the explicit-warp baseline) only W learns.
+
+Adam with a cosine learning rate; checkpoints (``checkpoint.pt``) resume an interrupted run. Output:
+``renderer.onnx`` (inputs ``raster``, ``uv``, ``view``; outputs ``image`` and the cache ``f0``, ``f1``, ``f2``,
+bottleneck first), ``warp.onnx`` (:mod:`renderer.warp`) and ``renderer.json`` (configs, the held-out comparison).
 """
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,47 +24,91 @@ import numpy as np
 
 from avcore.config import ConfigDict
 
+from .engine import RENDERER_FILES  # what a run directory holds and ``--install`` copies
+
 
 @dataclass
 class RendererTrainConfig(ConfigDict):
     steps: int = 3000
-    batch_size: int = 8
+    batch_size: int = 4
+    """Clips per step (each: frame t for G and its ``future`` frames for W)."""
     lr: float = 2e-3
     ssim_weight: float = 0.5
+    warp_weight: float = 1.0
     time_budget_s: float = 1800.0
     checkpoint_every_s: float = 120.0
     threads: int = 2
     seed: int = 0
 
 
-def heldout_comparison(g, data: dict, *, batch: int = 8) -> dict:
-    """Face-pixel and whole-frame PSNR / SSIM of G's images and of the raster alone against the truth."""
+def image_loss(img, target, ssim_weight: float):
+    from .neural import ssim_loss
+
+    return (img - target).abs().mean() + ssim_weight * ssim_loss(img, target)
+
+
+def cache_channels(gcfg) -> tuple[int, int, int]:
+    """(C0, C1, C2) of G's cache: its feature maps at S/4, S/2 and S (needs a U-Net of at least three levels)."""
+    w = tuple(gcfg.widths)
+    if len(w) < 3:
+        raise ValueError("neural caching needs a U-Net of at least three levels (features at S/4, S/2, S)")
+    return w[2], w[1], w[0]
+
+
+def warp_inputs(out: dict, b: dict, k: int) -> tuple:
+    """W's arguments for frame k of the clips ``b`` (:func:`renderer.data.clip_tensors`) from G's output ``out`` for
+    frame 0."""
+    return (*out["features"], out["image"], b["uv"][:, 0], b["view"][:, 0], b["z"][:, 0], b["gaze"][:, 0],
+            b["uv"][:, k], b["view"][:, k], b["z"][:, k], b["gaze"][:, k])
+
+
+def _to_uint8(x) -> np.ndarray:
+    return (x.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
+
+
+def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
+    """On held-out clips: face-pixel and whole-frame PSNR / SSIM against the truth of G and of the raster alone
+    (frame t), and of W and of reusing G's frame t (naive) for every later frame of the clip."""
     import torch
 
     from avcore.metrics import face_and_frame_mse, face_mask, psnr_from_mse, ssim
 
-    from .data import to_tensors
+    from .data import clip_tensors
 
     g.eval()
-    acc = {k: {"face_mse": [], "mse": [], "ssim_face": []} for k in ("G", "raster")}
+    if w is not None:
+        w.eval()
+    K = data["uv"].shape[1] - 1
+    names = ["G", "raster"] + ([f"warp_t+{k}" for k in range(1, K + 1)] + [f"naive_t+{k}" for k in range(1, K + 1)]
+                               if w is not None else [])
+    acc = {k: {"face_mse": [], "mse": [], "ssim_face": []} for k in names}
+
+    def add(name, pred, gt):
+        f, m = face_and_frame_mse(pred, gt)
+        acc[name]["face_mse"].append(f)
+        acc[name]["mse"].append(m)
+        acc[name]["ssim_face"].append(ssim(pred, gt, mask=face_mask(gt)))
+
     with torch.no_grad():
-        for a in range(0, len(data["view"]), batch):
-            idx = np.arange(a, min(a + batch, len(data["view"])))
-            raster, uv, view, _ = to_tensors(data, idx)
-            img = (g(raster, uv, view)["image"].permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-            for k, i in enumerate(idx):
-                gt = data["target"][i]
-                for name, pred in (("G", img[k]), ("raster", data["raster"][i])):
-                    f, w = face_and_frame_mse(pred, gt)
-                    acc[name]["face_mse"].append(f)
-                    acc[name]["mse"].append(w)
-                    acc[name]["ssim_face"].append(ssim(pred, gt, mask=face_mask(gt)))
-    return {name: {"psnr_face": psnr_from_mse(float(np.mean(v["face_mse"]))), "psnr": psnr_from_mse(float(np.mean(v["mse"]))),
-                   "ssim_face": float(np.mean(v["ssim_face"]))} for name, v in acc.items()}
+        for a in range(0, len(data["raster"]), batch):
+            idx = np.arange(a, min(a + batch, len(data["raster"])))
+            b = clip_tensors(data, idx)
+            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+            img = _to_uint8(out["image"])
+            warped = {k: _to_uint8(w(*warp_inputs(out, b, k))) for k in range(1, K + 1)} if w is not None else {}
+            for j, i in enumerate(idx):
+                add("G", img[j], data["target"][i, 0])
+                add("raster", data["raster"][i], data["target"][i, 0])
+                for k, wk in warped.items():
+                    add(f"warp_t+{k}", wk[j], data["target"][i, k])
+                    add(f"naive_t+{k}", img[j], data["target"][i, k])
+    return {name: {"psnr_face": psnr_from_mse(float(np.mean(v["face_mse"]))),
+                   "psnr": psnr_from_mse(float(np.mean(v["mse"]))), "ssim_face": float(np.mean(v["ssim_face"]))}
+            for name, v in acc.items()}
 
 
 def export_renderer(g, path: Path, size: int) -> None:
-    """ONNX export (opset 17) with a parity check against torch."""
+    """ONNX export of G (opset 17) with a parity check against torch (image and cache features)."""
     import onnxruntime as ort
     import torch
 
@@ -70,65 +120,123 @@ def export_renderer(g, path: Path, size: int) -> None:
     view = torch.tensor([[0.2, 0.1, 0.97]])
     with torch.no_grad():
         out = g(raster, uv, view)
-    ref = out["image"].numpy()
+    refs = [out["image"].numpy()] + [f.numpy() for f in out["features"]]
     names = ["image"] + [f"f{i}" for i in range(len(out["features"]))]
     torch.onnx.export(FlatOutputs(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
                       output_names=names, opset_version=17, dynamo=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(["image"], {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy()})[0]
-    if not np.allclose(got, ref, atol=1e-3):
-        raise RuntimeError(f"renderer ONNX parity failed: max |diff| {np.abs(got - ref).max():.2e}")
+    got = sess.run(names, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy()})
+    for name, a, b in zip(names, got, refs):
+        if not np.allclose(a, b, atol=1e-3 * max(1.0, float(np.abs(b).max()))):
+            raise RuntimeError(f"renderer ONNX parity failed on {name}: max |diff| {np.abs(a - b).max():.2e}")
+
+
+def _warp_example(g, data: dict) -> dict:
+    import torch
+
+    from .data import clip_tensors
+    from .warp import WARP_INPUTS
+
+    b = clip_tensors(data, [0])
+    with torch.no_grad():
+        out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+    return dict(zip(WARP_INPUTS, warp_inputs(out, b, 1)))
 
 
 def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg: RendererTrainConfig | None = None,
-                   *, resume: bool = True, progress: bool = True, info: dict | None = None) -> dict:
-    """Train G on ``train`` (:mod:`renderer.data` arrays), compare with the raster on ``test``, export."""
+                   *, wcfg=None, frozen_g: str | Path | None = None, resume: bool = True, progress: bool = True,
+                   info: dict | None = None) -> dict:
+    """Train G and W on ``train`` clips (or W alone on a frozen G from the run directory ``frozen_g``), compare on
+    ``test`` clips, export both. Returns what ``renderer.json`` holds."""
     import torch
 
-    from avcore.training import TrainingLoop, open_run, resumed_config
+    from avcore.training import TrainingLoop, load_checkpoint, open_run, resumed_config
 
-    from .data import to_tensors
-    from .neural import NeuralRenderer, NeuralRendererConfig, ssim_loss
+    from .data import clip_tensors
+    from .neural import NeuralRenderer, NeuralRendererConfig
+    from .warp import ImplicitWarp, WarpConfig, export_warp
 
     tcfg = tcfg or RendererTrainConfig()
     out_dir, ckpt_path, ckpt = open_run(out_dir, resume)
     if ckpt is not None:
         tcfg = resumed_config(RendererTrainConfig, ckpt["train_config"], tcfg)
         gcfg = NeuralRendererConfig.from_dict(ckpt["renderer_config"])
-    gcfg = gcfg or NeuralRendererConfig()
+        wcfg = WarpConfig.from_dict(ckpt["warp_config"])
+    g_state = None
+    if frozen_g is not None:
+        src = load_checkpoint(Path(frozen_g) / "checkpoint.pt")
+        if src is None:
+            raise FileNotFoundError(f"no trained renderer checkpoint in {frozen_g}")
+        gcfg, g_state = NeuralRendererConfig.from_dict(src["renderer_config"]), src["model"]
+    gcfg, wcfg = gcfg or NeuralRendererConfig(), wcfg or WarpConfig()
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
     g = NeuralRenderer(gcfg)
-    opt = torch.optim.Adam(g.parameters(), lr=tcfg.lr)
+    w = ImplicitWarp(cache_channels(gcfg), int(train["z"].shape[-1]), wcfg)
+    if g_state is not None:
+        g.load_state_dict(g_state)
+        g.requires_grad_(False)
+    params = list(w.parameters()) + ([] if frozen_g is not None else list(g.parameters()))
+    opt = torch.optim.Adam(params, lr=tcfg.lr)
     step, elapsed = 0, 0.0
     if ckpt is not None:
         g.load_state_dict(ckpt["model"])
+        w.load_state_dict(ckpt["warp"])
         opt.load_state_dict(ckpt["opt"])
         step, elapsed = ckpt["step"], ckpt["elapsed_s"]
     rng = np.random.default_rng(tcfg.seed * 7919 + step)
-    loop = TrainingLoop(ckpt_path, lambda: {"model": g.state_dict(), "opt": opt.state_dict(),
-                                            "train_config": tcfg.to_dict(), "renderer_config": gcfg.to_dict()},
+    loop = TrainingLoop(ckpt_path, lambda: {"model": g.state_dict(), "warp": w.state_dict(), "opt": opt.state_dict(),
+                                            "train_config": tcfg.to_dict(), "renderer_config": gcfg.to_dict(),
+                                            "warp_config": wcfg.to_dict()},
                         steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s,
-                        step=step, elapsed_s=elapsed, desc="train renderer", progress=progress)
-    g.train()
-    last = float("nan")
+                        step=step, elapsed_s=elapsed, desc="train renderer" if frozen_g is None else "train warp",
+                        progress=progress)
+    K = train["uv"].shape[1] - 1
+    g.train(frozen_g is None)
+    w.train()
+    last = {"G": float("nan"), "W": float("nan")}
     for _, frac in loop:
         for group in opt.param_groups:
             group["lr"] = tcfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
-        raster, uv, view, target = to_tensors(train, rng.choice(len(train["view"]), tcfg.batch_size))
-        img = g(raster, uv, view)["image"]
-        loss = (img - target).abs().mean() + tcfg.ssim_weight * ssim_loss(img, target)
+        b = clip_tensors(train, rng.choice(len(train["raster"]), tcfg.batch_size))
+        with torch.set_grad_enabled(frozen_g is None):
+            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+            loss_g = image_loss(out["image"], b["target"][:, 0], tcfg.ssim_weight)
+        loss_w = sum(image_loss(w(*warp_inputs(out, b, k)), b["target"][:, k], tcfg.ssim_weight)
+                     for k in range(1, K + 1)) / max(K, 1)
+        loss = tcfg.warp_weight * loss_w + (loss_g if frozen_g is None else 0.0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        last = float(loss.detach())
-        loop.report({"loss": f"{last:.4f}"})
-    comparison = heldout_comparison(g, test)
+        last = {"G": float(loss_g.detach()), "W": float(loss_w.detach())}
+        loop.report({"G": f"{last['G']:.4f}", "W": f"{last['W']:.4f}"})
+    comparison = heldout_comparison(g, w, test)
     size = int(train["raster"].shape[1])
-    export_renderer(g, out_dir / "renderer.onnx", size)
-    meta = {"renderer": gcfg.to_dict(), "train": {**tcfg.to_dict(), "steps_done": loop.step,
-                                                  "elapsed_s": round(loop.elapsed_s, 1), "final_loss": last,
-                                                  **(info or {})},
-            "size": size, "heldout": comparison}
+    if frozen_g is not None:
+        shutil.copyfile(Path(frozen_g) / "renderer.onnx", out_dir / "renderer.onnx")
+    else:
+        export_renderer(g, out_dir / "renderer.onnx", size)
+    export_warp(w, out_dir / "warp.onnx", _warp_example(g, test))
+    meta = {"renderer": gcfg.to_dict(), "warp": wcfg.to_dict(), "size": size, "latent_dim": int(train["z"].shape[-1]),
+            "generator_from": str(frozen_g) if frozen_g is not None else None,
+            "train": {**tcfg.to_dict(), "steps_done": loop.step, "elapsed_s": round(loop.elapsed_s, 1),
+                      "final_loss_g": last["G"], "final_loss_w": last["W"], **(info or {})},
+            "heldout": comparison}
     (out_dir / "renderer.json").write_text(json.dumps(meta, indent=2))
     return meta
+
+
+def install_renderer(run_dir: str | Path, avatar_dir: str | Path) -> list[Path]:
+    """Copy a trained renderer's :data:`RENDERER_FILES` into an avatar (decoder) directory; checks that the code
+    size matches the decoder's."""
+    run_dir, avatar_dir = Path(run_dir), Path(avatar_dir)
+    meta = json.loads((run_dir / "renderer.json").read_text())
+    dec = json.loads((avatar_dir / "config.json").read_text())
+    z = int(dec["decoder"]["latent_dim"])
+    if z != int(meta["latent_dim"]):
+        raise ValueError(f"renderer in {run_dir} takes {meta['latent_dim']}-d codes, the avatar {avatar_dir} has {z}")
+    out = []
+    for name in RENDERER_FILES:
+        shutil.copyfile(run_dir / name, avatar_dir / name)
+        out.append(avatar_dir / name)
+    return out

@@ -95,36 +95,171 @@ def test_the_structure_loss_matches_the_ssim_metric():
     assert 1 - float(ssim_loss(t(a), t(b))) == pytest.approx(ssim(a, b, peak=1.0), abs=2e-3)
 
 
-def test_renderer_data_and_training_on_a_tiny_decoder(tmp_path):
-    """Buffers of the decoded avatar against the studio's truth; a short run exports G and compares it with the
-    raster on held-out poses; a second run resumes."""
+def _tiny_decoder(path):
     from decoder.config import DecoderConfig, TrainConfig
     from decoder.data import build_dataset
     from decoder.train import train_decoder
-    from renderer.data import RendererDataConfig, build_renderer_data
-    from renderer.train import RendererTrainConfig, train_renderer
 
     dcfg = DecoderConfig(identity="S1", latent_dim=8, geometry_basis=4, geometry_hidden=16, texture_seed=4,
                          texture_channels=(8, 8), view_inject=1, encoder_texture_size=16, encoder_channels=(4, 8))
     tcfg = TrainConfig(num_train_poses=4, views_per_pose=1, image_size=32, batch_size=4, steps=3, time_budget_s=120.0,
                        checkpoint_every_s=1e9, threads=1)
-    train_decoder(tmp_path / "dec", dcfg, tcfg, progress=False, data=build_dataset("S1", 4, 5, dcfg, tcfg, progress=False))
-    train = build_renderer_data(RendererDataConfig(poses=3, views_per_pose=2, size=32), decoder_dir=tmp_path / "dec",
-                                cache=tmp_path / "train.npz", progress=False)
-    assert train["raster"].shape == (6, 32, 32, 3) and train["uv"].shape == (6, 32, 32, 3) and train["z"].shape == (6, 8)
-    face = train["uv"][..., 2] > 0.5
+    train_decoder(path, dcfg, tcfg, progress=False, data=build_dataset("S1", 4, 5, dcfg, tcfg, progress=False))
+    return path
+
+
+def test_renderer_clips_training_export_and_the_engine_on_a_tiny_decoder(tmp_path):
+    """Clips of the decoded avatar against the studio's truth; a short run of G and W exports both and compares them
+    on held-out clips; a second run resumes; the receiver's engine runs the exported pair (generate, then warp)."""
+    from avcore.errors import UsageError
+    from renderer.data import RendererDataConfig, build_renderer_data
+    from renderer.engine import EngineSpec, open_engine
+    from renderer.train import RendererTrainConfig, install_renderer, train_renderer
+    from renderer.warp import WarpConfig
+
+    dec = _tiny_decoder(tmp_path / "dec")
+    dcfg = RendererDataConfig(clips=3, size=32, max_view_speed_dps=600.0)
+    train = build_renderer_data(dcfg, decoder_dir=dec, cache=tmp_path / "train.npz", progress=False)
+    assert train["raster"].shape == (3, 32, 32, 3) and train["uv"].shape == (3, 3, 32, 32, 3)
+    assert train["target"].shape == (3, 3, 32, 32, 3) and train["z"].shape == (3, 3, 8)
+    face = train["uv"][:, 0, ..., 2] > 0.5
     assert face.any() and (train["raster"][face].max(-1) > 0).mean() > 0.9  # the avatar is drawn where the face is
     assert (train["target"].max(-1) > 0).mean() > 0.05  # the studio's truth is not blank
-    again = build_renderer_data(RendererDataConfig(poses=3, views_per_pose=2, size=32), decoder_dir=tmp_path / "dec",
-                                cache=tmp_path / "train.npz", progress=False)
+    turned = np.degrees(np.arccos(np.clip((train["view"][:, 0] * train["view"][:, 2]).sum(-1), -1, 1)))
+    assert turned.max() > 1.0 and turned.max() < 2 * 600 / 60 + 0.5  # the viewer turns, at most 2 frames' worth
+    # frame t+2's UV map is the same mesh seen from the turned view: the surface moved in the image
+    assert not np.array_equal(train["uv"][:, 0], train["uv"][:, 2])
+    again = build_renderer_data(dcfg, decoder_dir=dec, cache=tmp_path / "train.npz", progress=False)
     assert np.array_equal(again["target"], train["target"])  # from the cache
-    test = build_renderer_data(RendererDataConfig(poses=2, views_per_pose=1, size=32, seed=99),
-                               decoder_dir=tmp_path / "dec", progress=False)
-    gcfg = NeuralRendererConfig(channels=12, texture_levels=(16, 8), widths=(8, 12))
+    test = build_renderer_data(RendererDataConfig(clips=2, size=32, seed=99), decoder_dir=dec, progress=False)
+    gcfg = NeuralRendererConfig(channels=12, texture_levels=(16, 8), widths=(8, 12, 16))
+    wcfg = WarpConfig(hidden=4, widths=(8, 6))
     meta = train_renderer(tmp_path / "g", train, test, gcfg, RendererTrainConfig(steps=3, batch_size=2, threads=1,
-                                                                                 checkpoint_every_s=1e9), progress=False)
-    assert (tmp_path / "g" / "renderer.onnx").is_file() and meta["train"]["steps_done"] == 3
-    assert set(meta["heldout"]) == {"G", "raster"} and all(math.isfinite(v["psnr_face"]) for v in meta["heldout"].values())
+                          checkpoint_every_s=1e9), wcfg=wcfg, progress=False)
+    assert (tmp_path / "g" / "renderer.onnx").is_file() and (tmp_path / "g" / "warp.onnx").is_file()
+    assert meta["train"]["steps_done"] == 3
+    assert set(meta["heldout"]) == {"G", "raster", "warp_t+1", "warp_t+2", "naive_t+1", "naive_t+2"}
+    assert all(math.isfinite(v["psnr_face"]) for v in meta["heldout"].values())
     more = train_renderer(tmp_path / "g", train, test, None, RendererTrainConfig(steps=5, batch_size=2, threads=1),
                           progress=False)
-    assert more["train"]["steps_done"] == 5 and more["renderer"] == gcfg.to_dict()  # resumed with its own config
+    assert more["train"]["steps_done"] == 5 and more["renderer"] == gcfg.to_dict() and more["warp"] == wcfg.to_dict()
+    # an ablation: W alone on the frozen G, which it copies
+    abl = train_renderer(tmp_path / "noduv", train, test, None, RendererTrainConfig(steps=2, batch_size=2, threads=1),
+                         wcfg=WarpConfig(hidden=4, widths=(8, 6), duv=False), frozen_g=tmp_path / "g", progress=False)
+    assert abl["generator_from"] and (tmp_path / "noduv" / "renderer.onnx").read_bytes() == \
+        (tmp_path / "g" / "renderer.onnx").read_bytes()
+
+    with pytest.raises(UsageError, match="avcall train renderer"):
+        open_engine(EngineSpec(str(dec), size=48))  # the tiny avatar has no renderer yet: one clear line
+    install_renderer(tmp_path / "g", dec)
+    eng = open_engine(EngineSpec(str(dec), size=48, threads=1))
+    try:
+        z, gaze = test["z"][0, 0], test["gaze"][0, 0]
+        with pytest.raises(RuntimeError, match="no cache"):
+            eng.warp(z, gaze, test["view"][0, 1])
+        a = eng.generate(z, gaze, test["view"][0, 0])
+        assert a.shape == (48, 48, 3) and a.dtype == np.uint8 and eng.has_cache
+        assert eng.last_ms["decode"] > 0 and eng.last_ms["network"] > 0
+        b = eng.warp(test["z"][0, 1], test["gaze"][0, 1], test["view"][0, 1])
+        assert b.shape == (48, 48, 3) and eng.last_ms["decode"] == 0.0  # the warp path decodes nothing
+        assert not np.array_equal(a, b)  # a turned view and a new code: a new image
+    finally:
+        eng.close()
+
+
+WARP_TINY = dict(hidden=4, widths=(8, 6))
+
+
+def _cache(b: int = 2, s: int = 32, z: int = 5, seed: int = 0):
+    torch.manual_seed(seed)
+    g = NeuralRenderer(TINY)
+    raster, uv, view = _buffers(b, s, seed)
+    out = g(raster, uv, view)
+    new_view = torch.nn.functional.normalize(view + 0.05 * torch.randn(b, 3), dim=1)
+    uv_new = torch.roll(uv, 1, dims=-1)
+    return g, out, {"uv": uv, "view": view, "z": torch.randn(b, z), "gaze": torch.randn(b, 4) * 0.1,
+                    "uv_new": uv_new, "view_new": new_view, "z_new": torch.randn(b, z), "gaze_new": torch.randn(b, 4) * 0.1}
+
+
+@pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit"])
+def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
+    from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
+
+    kw = {"explicit": True} if variant == "explicit" else ABLATIONS.get(variant, {})
+    _, out, s = _cache(1)
+    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, **kw))
+    ex = dict(zip(("f0", "f1", "f2"), [f.detach() for f in out["features"]]), image=out["image"].detach(),
+              **{k: v.detach() for k, v in s.items()})
+    export_warp(w, tmp_path / "w.onnx", {k: ex[k] for k in WARP_INPUTS})  # raises on a parity failure
+    import onnxruntime as ort
+
+    names = {i.name for i in ort.InferenceSession(str(tmp_path / "w.onnx")).get_inputs()}
+    assert ("uv_new" in names) == (variant != "no-duv")  # a switched-off input is really not used
+    assert ("z_new" in names) == (variant not in ("no-code-pose", "no-mlp"))
+    assert ("image" in names) == (variant == "explicit")
+
+
+def test_the_warp_sees_the_view_change_the_uv_change_and_the_code():
+    """W's output depends on each input the paper gives it, and an ablation removes exactly that dependence."""
+    from renderer.warp import ImplicitWarp, WarpConfig
+
+    _, out, s = _cache(2)
+    f = [x.detach() for x in out["features"]]
+    img = out["image"].detach()
+
+    def run(w, **change):
+        a = {**s, **change}
+        return w(*f, img, a["uv"], a["view"], a["z"], a["gaze"], a["uv_new"], a["view_new"], a["z_new"], a["gaze_new"])
+
+    torch.manual_seed(3)
+    full = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY))
+    base = run(full)
+    assert not torch.allclose(base, run(full, uv_new=s["uv"]))
+    assert not torch.allclose(base, run(full, z_new=s["z_new"] + 1))
+    assert not torch.allclose(base, run(full, view_new=s["view"]))
+    no_duv = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, duv=False))
+    assert torch.equal(run(no_duv), run(no_duv, uv_new=s["uv"]))
+    no_code = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, code_pose=False))
+    assert torch.equal(run(no_code), run(no_code, z_new=s["z_new"] + 1, gaze_new=s["gaze"]))
+    assert not torch.equal(run(no_code), run(no_code, view_new=s["view"]))  # it still sees the view (SH)
+
+
+def test_the_explicit_warp_starts_as_the_cached_image_and_moves_it_along_its_flow():
+    from renderer.warp import ImplicitWarp, WarpConfig, resample
+
+    _, out, s = _cache(1)
+    img = out["image"].detach()
+    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, explicit=True))
+    f = [x.detach() for x in out["features"]]
+    got = w(*f, img, s["uv"], s["view"], s["z"], s["gaze"], s["uv_new"], s["view_new"], s["z_new"], s["gaze_new"])
+    assert torch.allclose(got, img, atol=1e-5)  # zero flow at the start: the naive reuse of the last frame
+    ramp = torch.linspace(0, 1, 32).expand(1, 1, 32, 32).repeat(1, 3, 1, 1)
+    shifted = resample(ramp, torch.full((1, 2, 32, 32), 0.0).index_fill(1, torch.tensor([0]), 2 / 32))
+    assert torch.allclose(shifted[..., 4:-4], ramp[..., 5:-3], atol=1e-4)  # one pixel to the left
+
+
+def test_a_few_end_to_end_steps_lower_both_losses():
+    """G and W trained together: W's loss on the later frame falls as G's does (gradients reach G through the cache)."""
+    from renderer.train import image_loss, warp_inputs
+    from renderer.warp import ImplicitWarp, WarpConfig
+
+    torch.manual_seed(5)
+    g = NeuralRenderer(TINY)
+    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY))
+    raster, uv, view = _buffers(4, 24, seed=6)
+    b = {"raster": raster, "uv": torch.stack([uv, torch.roll(uv, 1, -1)], 1),
+         "view": torch.stack([view, view], 1), "z": torch.zeros(4, 2, 5), "gaze": torch.zeros(4, 2, 4)}
+    t0 = torch.flip(raster, dims=[-1]) * 0.5 + 0.25 * uv[:, 2:3]
+    t1 = torch.roll(t0, 1, -1)
+    opt = torch.optim.Adam(list(g.parameters()) + list(w.parameters()), lr=3e-3)
+    hist = []
+    for _ in range(40):
+        out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+        lg, lw = image_loss(out["image"], t0, 0.5), image_loss(w(*warp_inputs(out, b, 1)), t1, 0.5)
+        opt.zero_grad()
+        (lg + lw).backward()
+        opt.step()
+        hist.append((float(lg.detach()), float(lw.detach())))
+    assert hist[-1][0] < 0.7 * hist[0][0] and hist[-1][1] < 0.7 * hist[0][1]
+    g_grad = [p.grad for p in g.parameters() if p.grad is not None]
+    assert g_grad  # the warp loss trains G too

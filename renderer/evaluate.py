@@ -1,0 +1,239 @@
+"""``avcall eval renderer``: the neural-caching paper's Table 1 (quality and speed of each way to fill display frames)
+and Table 3 (ablations of W) on held-out studio sequences.
+
+Held-out sequences (:func:`renderer.data.build_sequence_data`): every 60 Hz display tick of a performance the models
+never saw, with a viewer orbit sampled at every tick; codes arrive at 30 Hz (every ``code_every``-th tick, the code
+of that tick's true frame). Every row fills every tick for the viewer's direction of that tick, with the newest code:
+
+- ``naive``: G when a code arrives, the last frame shown again in between (no warp);
+- ``raster``: the decoder's output rasterized, every tick (no neural renderer);
+- ``G``: G on every tick;
+- ``warp1x``: G when a code arrives, W from its cache in between (one process: ``--render warp``);
+- ``warp2x``: G on every third tick, W for the two after it (two warped frames per generated one);
+- ``warp2x-parallel``: the two-worker scheduler (``--render warp2x``): ticks dealt in pairs, each worker G then W
+  from its own cache, so its images are those of ``warp1x``; its speed is its own;
+- ``explicit-warp``: ``warp1x``'s schedule with the explicit-warp baseline (a flow field resamples G's image).
+
+Quality per row against the studio's render of every tick at G's working size: PSNR (of the mean MSE, 0..255), SSIM
+and L1 (0..1) over the whole frame and over the face pixels (the render's foreground), on all ticks and on the
+warped ticks alone. ``latency_ms``: mean time of the path that makes a display frame once its view (and newest code)
+is known: decode + rasterize + G for ``G`` and ``naive``, decode + rasterize for ``raster``, the UV rasterization + W
+for the warp rows (``latency_generate_ms``: their generate path). ``fps``: presented display frames per second
+from a timed run of the row's scheduler (:mod:`renderer.scheduler`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROWS = ("naive", "raster", "G", "warp1x", "warp2x", "warp2x-parallel", "explicit-warp")
+"""The rows of the result table, in order (``docs/results/neural_caching.json``)."""
+
+
+def schedule(name: str, ticks: int, code_every: int = 2) -> list[str]:
+    """Per tick: ``generate``, ``warp``, ``reuse`` (show the last frame again) or ``raster``."""
+    out = []
+    for t in range(ticks):
+        new_code = t % code_every == 0
+        if name == "raster":
+            out.append("raster")
+        elif name == "G":
+            out.append("generate")
+        elif name == "naive":
+            out.append("generate" if new_code else "reuse")
+        elif name in ("warp1x", "explicit-warp") or name.startswith("ablation:"):
+            out.append("generate" if new_code or t == 0 else "warp")
+        elif name == "warp2x":
+            out.append("generate" if t % 3 == 0 else "warp")
+        elif name == "warp2x-parallel":  # dealt in pairs: each worker generates then warps from its own cache
+            out.append("generate" if t % 2 == 0 else "warp")
+        else:
+            raise ValueError(f"unknown row {name!r}")
+    return out
+
+
+def run_schedule(engine, seq: dict, s: int, actions: list[str], code_every: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Frames (T, S, S, 3) uint8 of sequence ``s`` under ``actions`` and each frame's path time in ms (0 for a
+    reused frame)."""
+    T = len(actions)
+    frames, ms = [], np.zeros(T)
+    last = None
+    for t, a in enumerate(actions):
+        c = t - t % code_every  # the newest code's tick
+        z, gaze, view = seq["z"][s, c], seq["gaze"][s, c], seq["view"][s, t]
+        if a == "reuse":
+            img = last
+        elif a == "raster":
+            img = engine.rasterize(z, gaze, view)
+        elif a == "generate":
+            img = engine.generate(z, gaze, view)
+        else:
+            img = engine.warp(z, gaze, view)
+        if a != "reuse":
+            ms[t] = engine.last_ms["total"]
+        frames.append(img)
+        last = img
+    return np.stack(frames), ms
+
+
+def frame_metrics(frames: np.ndarray, targets: np.ndarray) -> dict[str, np.ndarray]:
+    """Per frame: ``mse``, ``face_mse`` (0..255 scale), ``ssim``, ``ssim_face``, ``l1``, ``l1_face`` (0..1)."""
+    from avcore.metrics import face_and_frame_mse, face_mask, ssim
+
+    out = {k: np.zeros(len(frames)) for k in ("mse", "face_mse", "ssim", "ssim_face", "l1", "l1_face")}
+    for i, (f, g) in enumerate(zip(frames, targets)):
+        out["face_mse"][i], out["mse"][i] = face_and_frame_mse(f, g)
+        m = face_mask(g)
+        d = np.abs(f.astype(np.float64) - g.astype(np.float64)) / 255.0
+        out["l1"][i] = d.mean()
+        out["l1_face"][i] = d[m].mean() if m.any() else 0.0
+        out["ssim"][i] = ssim(f, g)
+        out["ssim_face"][i] = ssim(f, g, mask=m) if m.any() else 1.0
+    return out
+
+
+def summarise(per: dict[str, np.ndarray], sel: np.ndarray | None = None) -> dict:
+    from avcore.metrics import psnr_from_mse
+
+    sel = np.ones(len(per["mse"]), bool) if sel is None else sel
+    if not sel.any():
+        return {}
+    return {"psnr": psnr_from_mse(float(per["mse"][sel].mean())),
+            "psnr_face": psnr_from_mse(float(per["face_mse"][sel].mean())),
+            "ssim": float(per["ssim"][sel].mean()), "ssim_face": float(per["ssim_face"][sel].mean()),
+            "l1": float(per["l1"][sel].mean()), "l1_face": float(per["l1_face"][sel].mean())}
+
+
+@dataclass
+class RowSpec:
+    name: str
+    renderer_dir: str
+    """Where the row's G and W come from ('' = the avatar's installed ones)."""
+    schedule: str
+
+
+def evaluate_rows(avatar_dir: str | Path, specs: list[RowSpec], seq: dict, *, code_every: int = 2,
+                  progress: bool = True, keep_frames: tuple[int, ...] = ()) -> tuple[list[dict], dict]:
+    """Quality and path times of each row over every held-out sequence (module docstring); returns the rows and,
+    for the ticks ``keep_frames`` of sequence 0, every row's frames (for the picture)."""
+    from avcore.progress import progress as progress_bar
+
+    from .engine import EngineSpec, NeuralEngine
+
+    N, T = seq["view"].shape[:2]
+    size = int(seq["target"].shape[2])
+    rows, kept = [], {}
+    engines: dict[str, NeuralEngine] = {}
+    bar = progress_bar(total=len(specs) * N, desc="eval renderer", unit="sequence", disable=not progress)
+    try:
+        for spec in specs:
+            eng = engines.get(spec.renderer_dir)
+            if eng is None:
+                eng = engines[spec.renderer_dir] = NeuralEngine(EngineSpec(str(avatar_dir), size=size, threads=1,
+                                                                           renderer_dir=spec.renderer_dir))
+                eng.warm_up()
+            actions = schedule(spec.schedule, T, code_every)
+            per, ms, kinds = None, [], []
+            for s in range(N):
+                eng.cache = None
+                frames, t_ms = run_schedule(eng, seq, s, actions, code_every)
+                m = frame_metrics(frames, seq["target"][s])
+                per = m if per is None else {k: np.concatenate([per[k], m[k]]) for k in m}
+                ms.append(t_ms)
+                kinds += actions
+                if s == 0 and keep_frames:
+                    kept[spec.name] = frames[list(keep_frames)]
+                bar.update(1)
+            ms, kinds = np.concatenate(ms), np.array(kinds)
+            warped = kinds == "warp"
+            lat = {"generate": ms[kinds == "generate"], "warp": ms[warped], "raster": ms[kinds == "raster"]}
+            path = lat["warp"] if warped.any() else (lat["raster"] if spec.schedule == "raster" else lat["generate"])
+            rows.append({"name": spec.name, "schedule": spec.schedule, "renderer_dir": spec.renderer_dir,
+                         **summarise(per), "warped_frames": summarise(per, warped) if warped.any() else None,
+                         "latency_ms": float(path.mean()), "latency_ms_p50": float(np.median(path)),
+                         "latency_generate_ms": float(lat["generate"].mean()) if len(lat["generate"]) else None,
+                         "frames": int(len(kinds)), "warped": int(warped.sum())})
+    finally:
+        bar.close()
+        for e in engines.values():
+            e.close()
+    return rows, kept
+
+
+def picture(seq: dict, kept: dict, ticks: tuple[int, ...], path: Path, tile: int = 160) -> Path:
+    """Fig. 5 of the paper: for each kept tick (rows), the truth and every row's frame over its error map
+    (|diff| x4, inferno)."""
+    import cv2
+
+    names = list(kept)
+    grid_rows = []
+    for j, t in enumerate(ticks):
+        gt = seq["target"][0, t]
+        top = [gt] + [kept[n][j] for n in names]
+        err = [np.zeros_like(gt)] + [cv2.applyColorMap(np.clip(np.abs(kept[n][j].astype(np.int16) - gt.astype(np.int16))
+                                                               .max(-1) * 4, 0, 255).astype(np.uint8),
+                                                       cv2.COLORMAP_INFERNO)[..., ::-1] for n in names]
+        r = lambda im: cv2.resize(im, (tile, tile), interpolation=cv2.INTER_LINEAR)  # noqa: E731
+        grid_rows.append(np.concatenate([r(x) for x in top], 1))
+        grid_rows.append(np.concatenate([r(x) for x in err], 1))
+    grid = np.ascontiguousarray(np.concatenate(grid_rows, 0)[..., ::-1])
+    for k, lab in enumerate(["truth"] + names):
+        cv2.putText(grid, lab, (k * tile + 4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    for j, t in enumerate(ticks):
+        cv2.putText(grid, f"tick {t} ({'new code' if t % 2 == 0 else 'no new code'})", (4, (2 * j + 1) * tile - 6),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(grid, "error x4", (4, (2 * j + 1) * tile + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), grid)
+    return path
+
+
+def render_markdown(table: dict) -> str:
+    f = lambda x, nd=2: "–" if x is None else f"{x:.{nd}f}"  # noqa: E731
+
+    def line(r):
+        w = r.get("warped_frames") or {}
+        return (f"| {r['name']} | {f(r['psnr'])} | {f(r['psnr_face'])} | {f(w.get('psnr_face'))} | {f(r['ssim'], 3)} | "
+                f"{f(r['ssim_face'], 3)} | {f(r['l1'], 4)} | {f(r['latency_ms'])} | {f(r.get('fps'), 1)} |")
+
+    head = ["| row | PSNR | face PSNR | face PSNR, warped ticks | SSIM | face SSIM | L1 | latency ms | fps |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    s = table["sequences"]
+    lines = ["# Neural caching on the studio (the paper's Tables 1-3 shape)", "", f"Machine: {table['machine']}", "",
+             f"Command: `{table['command']}`", "",
+             f"Held-out sequences: {s['sequences']} × {s['seconds']} s of S{table['identity'][1:]} at {s['fps']:g} Hz "
+             f"display ticks (viewer orbit ±{s['orbit_yaw_deg']:g}° yaw every {s['orbit_period_s']:g} s), codes at "
+             f"{s['fps'] / table['code_every']:g} Hz; images at G's working size {s['size']} px. PSNR of the mean "
+             "MSE; face = the studio render's foreground. Latency: the path that makes a display frame (module "
+             "docstring of renderer/evaluate.py), one onnxruntime thread, mean.", "", *head]
+    lines += [line(r) for r in table["rows"]]
+    if table.get("checks"):
+        c = table["checks"]
+        lines += ["", f"W / G latency: {f(c['warp_to_generate_latency'], 3)} (goal ≤ 0.3); warp1x PSNR loss vs G: "
+                      f"{f(c['warp1x_psnr_loss_pct'])} % (goal ≤ 1 %); warp2x-parallel fps / G fps: "
+                      f"{f(c['parallel_fps_ratio'])} (goal ≥ 2.2)."]
+    if table.get("online"):
+        lines += ["", "## Online at the display rate (the paper's Table 2)", "",
+                  "| mode | display fps | view-to-present p50 ms | p99 ms | missed ticks |", "|---|---|---|---|---|"]
+        for r in table["online"]:
+            lines.append(f"| {r['mode']} | {f(r['fps'], 1)} | {f(r.get('view_to_present_ms_p50'))} | "
+                         f"{f(r.get('view_to_present_ms_p99'))} | {r.get('missed', '–')} |")
+    if table.get("ablation"):
+        lines += ["", "## Ablations of W (the paper's Table 3)", "",
+                  "Every W trained on the same frozen G, data, steps and seed; warp1x schedule.", "", *head]
+        lines += [line(r) for r in table["ablation"]]
+    if table.get("picture"):
+        lines += ["", f"![side by side]({Path(table['picture']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(table: dict, out_dir: Path) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "neural_caching.json").write_text(json.dumps(table, indent=2))
+    (out_dir / "neural_caching.md").write_text(render_markdown(table))
+    return out_dir / "neural_caching.json"

@@ -1,0 +1,154 @@
+"""The neural cache and the implicit warp network W (the neural-caching paper's section 4, Eq. 1-3).
+
+Torch: training and export only (the receiver runs the exported ONNX model with onnxruntime).
+
+**Cache** C_t (what G leaves behind when it renders display frame t): G's last three feature maps ``f0``
+(bottleneck, S/4), ``f1`` (S/2), ``f2`` (S) (:class:`renderer.neural.NeuralRenderer`), and the inputs they were
+made for: the view direction, the expression code ``z``, the gaze and the UV map (``uv``: (u, v, face) per pixel).
+The SH of the cached view is recomputed from its direction. The explicit-warp baseline also keeps G's image.
+
+**W** turns C_t and the state of a later display frame t' (its view direction, the newest code and gaze, and the
+UV map of the cached mesh rasterized from the new view: cheap, no decode) into the image of t':
+
+- a single-layer MLP M over (view', Δview, z', Δz, gaze', Δgaze, SH(view')), its output broadcast over f0;
+- SH-change modulation: the first 9 channels of f0 times SH(view') − SH(view), appended to f0;
+- ΔUV = uv' − uv (at S/4, S/2 and S: the image-space motion of every surface point);
+- W1: conv at S/4 over [f0, modulated f0, M, ΔUV], up to S/2, conv over [·, f1, ΔUV];
+  W2: up to S, conv over [·, f2, ΔUV] to RGB.
+
+The ablation switches of :class:`WarpConfig` (the paper's Table 3) drop one input each; ``explicit`` is the
+explicit-warp baseline instead: the same trunk predicts a flow field at S/4 and the cached image is resampled
+along it (no image synthesis).
+
+Inputs of the exported model (ONNX names, shapes for one frame; S = G's working size, Z = code size):
+``f0`` (1, C0, S/4, S/4), ``f1`` (1, C1, S/2, S/2), ``f2`` (1, C2, S, S), ``image`` (1, 3, S, S) [explicit only],
+``uv`` (1, 3, S, S), ``view`` (1, 3), ``z`` (1, Z), ``gaze`` (1, 4) [the cache]; ``uv_new``, ``view_new``,
+``z_new``, ``gaze_new`` [the new display frame]. Output ``image`` is renamed ``warped``: (1, 3, S, S) in [0, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from avcore.config import ConfigDict
+
+from .neural import sh_basis
+
+ABLATIONS = {
+    "no-duv": {"duv": False},
+    "no-code-pose": {"code_pose": False},
+    "no-mlp": {"mlp": False},
+    "no-sh-modulation": {"sh_modulation": False},
+}
+"""The paper's Table 3 rows: :class:`WarpConfig` fields switched off. The explicit-warp baseline is
+``WarpConfig(explicit=True)``."""
+
+
+@dataclass
+class WarpConfig(ConfigDict):
+    hidden: int = 32
+    """Channels of the MLP's output broadcast over the bottleneck features."""
+    widths: tuple[int, ...] = (64, 32)
+    """Channels after the S/4 and S/2 convolutions (W1), before W2 maps to RGB at S."""
+    duv: bool = True
+    """Give W the UV change ΔUV (ablation: without ΔUV)."""
+    code_pose: bool = True
+    """Give the MLP the view, code, gaze and their changes (ablation: only the SH of the new view)."""
+    mlp: bool = True
+    """Use the MLP at all (ablation: without the MLP)."""
+    sh_modulation: bool = True
+    """Modulate 9 cached channels by the SH change (ablation: without SH modulation)."""
+    explicit: bool = False
+    """Explicit-warp baseline: predict a flow field and resample the cached image."""
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(self.widths)
+        if len(self.widths) != 2:
+            raise ValueError("warp: widths needs two entries (S/4 and S/2 convolutions)")
+
+
+def _c(i: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1), nn.LeakyReLU(0.2))
+
+
+class ImplicitWarp(nn.Module):
+    """W (module docstring). ``feature_channels`` = (C0, C1, C2) of G's cache; ``latent_dim`` = Z."""
+
+    def __init__(self, feature_channels: tuple[int, int, int], latent_dim: int, cfg: WarpConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or WarpConfig()
+        c0, c1, c2 = feature_channels
+        self.latent_dim = latent_dim
+        n_in = 9 + (2 * (3 + latent_dim + 4) if cfg.code_pose else 9)
+        self.mlp = nn.Linear(n_in, cfg.hidden) if cfg.mlp else None
+        duv = 3 if cfg.duv else 0
+        trunk_in = c0 + (9 if cfg.sh_modulation else 0) + (cfg.hidden if cfg.mlp else 0) + duv
+        w1, w2 = cfg.widths
+        self.w1a = _c(trunk_in, w1)
+        if cfg.explicit:
+            self.flow = nn.Conv2d(w1, 2, 3, 1, 1)
+            nn.init.zeros_(self.flow.weight)
+            nn.init.zeros_(self.flow.bias)
+        else:
+            self.w1b = _c(w1 + c1 + duv, w2)
+            self.w2 = nn.Conv2d(w2 + c2 + duv, 3, 3, 1, 1)
+
+    def forward(self, f0, f1, f2, image, uv, view, z, gaze, uv_new, view_new, z_new, gaze_new) -> torch.Tensor:
+        cfg = self.cfg
+        sh_new = sh_basis(view_new)
+        parts = [f0]
+        if cfg.sh_modulation:
+            parts.append(f0[:, :9] * (sh_new - sh_basis(view))[:, :, None, None])
+        if self.mlp is not None:
+            x = [sh_new] + ([view_new, view_new - view, z_new, z_new - z, gaze_new, gaze_new - gaze] if cfg.code_pose
+                            else [sh_new - sh_basis(view)])
+            m = F.leaky_relu(self.mlp(torch.cat(x, 1)), 0.2)
+            parts.append(m[:, :, None, None].expand(-1, -1, f0.shape[2], f0.shape[3]))
+        duv = uv_new - uv
+        if cfg.duv:
+            parts.append(F.avg_pool2d(duv, 4))
+        x = self.w1a(torch.cat(parts, 1))
+        if cfg.explicit:
+            flow = F.interpolate(self.flow(x), size=image.shape[-2:], mode="bilinear", align_corners=False)
+            return resample(image, flow)
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        x = self.w1b(torch.cat([x, f1] + ([F.avg_pool2d(duv, 2)] if cfg.duv else []), 1))
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return torch.sigmoid(self.w2(torch.cat([x, f2] + ([duv] if cfg.duv else []), 1)))
+
+
+def resample(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """image (B, C, H, W) sampled at pixel + flow; flow (B, 2, H, W) in normalised [-1, 1] image units (x, y)."""
+    b, _, h, w = image.shape
+    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h), torch.linspace(-1 + 1 / w, 1 - 1 / w, w),
+                            indexing="ij")
+    base = torch.stack([xs, ys], -1)[None].to(image.dtype)
+    return F.grid_sample(image, base + flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border",
+                         align_corners=False)
+
+
+WARP_INPUTS = ("f0", "f1", "f2", "image", "uv", "view", "z", "gaze", "uv_new", "view_new", "z_new", "gaze_new")
+"""Input order of :meth:`ImplicitWarp.forward` and the exported model."""
+
+
+def export_warp(w: ImplicitWarp, path, example: dict) -> None:
+    """ONNX export (opset 17) of W with a parity check against torch. ``example``: :data:`WARP_INPUTS` -> tensors
+    (batch 1). Inputs the configuration does not use are pruned by the exporter; the receiver feeds only the
+    inputs the model declares."""
+    import numpy as np
+    import onnxruntime as ort
+
+    w.eval()
+    args = tuple(example[k] for k in WARP_INPUTS)
+    with torch.no_grad():
+        ref = w(*args).numpy()
+    torch.onnx.export(w, args, str(path), input_names=list(WARP_INPUTS), output_names=["warped"], opset_version=17,
+                      dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: example[i.name].numpy() for i in sess.get_inputs()}
+    got = sess.run(["warped"], feed)[0]
+    if not np.allclose(got, ref, atol=1e-3):
+        raise RuntimeError(f"warp ONNX parity failed: max |diff| {np.abs(got - ref).max():.2e}")
