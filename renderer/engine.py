@@ -3,8 +3,9 @@
 :class:`NeuralEngine` holds one avatar's decoder, a rasterizer at G's working size, G (``renderer.onnx``) and W
 (``warp.onnx``) from the avatar directory (or a renderer run directory, for evaluations):
 
-- :meth:`~NeuralEngine.generate` decodes the code for the view, rasterizes the colour and UV buffers, runs G and
-  keeps G's cache (:mod:`renderer.warp`) with the mesh it was made from;
+- :meth:`~NeuralEngine.generate` decodes the code for the view, rasterizes the colour buffer and, in one pass, the
+  UV map and G's neural texture sampled per pixel (``neural_texture.npy``), runs G and keeps G's cache
+  (:mod:`renderer.warp`) with the mesh it was made from;
 - :meth:`~NeuralEngine.warp` rasterizes only the UV map of the cached mesh from the new view (no decode) and runs W
   on the cache, the new view, code and gaze.
 
@@ -24,11 +25,7 @@ import numpy as np
 
 from avcore.errors import UsageError
 
-RENDER_MODES = ("raster", "neural", "warp", "warp2x")
-"""``--render`` choices: the plain rasterized decoder output per code; G on every display frame; G when a new code
-arrives and W in between (one process); two worker processes alternating G and W."""
-
-RENDERER_FILES = ("renderer.onnx", "warp.onnx", "renderer.json")
+RENDERER_FILES = ("renderer.onnx", "neural_texture.npy", "warp.onnx", "renderer.json")
 TRAIN_HINT = "avcall train renderer --identity S1 --install"
 
 
@@ -42,6 +39,8 @@ class EngineSpec:
     """onnxruntime intra-op threads per session."""
     renderer_dir: str = ""
     """Where ``renderer.onnx`` / ``warp.onnx`` / ``renderer.json`` are (default: the avatar directory)."""
+    mode: str = "warp"
+    """``neural`` (the scheduler calls only ``generate``) or ``warp``; both load G and W."""
 
 
 def renderer_files_missing(avatar_dir: str | Path, renderer_dir: str | Path = "") -> list[str]:
@@ -81,6 +80,7 @@ class NeuralEngine:
             raise UsageError(f"the neural renderer in {rdir} takes {self.meta['latent_dim']}-d codes, the avatar "
                              f"{spec.avatar_dir} decodes {self.decoder.latent_dim}-d codes")
         self.g = inference_session(rdir / "renderer.onnx", spec.threads)
+        self.neural_texture = np.load(rdir / "neural_texture.npy")
         self.w = inference_session(rdir / "warp.onnx", spec.threads)
         self._w_inputs = [i.name for i in self.w.get_inputs()]
         self._ctx = ctx
@@ -95,6 +95,7 @@ class NeuralEngine:
     def _raster(self):
         if self._rast is None:
             self._rast = self.decoder.make_rasterizer(size=self.work, ctx=self._ctx)
+            self._rast.set_neural_texture(self.neural_texture)
         return self._rast
 
     def _out(self, img: np.ndarray) -> np.ndarray:
@@ -115,10 +116,12 @@ class NeuralEngine:
         t1 = time.perf_counter()
         r = self._raster()
         raster = r.render(vertices, np.clip(texture, 0.0, 1.0), gaze, view)
-        uv = np.ascontiguousarray(r.render_uv(vertices, gaze, view, self.work).transpose(2, 0, 1)[None])
+        uv, feats = r.render_uv_features(vertices, gaze, view, self.work)
+        uv = np.ascontiguousarray(uv.transpose(2, 0, 1)[None])
         t2 = time.perf_counter()
-        image, f0, f1, f2 = self.g.run(["image", "f0", "f1", "f2"], {"raster": _nchw(raster), "uv": uv,
-                                                                      "view": view[None]})
+        image, f0, f1, f2 = self.g.run(["image", "f0", "f1", "f2"], {
+            "raster": _nchw(raster), "uv": uv, "view": view[None],
+            "features": np.ascontiguousarray(feats.transpose(2, 0, 1)[None])})
         self.cache = {"f0": f0, "f1": f1, "f2": f2, "image": image, "uv": uv, "view": view[None], "z": z[None],
                       "gaze": gaze.reshape(1, 4), "vertices": vertices}
         out = self._out(image)
@@ -155,6 +158,7 @@ class NeuralEngine:
         vertices, texture = self.decoder.decode(np.asarray(z, np.float32).reshape(-1), view)
         t1 = time.perf_counter()
         img = self._raster().render(vertices, np.clip(texture, 0.0, 1.0), np.asarray(gaze, np.float32).reshape(2, 2), view)
+        img = np.ascontiguousarray(img)
         if self.size != self.work:
             import cv2
 

@@ -42,8 +42,9 @@ class NeuralRendererConfig(ConfigDict):
     """Neural texture feature channels (at least 12: channels 4-12 carry the SH modulation)."""
     texture_levels: tuple[int, ...] = (256, 128, 64, 32)
     """Side of each level of the neural texture pyramid."""
-    widths: tuple[int, ...] = (32, 64, 128)
-    """U-Net channels per level (full resolution first)."""
+    widths: tuple[int, ...] = (24, 48, 96)
+    """U-Net channels per level (full resolution first): about 0.65 GMAC per frame at 128 px, ~19 ms on one
+    core of the reference machine."""
 
     def __post_init__(self) -> None:
         self.texture_levels = tuple(self.texture_levels)
@@ -64,19 +65,27 @@ def sh_basis(d: torch.Tensor) -> torch.Tensor:
 
 
 class NeuralTexture(nn.Module):
+    """A learned multi-scale neural texture: levels of decreasing size (a Laplacian pyramid) whose bilinear
+    upsamplings to the finest level sum to one (C, T, T) texture, sampled bilinearly at the UV map. The receiver's
+    rasterizer samples that same texture in GL (:meth:`full`, saved with G), so G's exported network starts from
+    the sampled features."""
+
     def __init__(self, channels: int, levels: tuple[int, ...]):
         super().__init__()
         self.levels = nn.ParameterList([nn.Parameter(torch.zeros(1, channels, s, s)) for s in levels])
         nn.init.normal_(self.levels[-1], 0.0, 0.1)  # the coarsest level starts the pyramid
 
+    def full(self) -> torch.Tensor:
+        """(1, C, T, T): the pyramid summed at the finest level (row 0 = v 0)."""
+        T = max(t.shape[-1] for t in self.levels)
+        return sum(t if t.shape[-1] == T else F.interpolate(t, size=(T, T), mode="bilinear", align_corners=False)
+                   for t in self.levels)
+
     def forward(self, uv: torch.Tensor) -> torch.Tensor:
-        """uv (B, 2, H, W) in [0, 1] (row 0 of a level is v = 0) -> (B, C, H, W)."""
+        """uv (B, 2, H, W) in [0, 1] (row 0 of the texture is v = 0) -> (B, C, H, W)."""
         grid = (uv.permute(0, 2, 3, 1) * 2 - 1).clamp(-1, 1)
-        out = 0
-        for t in self.levels:
-            out = out + F.grid_sample(t.expand(len(uv), -1, -1, -1), grid, mode="bilinear", padding_mode="border",
-                                      align_corners=False)
-        return out
+        return F.grid_sample(self.full().expand(len(uv), -1, -1, -1), grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
 
 
 def _conv(i: int, o: int, stride: int = 1) -> nn.Sequential:
@@ -95,15 +104,19 @@ class NeuralRenderer(nn.Module):
         self.up = nn.ModuleList([_conv(w[i] + w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
         self.out = nn.Conv2d(w[0], 3, 3, 1, 1)
 
-    def buffers_to_input(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    def buffers_to_input(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor,
+                         sampled: torch.Tensor | None = None) -> torch.Tensor:
+        """G's input: the neural texture at ``uv`` (or ``sampled``: already sampled there, as the receiver's
+        rasterizer does), masked to the face and SH-modulated, then raster colour and mask."""
         mask = uv[:, 2:3]
-        feats = self.texture(uv[:, :2]) * mask
+        feats = (self.texture(uv[:, :2]) if sampled is None else sampled) * mask
         a, b = SH_CHANNELS
         feats = torch.cat([feats[:, :a], feats[:, a:b] * sh_basis(view)[:, :, None, None], feats[:, b:]], 1)
         return torch.cat([feats, raster, mask], 1)
 
-    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> dict:
-        x = self.buffers_to_input(raster, uv, view)
+    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor,
+                sampled: torch.Tensor | None = None) -> dict:
+        x = self.buffers_to_input(raster, uv, view, sampled)
         skips = []
         for layer in self.down:
             x = layer(x)
@@ -117,14 +130,16 @@ class NeuralRenderer(nn.Module):
 
 
 class FlatOutputs(nn.Module):
-    """G with a flat tuple of outputs (``image``, then the cache features, bottleneck first), as ONNX wants them."""
+    """G as exported: the neural texture comes in already sampled at the UV map (``features``, (B, C, H, W), by the
+    receiver's rasterizer from :meth:`NeuralTexture.full`), and the outputs are a flat tuple (``image``, then the
+    cache features, bottleneck first), as ONNX wants them."""
 
     def __init__(self, g: NeuralRenderer):
         super().__init__()
         self.g = g
 
-    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor) -> tuple:
-        o = self.g(raster, uv, view)
+    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor, features: torch.Tensor) -> tuple:
+        o = self.g(raster, uv, view, features)
         return (o["image"], *o["features"])
 
 

@@ -58,6 +58,35 @@ void main() {
 """
 
 
+_FS_FEATURES = """
+#version 330
+uniform sampler2D u_feat0;
+uniform sampler2D u_feat1;
+uniform sampler2D u_feat2;
+uniform sampler2D u_feat3;
+uniform int u_material;     // 2 face: (u, v, 1) + neural texture features, 3 eyeball: zeros (occluder)
+in vec3 v_normal;
+in vec2 v_uv;
+layout(location = 0) out vec4 f_uv;
+layout(location = 1) out vec4 f_0;
+layout(location = 2) out vec4 f_1;
+layout(location = 3) out vec4 f_2;
+layout(location = 4) out vec4 f_3;
+void main() {
+    if (u_material == 2) {
+        f_uv = vec4(v_uv, 1.0, 1.0);
+        f_0 = texture(u_feat0, v_uv);
+        f_1 = texture(u_feat1, v_uv);
+        f_2 = texture(u_feat2, v_uv);
+        f_3 = texture(u_feat3, v_uv);
+    } else {
+        f_uv = vec4(0.0); f_0 = vec4(0.0); f_1 = vec4(0.0); f_2 = vec4(0.0); f_3 = vec4(0.0);
+    }
+}
+"""
+MAX_FEATURE_CHANNELS = 16
+"""Neural texture channels :meth:`AvatarRasterizer.render_uv_features` samples (four RGBA float textures)."""
+
 def _to_texels(img: np.ndarray) -> np.ndarray:
     """float [0, 1] image -> contiguous uint8 texels."""
     return np.ascontiguousarray(np.clip(np.asarray(img, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8))
@@ -163,6 +192,11 @@ class AvatarRasterizer:
             depth_attachment=ctx.depth_renderbuffer((size, size)),
         )
         self._uv_fbos: dict[int, object] = {}
+        self._feature_fbos: dict[int, object] = {}
+        self._feature_prog = None
+        self._feature_textures: list = []
+        self._feature_vaos = None
+        self.feature_channels = 0
         self._last_eye_key = None
         self._moderngl = moderngl
 
@@ -238,7 +272,79 @@ class AvatarRasterizer:
         out = np.frombuffer(fbo.read(components=4, dtype="f4", alignment=1), np.float32).reshape(size, size, 4)
         return np.ascontiguousarray(out[::-1, :, :3])
 
+    def set_neural_texture(self, texture: np.ndarray) -> None:
+        """Upload a neural texture (T, T, C) float32, C <= :data:`MAX_FEATURE_CHANNELS`, row 0 = v 0, for
+        :meth:`render_uv_features` (bilinear, clamped at the edges: ``grid_sample``'s ``border`` padding)."""
+        mgl = self._moderngl
+        tex = np.ascontiguousarray(texture, np.float32)
+        T, _, C = tex.shape
+        if C > MAX_FEATURE_CHANNELS:
+            raise ValueError(f"neural texture: at most {MAX_FEATURE_CHANNELS} channels, got {C}")
+        if self._feature_prog is None:
+            self._feature_prog = self.ctx.program(vertex_shader=_VS, fragment_shader=_FS_FEATURES)
+            for k in range(4):
+                self._feature_prog[f"u_feat{k}"] = k
+            attrs = lambda pos, uv: [(pos, "3f", "in_pos"), (uv, "2f", "in_uv")]  # noqa: E731  (normals unused)
+            self._feature_vaos = (
+                self.ctx.vertex_array(self._feature_prog, attrs(self.vbo_pos, self.vbo_uv),
+                                      index_buffer=self.ibo, index_element_size=4),
+                self.ctx.vertex_array(self._feature_prog, attrs(self.vbo_eye_pos, self.vbo_eye_uv),
+                                      index_buffer=self.ibo_eye, index_element_size=4))
+        for t in self._feature_textures:
+            t.release()
+        padded = np.zeros((T, T, MAX_FEATURE_CHANNELS), np.float32)
+        padded[..., :C] = tex
+        self._feature_textures = []
+        for k in range(4):
+            t = self.ctx.texture((T, T), 4, np.ascontiguousarray(padded[..., 4 * k:4 * k + 4]).tobytes(), dtype="f4")
+            t.filter = (mgl.LINEAR, mgl.LINEAR)
+            t.repeat_x = t.repeat_y = False
+            self._feature_textures.append(t)
+        self.feature_channels = C
+
+    def render_uv_features(self, vertices: np.ndarray, gaze: np.ndarray, view_direction, size: int
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """One pass: the (u, v, face) map (size, size, 3) float32 (as :meth:`render_uv`) and the neural texture
+        (:meth:`set_neural_texture`) sampled at every face pixel, (size, size, C) float32, zero elsewhere."""
+        if not self._feature_textures:
+            raise RuntimeError("render_uv_features before set_neural_texture")
+        mgl = self._moderngl
+        fbo = self._feature_fbos.get(size)
+        if fbo is None:
+            fbo = self.ctx.framebuffer(
+                color_attachments=[self.ctx.renderbuffer((size, size), components=4, dtype="f4") for _ in range(5)],
+                depth_attachment=self.ctx.depth_renderbuffer((size, size)),
+            )
+            self._feature_fbos[size] = fbo
+        self._upload_geometry(vertices, eye_rotations(gaze))
+        d = np.asarray(view_direction, np.float64).reshape(3)
+        d = d / np.linalg.norm(d)
+        ctx, p = self.ctx, self._feature_prog
+        fbo.use()
+        ctx.viewport = (0, 0, size, size)
+        ctx.enable(mgl.DEPTH_TEST)
+        ctx.disable(mgl.CULL_FACE)
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        p["u_mvp"].write(np.ascontiguousarray(look_at_mvp(d, size).T, np.float32).tobytes())
+        for k, t in enumerate(self._feature_textures):
+            t.use(k)
+        p["u_material"] = 2
+        self._feature_vaos[0].render()
+        p["u_material"] = 3
+        self._feature_vaos[1].render()
+        read = lambda a: np.frombuffer(fbo.read(components=4, dtype="f4", alignment=1, attachment=a),  # noqa: E731
+                                       np.float32).reshape(size, size, 4)[::-1]
+        uv = np.ascontiguousarray(read(0)[..., :3])
+        feats = np.concatenate([read(1 + k) for k in range(4)], -1)[..., :self.feature_channels]
+        return uv, np.ascontiguousarray(feats)
+
     def release(self) -> None:
+        extra = [*self._feature_textures, *self._feature_fbos.values()]
+        if self._feature_prog is not None:
+            extra += [*self._feature_vaos, self._feature_prog]
+        for obj in extra:
+            obj.release()
+        self._feature_textures, self._feature_fbos, self._feature_prog = [], {}, None
         for obj in (self.vao_face, self.vao_eyes, self.vbo_pos, self.vbo_nrm, self.vbo_uv, self.ibo, self.vbo_eye_pos,
                     self.vbo_eye_nrm, self.vbo_eye_uv, self.ibo_eye, self.tex_eye, self.tex_face, self.fbo,
                     *self._uv_fbos.values(), self.prog):

@@ -108,7 +108,8 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
 
 
 def export_renderer(g, path: Path, size: int) -> None:
-    """ONNX export of G (opset 17) with a parity check against torch (image and cache features)."""
+    """ONNX export of G (opset 17; the neural texture sampled outside, saved beside it as
+    ``neural_texture.npy`` (T, T, C) float32) with a parity check against torch's G (image and cache features)."""
     import onnxruntime as ort
     import torch
 
@@ -120,12 +121,17 @@ def export_renderer(g, path: Path, size: int) -> None:
     view = torch.tensor([[0.2, 0.1, 0.97]])
     with torch.no_grad():
         out = g(raster, uv, view)
+        sampled = g.texture(uv[:, :2])
+        texture = g.texture.full()[0].permute(1, 2, 0).contiguous().numpy()
     refs = [out["image"].numpy()] + [f.numpy() for f in out["features"]]
     names = ["image"] + [f"f{i}" for i in range(len(out["features"]))]
-    torch.onnx.export(FlatOutputs(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
-                      output_names=names, opset_version=17, dynamo=False)
+    torch.onnx.export(FlatOutputs(g), (raster, uv, view, sampled), str(path),
+                      input_names=["raster", "uv", "view", "features"], output_names=names, opset_version=17,
+                      dynamo=False)
+    np.save(Path(path).with_name("neural_texture.npy"), texture.astype(np.float32))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(names, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy()})
+    got = sess.run(names, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy(),
+                           "features": sampled.numpy()})
     for name, a, b in zip(names, got, refs):
         if not np.allclose(a, b, atol=1e-3 * max(1.0, float(np.abs(b).max()))):
             raise RuntimeError(f"renderer ONNX parity failed on {name}: max |diff| {np.abs(a - b).max():.2e}")
@@ -213,7 +219,8 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
     comparison = heldout_comparison(g, w, test)
     size = int(train["raster"].shape[1])
     if frozen_g is not None:
-        shutil.copyfile(Path(frozen_g) / "renderer.onnx", out_dir / "renderer.onnx")
+        for name in ("renderer.onnx", "neural_texture.npy"):
+            shutil.copyfile(Path(frozen_g) / name, out_dir / name)
     else:
         export_renderer(g, out_dir / "renderer.onnx", size)
     export_warp(w, out_dir / "warp.onnx", _warp_example(g, test))

@@ -13,8 +13,8 @@ UV map of the cached mesh rasterized from the new view: cheap, no decode) into t
 - a single-layer MLP M over (view', Δview, z', Δz, gaze', Δgaze, SH(view')), its output broadcast over f0;
 - SH-change modulation: the first 9 channels of f0 times SH(view') − SH(view), appended to f0;
 - ΔUV = uv' − uv (at S/4, S/2 and S: the image-space motion of every surface point);
-- W1: conv at S/4 over [f0, modulated f0, M, ΔUV], up to S/2, conv over [·, f1, ΔUV];
-  W2: up to S, conv over [·, f2, ΔUV] to RGB.
+- W1: a 1x1 conv at S/4 over [f0, modulated f0, M, ΔUV], up to S/2, 3x3 conv over [·, f1, ΔUV];
+  W2: up to S, 3x3 conv over [·, f2, ΔUV] to RGB.
 
 The ablation switches of :class:`WarpConfig` (the paper's Table 3) drop one input each; ``explicit`` is the
 explicit-warp baseline instead: the same trunk predicts a flow field at S/4 and the cached image is resampled
@@ -51,7 +51,7 @@ ABLATIONS = {
 class WarpConfig(ConfigDict):
     hidden: int = 32
     """Channels of the MLP's output broadcast over the bottleneck features."""
-    widths: tuple[int, ...] = (64, 32)
+    widths: tuple[int, ...] = (32, 16)
     """Channels after the S/4 and S/2 convolutions (W1), before W2 maps to RGB at S."""
     duv: bool = True
     """Give W the UV change ΔUV (ablation: without ΔUV)."""
@@ -87,7 +87,8 @@ class ImplicitWarp(nn.Module):
         duv = 3 if cfg.duv else 0
         trunk_in = c0 + (9 if cfg.sh_modulation else 0) + (cfg.hidden if cfg.mlp else 0) + duv
         w1, w2 = cfg.widths
-        self.w1a = _c(trunk_in, w1)
+        self.w1a = nn.Sequential(nn.Conv2d(trunk_in, w1, 1), nn.LeakyReLU(0.2))  # per pixel: the inputs are
+        # broadcast (MLP, SH) or already local (ΔUV); the 3x3 convolutions at S/2 and S move features
         if cfg.explicit:
             self.flow = nn.Conv2d(w1, 2, 3, 1, 1)
             nn.init.zeros_(self.flow.weight)

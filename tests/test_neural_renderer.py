@@ -58,10 +58,13 @@ def test_g_exports_to_onnx_with_parity_and_returns_its_cache_features(tmp_path):
     from renderer.neural import FlatOutputs
 
     path = tmp_path / "g.onnx"
-    torch.onnx.export(FlatOutputs(g), (raster, uv, view), str(path), input_names=["raster", "uv", "view"],
+    with torch.no_grad():
+        sampled = g.texture(uv[:, :2])  # the exported G starts from the texture sampled outside (by GL)
+    torch.onnx.export(FlatOutputs(g), (raster, uv, view, sampled), str(path),
+                      input_names=["raster", "uv", "view", "features"],
                       output_names=["image", "f0", "f1", "f2"], opset_version=17, dynamo=False)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy()})
+    out = sess.run(None, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy(), "features": sampled.numpy()})
     np.testing.assert_allclose(out[0], ref["image"].numpy(), atol=1e-4)
     for o, f in zip(out[1:], ref["features"]):
         np.testing.assert_allclose(o, f.numpy(), atol=1e-3)
@@ -163,6 +166,23 @@ def test_renderer_clips_training_export_and_the_engine_on_a_tiny_decoder(tmp_pat
         b = eng.warp(test["z"][0, 1], test["gaze"][0, 1], test["view"][0, 1])
         assert b.shape == (48, 48, 3) and eng.last_ms["decode"] == 0.0  # the warp path decodes nothing
         assert not np.array_equal(a, b)  # a turned view and a new code: a new image
+    finally:
+        eng.close()
+    # the receiver's path (GL-sampled neural texture, onnxruntime) gives torch G's image on the same buffers
+    from renderer.neural import NeuralRenderer
+
+    g = NeuralRenderer(gcfg)
+    g.load_state_dict(torch.load(tmp_path / "g" / "checkpoint.pt", weights_only=True)["model"])
+    g.eval()
+    eng = open_engine(EngineSpec(str(dec), size=32, threads=1))  # G's working size: no resize
+    try:
+        view0 = np.asarray(test["view"][0, 0], np.float32)
+        a = eng.generate(z, gaze, view0)
+        raster = torch.from_numpy(eng.rasterize(z, gaze, view0)).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            ref = g(raster, torch.from_numpy(eng.cache["uv"]), torch.from_numpy(view0[None]))["image"]
+        ref_img = (ref[0].permute(1, 2, 0).numpy() * 255).round()
+        assert np.abs(ref_img - a.astype(float)).max() <= 3
     finally:
         eng.close()
 

@@ -146,3 +146,29 @@ def test_explicit_eye_model():
 
     for yaw, pitch in ((0.3, -0.2), (-0.5, 0.35)):
         np.testing.assert_allclose(eye_rotations(np.array([[yaw, pitch]] * 2))[0], eye_rotation(yaw, pitch), atol=1e-6)
+
+
+def test_neural_texture_sampled_in_gl_matches_torch_grid_sample():
+    """The receiver samples G's neural texture in GL; torch's G samples it with grid_sample in training: the same
+    features per face pixel (bilinear, clamped at the edges), zero off the face, and no GL object made per frame."""
+    torch = pytest.importorskip("torch")
+    rast, verts, ctx = _counting_quad_rasterizer()
+    rng = np.random.default_rng(1)
+    tex = rng.normal(0, 1, (T, T, 14)).astype(np.float32)  # 14 channels: the last RGBA texture half used
+    rast.set_neural_texture(tex)
+    view = [0.2, -0.1, 1.0]
+    uv, feats = rast.render_uv_features(verts, np.zeros((2, 2)), view, 32)
+    assert uv.shape == (32, 32, 3) and feats.shape == (32, 32, 14)
+    np.testing.assert_allclose(uv, rast.render_uv(verts, np.zeros((2, 2)), view, 32), atol=1e-6)
+    face = uv[..., 2] > 0.5
+    assert face.mean() > 0.05 and np.all(feats[~face] == 0)
+    grid = torch.from_numpy(uv[None, ..., :2] * 2 - 1)
+    ref = torch.nn.functional.grid_sample(torch.from_numpy(tex).permute(2, 0, 1)[None], grid, mode="bilinear",
+                                          padding_mode="border", align_corners=False)[0].permute(1, 2, 0).numpy()
+    err = np.abs(ref[face] - feats[face])
+    assert err.max() < 0.02 * np.abs(tex).max(), err.max()
+    made = list(ctx.made)
+    for k in range(3):
+        rast.render_uv_features(verts, np.zeros((2, 2)), [0.1 * k, 0.0, 1.0], 32)
+    assert ctx.made == made and rast.ctx.error == "GL_NO_ERROR"
+    rast.release()
