@@ -107,3 +107,69 @@ def _train(args: argparse.Namespace) -> int:
         if installed:
             print(f"  installed into {avatar}")
     return 0
+
+
+EVAL_EPILOG = """\
+examples:
+  avcall eval renderer --identity S1 --runs runs/renderer/S1 --json --out-dir docs/results
+  avcall eval renderer --identity S1 --renderer runs/renderer/S1 --seconds 2 --sequences 1 --timed-seconds 3
+
+Rows (docs/results/neural_caching.md): naive, raster, G, warp1x, warp2x, warp2x-parallel, explicit-warp; the
+ablations come from the W-only runs RUNS-full, RUNS-no-duv, RUNS-no-code-pose, RUNS-no-mlp, RUNS-no-sh-modulation
+and the explicit-warp baseline from RUNS-explicit ('avcall train renderer --warp-only --from RUNS --ablation ...').
+Latency and fps are measured on this machine: run it with nothing else busy.
+"""
+
+
+def add_eval(sub) -> None:
+    from renderer.data import SequenceDataConfig
+
+    d = SequenceDataConfig()
+    p = sub.add_parser("renderer", help="neural caching: quality, latency and fps of G, W and the schedulers",
+                       description="Held-out display-rate sequences (codes at 30 Hz, the viewer at 60 Hz): every way "
+                                   "to fill the display frames, its quality against the studio (PSNR, SSIM, L1, face "
+                                   "pixels and whole frame), its latency and its presented fps from a timed run of its "
+                                   "scheduler; the online run at 60 Hz; the ablations of W.",
+                       epilog=EVAL_EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--identity", default=d.identity, help="(default: %(default)s)")
+    p.add_argument("--avatar", default=None, metavar="DIR", help="avatar (decoder) directory (default: the embedded one)")
+    p.add_argument("--renderer", default="", metavar="DIR",
+                   help="G and W of the main rows (default: those installed in the avatar directory)")
+    p.add_argument("--runs", default="", metavar="PREFIX",
+                   help="prefix of the W-only runs for the explicit-warp row and the ablations (e.g. runs/renderer/S1)")
+    p.add_argument("--seconds", type=positive_float, default=d.seconds, help="length of each sequence (default: %(default)s)")
+    p.add_argument("--sequences", type=positive_int, default=d.sequences, help="(default: %(default)s)")
+    p.add_argument("--timed-seconds", type=positive_float, default=6.0,
+                   help="timed run of each row's scheduler (default: %(default)s)")
+    p.add_argument("--online-seconds", type=positive_float, default=8.0,
+                   help="online run at 60 Hz per mode (default: %(default)s)")
+    p.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="write neural_caching.{json,md,png} there (e.g. docs/results)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import sys
+
+    from avcore.errors import UsageError
+    from capture.identity import check_identity
+    from decoder.runtime import default_model_dir
+    from renderer.data import SequenceDataConfig
+    from renderer.evaluate import evaluate_renderer, render_markdown, write_results
+
+    check_identity(args.identity)
+    avatar = Path(args.avatar) if args.avatar else default_model_dir(args.identity)
+    if not (avatar / "config.json").is_file():
+        raise UsageError(f"no decoder in {avatar} (config.json missing)")
+    seq_cfg = SequenceDataConfig(identity=args.identity, seconds=args.seconds, sequences=args.sequences)
+    out = Path(args.out_dir) if args.out_dir else None
+    cache = Path(args.runs + "-eval_sequences.npz") if args.runs else Path("runs/renderer") / f"eval_{args.identity}.npz"
+    table = evaluate_renderer(args.identity, avatar, renderer_dir=args.renderer, runs=args.runs, seq_cfg=seq_cfg,
+                              cache=cache, picture_path=(out / "neural_caching.png") if out else None,
+                              timed_seconds=args.timed_seconds, online_seconds=args.online_seconds,
+                              command="avcall " + " ".join(sys.argv[1:]))
+    if out is not None:
+        write_results(table, out)
+    print(json.dumps(table) if args.json else render_markdown(table))
+    return 0

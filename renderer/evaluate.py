@@ -163,6 +163,178 @@ def evaluate_rows(avatar_dir: str | Path, specs: list[RowSpec], seq: dict, *, co
     return rows, kept
 
 
+class _RasterEngine:
+    """The ``raster`` row through a scheduler: every display frame is the plain decode + rasterize."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.size, self.has_cache = engine, engine.size, True
+
+    def generate(self, z, gaze, view):
+        return self.engine.rasterize(z, gaze, view)
+
+    warp = generate
+
+    def warm_up(self) -> None:
+        self.engine.warm_up()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class _NaiveEngine:
+    """The ``naive`` row through a scheduler: G on a new code, the last image shown again otherwise."""
+
+    def __init__(self, engine) -> None:
+        self.engine, self.size, self._last = engine, engine.size, None
+
+    @property
+    def has_cache(self) -> bool:
+        return self._last is not None
+
+    def generate(self, z, gaze, view):
+        self._last = self.engine.generate(z, gaze, view)
+        return self._last
+
+    def warp(self, z, gaze, view):
+        return self._last
+
+    def warm_up(self) -> None:
+        self.engine.warm_up()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+TIMED_MODES = {"naive": ("warp", _NaiveEngine, 2), "raster": ("neural", _RasterEngine, 1), "G": ("neural", None, 1),
+               "warp1x": ("warp", None, 2), "warp2x": ("warp", None, 3), "warp2x-parallel": ("warp2x", None, 0),
+               "explicit-warp": ("warp", None, 2)}
+"""Row -> (scheduler mode, engine adapter, frames per code at capacity: a new code after every n presented frames,
+0 = codes at their own rate)."""
+
+
+def measure_display(row: str, spec, seq: dict, *, display_hz: float, seconds: float, code_hz: float = 30.0,
+                    at_capacity: bool = True) -> dict:
+    """Run the row's real scheduler (:mod:`renderer.scheduler`) for ``seconds`` and count what it presents.
+
+    ``at_capacity``: the display clock runs faster than any row can render (``display_hz`` high) and, for the
+    sequential rows, a new code is handed over after every n presented frames (n = 1 for G every frame, 2 for one
+    warped frame per generated one, 3 for two), so ``fps`` is the row's throughput. Otherwise (online, the
+    paper's Table 2) codes arrive at ``code_hz`` on the wall clock and the display ticks at ``display_hz``.
+    Codes and views come from held-out sequence 0 (views by display tick)."""
+    import time
+
+    from .engine import NeuralEngine
+    from .scheduler import Code, open_scheduler
+
+    mode, adapter, per_code = TIMED_MODES[row]
+    views = seq["view"][0]
+    view_at = lambda t_s: views[int(t_s * 60.0) % len(views)]  # noqa: E731  (the sequence's 60 Hz viewer motion)
+    frames = []
+    opener = (lambda sp: adapter(NeuralEngine(sp))) if adapter is not None else "renderer.engine:open_engine"
+    sched, engine = open_scheduler(mode, spec, display_hz, view_at, lambda img, f: None, opener=opener)
+    try:
+        k, since_code = 0, 0
+
+        def submit():
+            nonlocal k, since_code
+            c = 2 * (k % (len(views) // 2))
+            sched.submit(Code(seq["z"][0, c], seq["gaze"][0, c], seq=k, capture_ns=time.monotonic_ns()))
+            k, since_code = k + 1, 0
+
+        submit()
+        t0 = time.monotonic()
+        next_code = t0 + 1 / code_hz
+        presented0 = None
+        while time.monotonic() - t0 < seconds:
+            got = sched.poll()
+            if got and presented0 is None:
+                presented0 = (time.monotonic(), sched.presented - len(got))
+            frames += got
+            since_code += len(got)
+            if at_capacity and per_code:
+                if since_code >= per_code:
+                    submit()
+            elif time.monotonic() >= next_code:
+                submit()
+                next_code += 1 / code_hz
+            sched.wait(0.002)
+        t_end, n_end = time.monotonic(), sched.presented
+        stats = sched.stats()
+    finally:
+        sched.close()
+        if engine is not None:
+            engine.close()
+    span = t_end - (presented0[0] if presented0 else t0)
+    fps = (n_end - (presented0[1] if presented0 else 0)) / span if span > 0 else 0.0
+    v2p = np.array([f.view_to_present_ms for f in frames]) if frames else np.zeros(1)
+    comp = {kind: np.array([f.compute_ms for f in frames if f.kind == kind]) for kind in ("generate", "warp")}
+    sync = np.array([f.sync_ms for f in frames if f.parallel])
+    return {"row": row, "mode": mode, "display_hz": display_hz, "at_capacity": at_capacity, "seconds": seconds,
+            "fps": fps, "presented": stats["presented"], "generated": stats["generated"], "warped": stats["warped"],
+            "missed": stats["missed_ticks"],
+            "view_to_present_ms_p50": float(np.percentile(v2p, 50)), "view_to_present_ms_p99": float(np.percentile(v2p, 99)),
+            "generate_ms_p50": float(np.median(comp["generate"])) if len(comp["generate"]) else None,
+            "warp_ms_p50": float(np.median(comp["warp"])) if len(comp["warp"]) else None,
+            "sync_ms_p50": float(np.median(sync)) if len(sync) else None,
+            "sync_ms_p99": float(np.percentile(sync, 99)) if len(sync) else None}
+
+
+ABLATION_ROWS = ("full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation")
+"""W-only runs on the same frozen G, in the ablation table's order (``full``: every input, trained the same way)."""
+
+
+def evaluate_renderer(identity: str, avatar_dir: str | Path, *, renderer_dir: str | Path = "", runs: str | Path = "",
+                      seq_cfg=None, cache: Path | None = None, picture_path: Path | None = None,
+                      timed_seconds: float = 6.0, online_seconds: float = 8.0, command: str = "",
+                      progress: bool = True) -> dict:
+    """The whole evaluation (module docstring): quality rows, their timed runs, the online runs at 60 Hz and the
+    ablations. ``renderer_dir``: G and W of the main rows (default: the avatar's installed ones); ``runs``: prefix
+    of the W-only run directories ``{runs}-explicit`` and ``{runs}-{ablation}`` (rows whose directory is missing are
+    left out and named in ``missing``)."""
+    from encoder.bench import machine_description
+
+    from .data import SequenceDataConfig, build_sequence_data
+    from .engine import EngineSpec, check_renderer_files
+
+    seq_cfg = seq_cfg or SequenceDataConfig(identity=identity)
+    check_renderer_files(avatar_dir, renderer_dir)
+    seq = build_sequence_data(seq_cfg, decoder_dir=avatar_dir, cache=cache, progress=progress)
+    main = str(renderer_dir or "")
+    extra = {name: f"{runs}-{name}" for name in ("explicit",) + ABLATION_ROWS} if runs else {}
+    have = {k: d for k, d in extra.items() if Path(d, "warp.onnx").is_file()}
+    missing = sorted(set(extra) - set(have))
+    specs = [RowSpec(r, main, r) for r in ROWS if r != "explicit-warp"]
+    if "explicit" in have:
+        specs.append(RowSpec("explicit-warp", have["explicit"], "explicit-warp"))
+    T = seq["view"].shape[1]
+    keep = tuple(t for t in (T // 4 + 1, T // 2 + 1, 3 * T // 4 + 1) if t < T)
+    rows, kept = evaluate_rows(avatar_dir, specs, seq, progress=progress, keep_frames=keep)
+    abl_specs = [RowSpec(a, have[a], "warp1x") for a in ABLATION_ROWS if a in have]
+    ablation = evaluate_rows(avatar_dir, abl_specs, seq, progress=progress)[0] if abl_specs else []
+    size = int(seq["target"].shape[2])
+    for r in rows:  # the timed runs: every row's real scheduler, at capacity
+        spec = EngineSpec(str(avatar_dir), size=size, threads=1, renderer_dir=r["renderer_dir"])
+        t = measure_display(r["name"], spec, seq, display_hz=240.0, seconds=timed_seconds)
+        r["fps"], r["timed"] = t["fps"], t
+    online = []
+    for name in ("raster", "G", "warp1x", "warp2x-parallel"):
+        spec = EngineSpec(str(avatar_dir), size=size, threads=1, renderer_dir=main)
+        online.append({**measure_display(name, spec, seq, display_hz=60.0, seconds=online_seconds, at_capacity=False),
+                       "mode": {"raster": "raster", "G": "neural", "warp1x": "warp",
+                                "warp2x-parallel": "warp2x"}[name]})
+    by = {r["name"]: r for r in rows}
+    checks = {"warp_to_generate_latency": by["warp1x"]["latency_ms"] / by["G"]["latency_ms"],
+              "warp1x_psnr_loss_pct": 100 * (by["G"]["psnr"] - by["warp1x"]["psnr"]) / by["G"]["psnr"],
+              "warp1x_psnr_face_loss_pct": 100 * (by["G"]["psnr_face"] - by["warp1x"]["psnr_face"]) / by["G"]["psnr_face"],
+              "parallel_fps_ratio": by["warp2x-parallel"]["fps"] / by["G"]["fps"] if by["G"]["fps"] else None}
+    table = {"identity": identity, "rows": rows, "ablation": ablation, "online": online, "checks": checks,
+             "sequences": seq_cfg.to_dict(), "code_every": 2, "avatar_dir": str(avatar_dir), "missing": missing,
+             "machine": machine_description(), "command": command}
+    if picture_path is not None:
+        table["picture"] = str(picture(seq, kept, keep, Path(picture_path)))
+    return table
+
+
 def picture(seq: dict, kept: dict, ticks: tuple[int, ...], path: Path, tile: int = 160) -> Path:
     """Fig. 5 of the paper: for each kept tick (rows), the truth and every row's frame over its error map
     (|diff| x4, inferno)."""

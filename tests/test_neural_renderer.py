@@ -283,3 +283,42 @@ def test_a_few_end_to_end_steps_lower_both_losses():
     assert hist[-1][0] < 0.7 * hist[0][0] and hist[-1][1] < 0.7 * hist[0][1]
     g_grad = [p.grad for p in g.parameters() if p.grad is not None]
     assert g_grad  # the warp loss trains G too
+
+
+def test_the_renderer_evaluation_on_tiny_models(tmp_path):
+    """``avcall eval renderer``'s table on a tiny avatar: every row with quality, latency and measured fps (the
+    schedulers for real, the parallel one with two worker processes), the online runs, an ablation row, and the
+    picture; warp rows do warp and the naive row shows frames again."""
+    from renderer.data import RendererDataConfig, SequenceDataConfig, build_renderer_data
+    from renderer.evaluate import ROWS, evaluate_renderer, render_markdown, schedule, write_results
+    from renderer.train import RendererTrainConfig, install_renderer, train_renderer
+    from renderer.warp import WarpConfig
+
+    assert schedule("warp1x", 6) == ["generate", "warp"] * 3
+    assert schedule("warp2x", 6) == ["generate", "warp", "warp"] * 2
+    assert schedule("naive", 4) == ["generate", "reuse"] * 2
+    dec = _tiny_decoder(tmp_path / "dec")
+    data = build_renderer_data(RendererDataConfig(clips=2, size=32), decoder_dir=dec, progress=False)
+    gcfg = NeuralRendererConfig(channels=12, texture_levels=(16, 8), widths=(8, 12, 16))
+    tcfg = RendererTrainConfig(steps=2, batch_size=2, threads=1, checkpoint_every_s=1e9)
+    train_renderer(tmp_path / "g", data, data, gcfg, tcfg, wcfg=WarpConfig(hidden=4, widths=(8, 6)), progress=False)
+    install_renderer(tmp_path / "g", dec)
+    train_renderer(tmp_path / "g-no-duv", data, data, None, tcfg, wcfg=WarpConfig(hidden=4, widths=(8, 6), duv=False),
+                   frozen_g=tmp_path / "g", progress=False)
+    table = evaluate_renderer("S1", dec, runs=tmp_path / "g", seq_cfg=SequenceDataConfig(seconds=0.1, sequences=1, size=32),
+                              picture_path=tmp_path / "nc.png", timed_seconds=1.0, online_seconds=1.0, progress=False,
+                              command="test")
+    names = [r["name"] for r in table["rows"]]
+    assert names == [r for r in ROWS if r != "explicit-warp"] and "explicit" in table["missing"]
+    for r in table["rows"]:
+        assert all(np.isfinite(r[k]) for k in ("psnr", "psnr_face", "ssim", "l1", "latency_ms")), r
+        assert r["fps"] > 0 and r["timed"]["presented"] > 0, r
+    by = {r["name"]: r for r in table["rows"]}
+    assert by["warp1x"]["warped"] == 3 and by["G"]["warped"] == 0 and by["warp2x"]["warped"] == 4
+    assert by["warp1x"]["timed"]["warped"] > 0 and by["G"]["timed"]["warped"] == 0
+    assert by["warp2x-parallel"]["timed"]["sync_ms_p50"] is not None  # two worker processes really ran
+    assert [r["name"] for r in table["ablation"]] == ["no-duv"]
+    assert {o["mode"] for o in table["online"]} == {"raster", "neural", "warp", "warp2x"}
+    assert set(table["checks"]) >= {"warp_to_generate_latency", "warp1x_psnr_loss_pct", "parallel_fps_ratio"}
+    write_results(table, tmp_path)
+    assert "warp2x-parallel" in render_markdown(table) and (tmp_path / "nc.png").stat().st_size > 1000
