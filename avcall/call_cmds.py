@@ -16,7 +16,7 @@ import sys
 from avcore.errors import UsageError
 from runtime.bench import E2EBenchConfig
 from runtime.call import CallConfig, PartyConfig
-from runtime.config import ReceiverConfig, SenderConfig, SourceConfig, ViewerConfig
+from runtime.config import RENDER_MODES, ReceiverConfig, SenderConfig, SourceConfig, ViewerConfig
 
 from .args import HelpFormatter, add_latex_args, int_list, latex_from_args, non_negative_float, positive_float
 from transport.latent_codec import CodecConfig
@@ -71,6 +71,25 @@ def _endpoint_args(p: argparse.ArgumentParser, seconds_default: float) -> None:
     p.add_argument("--key", default="", metavar="FILE.key_secret", help="this side's secret key file (avcall keys new)")
     p.add_argument("--report", default="", metavar="FILE.json", help="write the final report here")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
+
+
+def add_render_args(p: argparse.ArgumentParser, who: str = "the receiver") -> None:
+    """``--render`` and ``--display-hz``; defaults from :class:`runtime.config.ReceiverConfig`."""
+    d = ReceiverConfig()
+    p.add_argument("--render", choices=RENDER_MODES, default=d.render,
+                   help=f"how {who} makes frames: raster = one decoded and rasterized frame per arriving code (the "
+                        "sender's rate); neural = a display clock (--display-hz), the neural renderer G on every tick; "
+                        "warp = G when a new code arrived, else the warp network from G's cache; warp2x = the same in "
+                        "two worker processes taking turns. neural/warp/warp2x need the trained renderer in the avatar "
+                        "directory ('avcall train renderer --install') (default: %(default)s)")
+    p.add_argument("--display-hz", type=positive_float, default=d.display_hz, metavar="HZ",
+                   help="display clock of --render neural/warp/warp2x: a frame every tick, for the view of that "
+                        "moment (default: %(default)g)")
+
+
+def _check_display_hz(args) -> None:
+    if args.render == "raster" and args.display_hz != ReceiverConfig.display_hz:
+        raise UsageError("--display-hz has no effect with --render raster (one frame per arriving code)")
 
 
 def _secure(args, role: str):
@@ -146,6 +165,7 @@ def register(sub) -> None:
     r.add_argument("--allow", default="", metavar="DIR", help="--secure: directory of allowed senders' public keys")
     r.add_argument("--histogram", default="", metavar="FILE.png", help="write the latency histogram here")
     r.add_argument("--status", default="", metavar="FILE.json", help="rewrite a live status JSON here")
+    add_render_args(r)
     add_playout_args(r)
     r.set_defaults(func=_receive)
 
@@ -207,6 +227,7 @@ def _call_args(c: argparse.ArgumentParser, default_seconds: float, default_out: 
         c.add_argument(f"--replay-{x}", default="", metavar="FILE.hmc", help=f"party {x.upper()}'s headset: this recording")
     add_latex_args(c)
     add_impair_arg(c, who="both senders'")
+    add_render_args(c, who="both receivers")
     add_playout_args(c)
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("-v", "--verbose", action="store_true", help="log progress")
@@ -235,6 +256,7 @@ def add_bench(bench_sub) -> None:
     e.add_argument("--size", type=int, default=bc.size, help="rendered view size in pixels")
     add_latex_args(e)
     add_impair_arg(e, who="the senders'")
+    add_render_args(e, who="the receivers")
     add_playout_args(e)
     e.add_argument("--out", default="", metavar="DIR", help="keep logs and raw reports here (default: a temporary "
                    "directory, removed afterwards)")
@@ -304,6 +326,7 @@ def receive_config(args) -> ReceiverConfig:
         check_video_path(args.out)
     if args.png_dir:
         check_output_dir(args.png_dir)
+    _check_display_hz(args)
     if args.window:
         from runtime.presenters import has_display
 
@@ -316,7 +339,7 @@ def receive_config(args) -> ReceiverConfig:
                           png_dir=args.png_dir, window=args.window, seconds=args.seconds,
                           stop_after_idle_s=args.idle_stop, status_path=args.status, report_path=args.report,
                           histogram_path=args.histogram, secure=_secure(args, "receiver"),
-                          playout=playout_from_args(args))
+                          playout=playout_from_args(args), render=args.render, display_hz=args.display_hz)
 
 
 def _receive(args) -> int:
@@ -356,13 +379,14 @@ def call_config(args) -> CallConfig:
         if not has_display():
             raise UsageError("--window needs a display (DISPLAY is unset); the call is recorded to video anyway")
     check_output_dir(args.out)
+    _check_display_hz(args)
     a, b = CallConfig().parties
     parties = (PartyConfig(a.name, args.identity_a, args.seed_a, args.replay_a),
                PartyConfig(b.name, args.identity_b, args.seed_b, args.replay_b))
     return CallConfig(out_dir=args.out, seconds=args.seconds, fps=args.fps, encoder_dir=args.encoder,
                       latex=latex_from_args(args), avatar_dir=args.avatar, size=args.size, window=args.window,
                       secure=args.secure, parties=parties, impair=args.impair, playout=playout_from_args(args),
-                      codec=CodecConfig(coded=not args.plain))
+                      codec=CodecConfig(coded=not args.plain), render=args.render, display_hz=args.display_hz)
 
 
 def _call(args) -> int:
@@ -423,10 +447,12 @@ def _models(args) -> int:
 
 def bench_e2e_config(args) -> E2EBenchConfig:
     """The bench config the ``bench e2e`` arguments describe."""
+    _check_display_hz(args)
     return E2EBenchConfig(seconds=args.seconds, fps=args.fps, source=args.source, two_way=args.two_way,
                           video=args.video, encoder_dir=args.encoder, avatar_dir=args.avatar, size=args.size,
                           out_dir=args.out, floor_s=args.floor_seconds, latex=latex_from_args(args),
-                          impair=args.impair, playout=playout_from_args(args), codec=CodecConfig(coded=not args.plain))
+                          impair=args.impair, playout=playout_from_args(args), codec=CodecConfig(coded=not args.plain),
+                          render=args.render, display_hz=args.display_hz)
 
 
 def _bench_e2e(args) -> int:
@@ -446,6 +472,17 @@ def _bench_e2e(args) -> int:
     print("stage p50 (ms): " + ", ".join(f"{s} {r[f'{s}_ms_p50']:.2f}" for s in
                                          ("encode", "send", "network", "decode", "render", "present")))
     print("bandwidth (kbit/s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["bandwidth_kbps"].items() if v is not None))
+    if r.get("render_mode", "raster") != "raster":
+        from runtime.telemetry import format_number as n
+
+        line = (f"render {r['render_mode']} at {r['display_hz']:g} Hz: {n(r['display_fps'])} display fps, "
+                f"{r['missed_ticks']} ticks missed; generate p50 {n(r['generate_ms_p50'], 2)} ms "
+                f"({r['frames_generated']} frames), warp p50 {n(r['warp_ms_p50'], 2)} ms ({r['frames_warped']}); "
+                f"view->present p50 {n(r['view_to_present_ms_p50'], 2)} p99 {n(r['view_to_present_ms_p99'], 2)} ms; "
+                f"capture->present p50 new code {n(r['e2e_new_code_ms_p50'], 2)} / warped {n(r['e2e_warped_ms_p50'], 2)} ms")
+        if "sync_ms_p50" in r:
+            line += f"; warp2x sync p50 {n(r['sync_ms_p50'], 2)} p99 {n(r['sync_ms_p99'], 2)} ms"
+        print(line)
     if "transport_floor_ms_p99" in r:
         print(f"bare ZeroMQ hop on this machine: p50 {r['transport_floor_ms_p50']:.2f} ms, p99 {r['transport_floor_ms_p99']:.2f} ms")
     return 0

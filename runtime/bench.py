@@ -17,8 +17,9 @@ import numpy as np
 from avcore.config import ConfigDict, require_non_negative, require_positive
 from avcore.errors import UsageError
 
-from .config import CodecConfig, LatexConfig, PlayoutConfig, ReceiverConfig, SenderConfig, SourceConfig, check_impairment
-from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir
+from .config import (CodecConfig, LatexConfig, PlayoutConfig, ReceiverConfig, SenderConfig, SourceConfig, check_impairment,
+                     check_render)
+from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir, ensure_render_models
 from .session import Link, SessionResult, run_session
 from .telemetry import STAGES, Telemetry, percentiles
 
@@ -56,10 +57,17 @@ class E2EBenchConfig(ConfigDict):
     """The receivers' jitter buffer and concealment."""
     codec: CodecConfig = field(default_factory=CodecConfig)
     """The senders' stream format (coded by default; ``coded=False``: plain float16 frames, ``--plain``)."""
+    render: str = "raster"
+    """How the receivers make frames (``ReceiverConfig.render``)."""
+    display_hz: float = 60.0
+    """The receivers' display clock in the display-clock render modes."""
+    engine_module: str = "renderer.engine"
+    """The receivers' display engine module (``ReceiverConfig.engine_module``; tests name fakes)."""
 
     def __post_init__(self) -> None:
         require_positive("bench e2e", seconds=self.seconds, fps=self.fps)
         check_impairment(self.impair)
+        check_render(self.render, self.display_hz)
         require_non_negative("bench e2e", warmup_s=self.warmup_s, floor_s=self.floor_s)
         if self.source not in ("replay", "synthetic"):
             raise UsageError(f"bench e2e: source must be replay or synthetic, got {self.source!r}")
@@ -94,6 +102,7 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
     floor = transport_floor(cfg.floor_s, cfg.fps) if cfg.floor_s > 0 else None
     enc = str(ensure_encoder_dir(cfg.encoder_dir))
     av = str(ensure_avatar_dir(cfg.avatar_dir))
+    ensure_render_models(av, cfg.render)  # before any process starts
     keep = bool(cfg.out_dir)
     out = Path(cfg.out_dir or tempfile.mkdtemp(prefix="avcall-bench-"))
     try:
@@ -105,7 +114,8 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
             rc = ReceiverConfig(stream_id=name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
                                 bind=True, avatar_dir=av, size=cfg.size, report_path=str(out / f"{name}_rx.json"),
                                 video_path=str(out / f"{name}.mp4") if cfg.video else "", playout=cfg.playout,
-                                codec_dir=str(enc or ""))  # the sender's codec tables, for an encoder not installed
+                                codec_dir=str(enc or ""),  # the sender's codec tables, for an encoder not installed
+                                render=cfg.render, display_hz=cfg.display_hz, engine_module=cfg.engine_module)
             sc = SenderConfig(stream_id=name, source=SourceConfig(**{**src.__dict__, "seed": k}), encoder_dir=enc,
                               seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"),
                               latex=cfg.latex, impair=cfg.impair, codec=cfg.codec)
@@ -138,11 +148,12 @@ def transport_floor(seconds: float, fps: float) -> dict:
 def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:
     """The bench's figures from the session's reports (each read once, by the session)."""
     result: dict = {"seconds": cfg.seconds, "fps_target": cfg.fps, "source": cfg.source, "two_way": cfg.two_way,
+                    "render_mode": cfg.render,
                     "latex": cfg.latex.to_dict() if cfg.latex is not None else None,
                     "stream_format": "coded" if cfg.codec.coded else "plain",
                     "bandwidth_kbps": {}, "streams": {}}
-    all_tables = []
-    fps, dropped = [], 0
+    all_tables, display_tables = [], []
+    fps, dropped, missed = [], 0, 0
     for lr in session.links:
         name, rx, tx = lr.link.name, lr.receiver_report, lr.sender_report
         rows = rx.get("frames", [])
@@ -152,6 +163,8 @@ def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:
         tel = Telemetry.from_rows(name, rows)
         table = tel.stage_table()
         all_tables.append(table)
+        display_tables.append(tel.display_table())
+        missed += (rx.get("display") or {}).get("missed_ticks", 0)
         summ = tel.summary()
         fps.append(summ.get("fps", float("nan")))
         d = rx["dropped"]
@@ -180,4 +193,24 @@ def summarise(session: SessionResult, cfg: E2EBenchConfig) -> dict:
     # e2e p99 of the last 10 s over that of the first 10 s (worst stream): ~1 when latency does not grow
     result["fps"] = float(np.nanmean(fps)) if fps else float("nan")
     result["dropped"] = dropped
+    if cfg.render != "raster":
+        result.update(display_figures(display_tables, result["fps"], missed, cfg))
     return result
+
+
+def display_figures(tables: list[dict], fps: float, missed: int, cfg: E2EBenchConfig) -> dict:
+    """The display-clock figures of ``bench e2e`` from the streams' :meth:`Telemetry.display_table` s (warm-up left
+    out): display fps, generate and warp compute, view-to-present, capture-to-present of new-code and warped frames,
+    missed ticks (whole run) and, for ``warp2x``, the synchronisation overhead."""
+    cat = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]} if tables else {}
+    p = {k: percentiles(cat.get(k, [])) for k in ("generate", "warp", "view_to_present", "e2e_new_code", "e2e_warped",
+                                                   "sync")}
+    out = {"display_hz": cfg.display_hz, "display_fps": fps, "missed_ticks": int(missed),
+           "generate_ms_p50": p["generate"]["p50"], "warp_ms_p50": p["warp"]["p50"],
+           "frames_generated": int(cat["generate"].size) if cat else 0,
+           "frames_warped": int(cat["warp"].size) if cat else 0,
+           "view_to_present_ms_p50": p["view_to_present"]["p50"], "view_to_present_ms_p99": p["view_to_present"]["p99"],
+           "e2e_new_code_ms_p50": p["e2e_new_code"]["p50"], "e2e_warped_ms_p50": p["e2e_warped"]["p50"]}
+    if cfg.render == "warp2x":
+        out["sync_ms_p50"], out["sync_ms_p99"] = p["sync"]["p50"], p["sync"]["p99"]
+    return out

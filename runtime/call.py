@@ -19,8 +19,8 @@ from avcore.errors import UsageError
 from transport.latent_codec import CodecConfig
 
 from .config import (LatexConfig, PlayoutConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig,
-                     check_impairment, check_source)
-from .models import ensure_avatar_dir, ensure_encoder_dir
+                     check_impairment, check_render, check_source)
+from .models import ensure_avatar_dir, ensure_encoder_dir, ensure_render_models
 from .session import Link, SessionResult, run_session
 from .telemetry import Telemetry, format_number, format_summary, latency_histogram, percentiles, write_json
 
@@ -84,10 +84,15 @@ class CallConfig(ConfigDict):
     """Impair both senders' transmit paths (``transport.impair`` spec, e.g. ``loss=5%,jitter=20ms``; empty = none)."""
     playout: PlayoutConfig = field(default_factory=PlayoutConfig)
     """Both receivers' jitter buffer and concealment."""
+    render: str = "raster"
+    """How both receivers make frames (``ReceiverConfig.render``: ``raster``, ``neural``, ``warp`` or ``warp2x``)."""
+    display_hz: float = 60.0
+    """Both receivers' display clock in the display-clock render modes."""
 
     def __post_init__(self) -> None:
         require_positive("call", seconds=self.seconds, fps=self.fps, startup_timeout_s=self.startup_timeout_s)
         check_impairment(self.impair)
+        check_render(self.render, self.display_hz)
         # from_dict rebuilds nested configs but not a tuple of them: the parties come back as dicts (strictly)
         self.parties = tuple(PartyConfig.from_dict(p) if isinstance(p, dict) else p for p in self.parties)
         if len(self.parties) != 2 or self.parties[0].name == self.parties[1].name:
@@ -127,6 +132,7 @@ def plan_call(cfg: CallConfig, out: Path) -> list[Link]:
     links = []
     for speaker, viewer in ((a, b), (b, a)):  # the viewer's receiver renders the speaker
         encoder_dir, avatar_dir = _party_models(cfg, speaker)
+        ensure_render_models(avatar_dir, cfg.render)  # before any process starts
         rx_sec = tx_sec = SecureConfig()
         if cfg.secure:
             allow = out / "keys" / f"allow_{viewer.name}"
@@ -148,7 +154,8 @@ def plan_call(cfg: CallConfig, out: Path) -> list[Link]:
             avatar_dir=avatar_dir, size=cfg.size, viewer=cfg.viewer,
             video_path=str(raw / f"{viewer.name}_sees_{speaker.name}.mp4"), video_fps=cfg.fps, window=cfg.window,
             report_path=str(raw / f"{viewer.name}_receiver.json"), secure=rx_sec, playout=cfg.playout,
-            codec_dir=str(encoder_dir or ""))  # the speaker's codec tables, for an encoder not installed
+            codec_dir=str(encoder_dir or ""),  # the speaker's codec tables, for an encoder not installed
+            render=cfg.render, display_hz=cfg.display_hz)
         links.append(Link(speaker.name, sc, rc, viewer=viewer.name))
     return links
 
@@ -171,6 +178,8 @@ def run_call(cfg: CallConfig) -> dict:
 def _finish(cfg: CallConfig, out: Path, result: SessionResult) -> dict:
     report: dict = {"seconds": cfg.seconds, "fps": cfg.fps, "wall_s": result.wall_s, "secure": cfg.secure,
                     "interrupted": result.interrupted, "streams": {}, "failures": result.failures()}
+    if cfg.render != "raster":
+        report["render"] = {"mode": cfg.render, "display_hz": cfg.display_hz}
     tables = {}
     videos = {}
     for lr in result.links:
@@ -196,6 +205,8 @@ def _finish(cfg: CallConfig, out: Path, result: SessionResult) -> dict:
             "coded": tx.get("codec") is not None,  # False: plain frames (--plain, or an encoder without codec tables)
             "transport": {k: rx["transport"][k] for k in ("received", "bad", "lost", "reordered", "restarts", "events")},
         }
+        if "display" in rx:  # display-clock receivers: the scheduler's counts (missed ticks, ...)
+            report["streams"][ln.name]["display"] = rx["display"]
         video = rx.get("video")
         if not video:
             continue

@@ -21,15 +21,21 @@ from avcore.errors import UsageError
 from encoder.latex import LatexConfig
 from transport import CodecConfig, check_clock_endpoint, clock_endpoint_for, parse_endpoint
 
+from renderer.scheduler import RENDER_MODES
+
 from .playout import PlayoutConfig
 
-__all__ = ["LatexConfig", "PlayoutConfig", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
+__all__ = ["LatexConfig", "PlayoutConfig", "RENDER_MODES", "ReceiverConfig", "SecureConfig", "SenderConfig", "SourceConfig", "ViewerConfig",
            "check_clock_endpoint", "clock_endpoint_for", "from_dict", "load_config", "save_config", "to_dict"]
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,32}$")
 """What a stream id may be (``docs/protocol.md``)."""
 MAX_IMAGE_SIZE = 4096
 """Largest rendered view side the receiver accepts."""
+MAX_DISPLAY_HZ = 1000.0
+"""Fastest display clock accepted."""
+ENGINE_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+"""What ``ReceiverConfig.engine_module`` may be: a dotted module name."""
 
 
 
@@ -204,13 +210,30 @@ class ReceiverConfig(ConfigDict):
     """A directory with codec tables (``codec.json`` + ``codec.npz``) for coded frames, besides those installed
     next to the encoders of this receiver's model (``runtime.models.codecs_for``)."""
     playout: PlayoutConfig = field(default_factory=PlayoutConfig)
-    """Jitter buffer and loss concealment (``max_delay_ms`` 0 = off: show the newest frame that arrived)."""
+    """Jitter buffer and loss concealment (``max_delay_ms`` 0 = off: show the newest frame that arrived). With a
+    display clock the buffer's output is the newest code the display ticks render."""
+    render: str = "raster"
+    """How frames are made (:data:`renderer.scheduler.RENDER_MODES`): ``raster`` presents one frame per arriving
+    code (decode -> rasterize -> present, at the sender's rate); ``neural``, ``warp`` and ``warp2x`` run a display
+    clock at ``display_hz`` and render every tick for the view of that moment from the newest code: ``neural``
+    runs the neural renderer G on every tick, ``warp`` runs G when a new code arrived and the warp network from
+    G's newest cache otherwise, ``warp2x`` does that in two worker processes taking turns (neural caching,
+    Fig. 4). Those three need ``renderer.onnx`` (and ``warp.onnx``) in the avatar directory
+    (``avcall train renderer``)."""
+    display_hz: float = 60.0
+    """Display clock of ``neural``/``warp``/``warp2x`` (a VR headset's refresh rate); ``raster`` has none."""
+    engine_module: str = "renderer.engine"
+    """Module with the display engine of the display-clock modes (``EngineSpec``, ``open_engine``); tests name a
+    module of fakes."""
 
     def __post_init__(self) -> None:
         _check_endpoints(self.endpoint, self.clock_endpoint, self.bind)
         _check_stream_id(self.stream_id, empty_ok=True)
         if not isinstance(self.size, int) or not 16 <= self.size <= MAX_IMAGE_SIZE:
             raise UsageError(f"receiver: size must be an integer from 16 to {MAX_IMAGE_SIZE} pixels, got {self.size!r}")
+        check_render(self.render, self.display_hz)
+        if not isinstance(self.engine_module, str) or not ENGINE_MODULE.match(self.engine_module):
+            raise UsageError(f"receiver: engine_module must be a dotted module name, got {self.engine_module!r}")
         require_positive("receiver", video_fps=self.video_fps)
         require_non_negative("receiver", seconds=self.seconds, stop_after_idle_s=self.stop_after_idle_s,
                              latent_dim=self.latent_dim)
@@ -245,6 +268,15 @@ def check_impairment(spec: str) -> None:
         ImpairmentModel(parse_impairment(spec))  # also refuses loss/burst pairs no chain can make
     except ImpairmentError as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_render(render: str, display_hz: float) -> None:
+    """A render mode and display rate that exist, else one clear line."""
+    if render not in RENDER_MODES:
+        raise UsageError(f"unknown render mode {render!r}; one of {', '.join(RENDER_MODES)}")
+    if (not isinstance(display_hz, (int, float)) or isinstance(display_hz, bool) or not math.isfinite(display_hz)
+            or not 0 < display_hz <= MAX_DISPLAY_HZ):
+        raise UsageError(f"display rate must be a number of Hz above 0 and at most {MAX_DISPLAY_HZ:g}, got {display_hz!r}")
 
 
 def _check_threads(threads: int) -> None:

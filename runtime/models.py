@@ -77,6 +77,27 @@ def ensure_avatar_dir(model_dir: str | Path | None, identity: str = "S1") -> Pat
                    f"avcall train decoder --identity {identity} --out DIR", "--avatar")
 
 
+def ensure_render_models(avatar_dir: str | Path, render: str) -> None:
+    """The neural renderer files (G, W and their settings: ``renderer.engine.RENDERER_FILES``) are in ``avatar_dir``
+    when ``render`` is a display-clock mode (both modes load G and W); else one line that names what is missing and
+    the command that trains and installs them."""
+    if render == "raster":
+        return
+    from renderer.engine import RENDERER_FILES
+
+    missing = [f for f in RENDERER_FILES if not (Path(avatar_dir) / f).is_file()]
+    if not missing:
+        return
+    identity = "S1"
+    try:
+        identity = json.loads((Path(avatar_dir) / "config.json").read_text())["decoder"]["identity"] or identity
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise MissingModelError(f"--render {render} needs the neural renderer in the avatar directory {avatar_dir} "
+                            f"({', '.join(missing)} missing); train and install it with 'avcall train renderer "
+                            f"--identity {identity} --install' (or use --render raster)")
+
+
 def model_id(identity: str, latent_dim: int) -> str:
     """The latent space's name on the wire: ``IDENTITY/zDIM`` (``unknown`` when the model does not say its identity)."""
     return f"{identity or 'unknown'}/z{int(latent_dim)}"

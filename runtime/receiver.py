@@ -6,6 +6,12 @@ receiver that renders slower than the sender sends shows the latest face and
 never builds a backlog. The avatar is decoded and rendered for the viewer's
 direction of that moment (a scripted orbit by default), then handed to the
 presenters. Every presented frame's stage times go into the telemetry.
+
+That is ``render = "raster"``: one frame per arriving code. The display-clock modes (``neural``, ``warp``,
+``warp2x``) take codes off the socket the same way (newest wins; through the jitter buffer when it is on) but
+only hand the newest one to a :mod:`renderer.scheduler` scheduler, which renders a frame on every display tick
+for the view of that tick (G on a new code, the warp network from G's cache otherwise) and presents it. The loop
+then waits on the socket, the scheduler's worker pipes and the next tick together.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -22,11 +29,14 @@ from avcore.errors import UsageError
 from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now_ns
 from transport.clock import clock_request_gap_s
 
+from renderer.scheduler import DISPLAY_MODES, ENGINE_MODES, Code, DisplayFrame, Scheduler, open_scheduler
+
 from .config import ReceiverConfig, ViewerConfig, check_clock_endpoint, clock_endpoint_for
-from .models import codecs_for, load_avatar, model_id
+from .models import codecs_for, ensure_avatar_dir, ensure_render_models, load_avatar, model_id
 from .playout import PlayoutBuffer, PlayoutFrame, predictor_from_codecs
 from .presenters import PngPresenter, Presenter, VideoPresenter, WindowPresenter
-from .telemetry import APPROXIMATE, CONCEALED, FRAME_COLUMNS, FrameRecord, Telemetry, format_summary, latency_histogram, write_json
+from .telemetry import (APPROXIMATE, CONCEALED, FRAME_COLUMNS, GENERATED, NEW_CODE, PARALLEL, WARPED, FrameRecord,
+                        Telemetry, format_summary, latency_histogram, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +129,35 @@ class ClockThread:
         self.client.close()
 
 
+def display_engine_module(cfg: ReceiverConfig):
+    """The module with the display engine (``EngineSpec``, ``open_engine``) of ``cfg.render``, after checking that
+    the avatar directory has the files that mode needs; one clear line if not."""
+    import importlib
+
+    avatar_dir = ensure_avatar_dir(cfg.avatar_dir)
+    ensure_render_models(avatar_dir, cfg.render)
+    try:
+        module = importlib.import_module(cfg.engine_module)
+    except ImportError as exc:
+        raise UsageError(f"--render {cfg.render} needs the display engine module {cfg.engine_module}, which does not "
+                         f"import here ({exc})") from None
+    if not all(hasattr(module, name) for name in ("EngineSpec", "open_engine")):
+        raise UsageError(f"{cfg.engine_module} has no EngineSpec/open_engine: not a display engine module")
+    return module
+
+
+@dataclass
+class CodeOrigin:
+    """Where a code handed to the display scheduler came from: its message's times on the receiver clock."""
+
+    stream_id: str
+    capture: int
+    enc: int
+    send: int
+    recv: int
+    flags: int
+
+
 def _presenters(cfg: ReceiverConfig) -> list[Presenter]:
     out: list[Presenter] = []
     if cfg.video_path:
@@ -135,8 +174,16 @@ class Receiver:
 
     def __init__(self, cfg: ReceiverConfig) -> None:
         self.cfg = cfg
+        self.t0_s = time.monotonic()
+        """Start of the call on the monotonic clock: the viewer's scripted orbit is timed from here."""
+        self.scheduler: Scheduler | None = None
+        """The display scheduler (display-clock modes only)."""
+        self.engine = None
+        """The display engine the sequential modes drive in this process (``warp2x``: each worker has its own)."""
+        engine_module = display_engine_module(cfg) if cfg.render in DISPLAY_MODES else None  # before anything loads
         self.avatar = load_avatar(cfg.avatar_dir, size=cfg.size, threads=cfg.threads)
-        self.avatar.warm_up()  # GL context, shaders, ONNX first run: before any frame is waiting
+        if engine_module is None:
+            self.avatar.warm_up()  # GL context, shaders, ONNX first run: before any frame is waiting
         latent_dim = cfg.latent_dim or self.avatar.latent_dim
         if latent_dim != self.avatar.latent_dim:
             self.avatar.close()
@@ -167,6 +214,8 @@ class Receiver:
             self.clock_endpoint = self.clock_client.endpoint
             self.clock = ClockThread(self.clock_client)
             self.presenters = _presenters(cfg)
+            if engine_module is not None:
+                self._open_display(engine_module)
         except BaseException:
             self.close()
             raise
@@ -176,8 +225,26 @@ class Receiver:
         self._playout_offset: int | None = None
         self._stream = cfg.stream_id or ""  # stream id of the last frame into the buffer (rows of concealed frames)
         self.presented = 0
+        self.codes_presented = 0
+        """Display-clock modes: codes shown (the first display frame of each code)."""
         self.first_frame_s: float | None = None
         self.last_frame_s: float | None = None
+
+    def _open_display(self, engine_module) -> None:
+        """Open the display engine (in this process, or in ``warp2x``'s two workers) and its scheduler."""
+        import zmq
+
+        cfg = self.cfg
+        spec = engine_module.EngineSpec(avatar_dir=str(ensure_avatar_dir(cfg.avatar_dir)), size=cfg.size,
+                                        threads=1 if cfg.render == "warp2x" else cfg.threads,
+                                        mode=ENGINE_MODES[cfg.render])
+        self.scheduler, self.engine = open_scheduler(
+            cfg.render, spec, cfg.display_hz, lambda t_s: viewer_direction(cfg.viewer, t_s - self.t0_s),
+            self._present_display, opener=f"{cfg.engine_module}:open_engine")
+        self._poller = zmq.Poller()
+        self._poller.register(self.sub.socket, zmq.POLLIN)
+        for handle in self.scheduler.wait_handles():
+            self._poller.register(handle, zmq.POLLIN)
 
     # ------------------------------------------------------------------ loop
 
@@ -185,6 +252,8 @@ class Receiver:
         """Wait up to ``timeout_ms`` for a frame; decode, render and present the newest (with the jitter buffer:
         the frame or concealment due now). True if one was presented."""
         self.sub.set_clock_offset(self.clock.offset_ns)  # timestamps are range-checked once the offset is known
+        if self.scheduler is not None:
+            return self._step_display(timeout_ms)
         if self.playout is not None:
             return self._step_playout(t_call_s, timeout_ms)
         frame = self.sub.recv_latest(timeout_ms=timeout_ms)
@@ -264,6 +333,75 @@ class Receiver:
         self.telemetry.add(rec)
         self.presented += 1
 
+    # ------------------------------------------------------------ display clock
+
+    def _step_display(self, timeout_ms: int) -> bool:
+        """Wait for a frame, a worker's result, the next display tick or jitter-buffer slot (whichever comes first);
+        hand the newest code to the scheduler; let it render and present what is due. True if a display frame showed
+        a new code (a raster frame always does)."""
+        sched, pb = self.scheduler, self.playout
+        offset = self.clock.offset_ns or 0  # sender clock - receiver clock (0 until the first exchange)
+        if pb is not None:
+            if self._playout_offset is not None and abs(offset - self._playout_offset) > 1_000_000:
+                pb.rebase()
+            self._playout_offset = offset
+            self.sub.set_reorder_deadline(lambda tc, _o=offset: pb.slot_ns(tc - _o))
+        dues = [d for d in (sched.next_due_ns(), pb.next_due_ns() if pb is not None else None,
+                            self.sub.next_held_ns()) if d is not None]
+        wait_ms = timeout_ms if not dues else max(0, min(timeout_ms, (min(dues) - now_ns() + 999_999) // 1_000_000))
+        if wait_ms > 0:
+            self._poller.poll(wait_ms)
+        if pb is None:
+            frame = self.sub.recv_latest(timeout_ms=0)
+            t_recv = now_ns()
+            if frame is not None:
+                self._submit(frame, frame.seq, frame.capture_ts_ns - offset, t_recv, offset, frame.z, frame.gaze)
+        else:
+            frames = self.sub.recv_all(timeout_ms=0)
+            t_arr = now_ns()
+            for f in frames:
+                pb.push(f.seq, f.capture_ts_ns - offset, t_arr, f.z, f.gaze, frame=f)
+                self._stream = f.stream_id
+            out = pb.pop(now_ns())
+            if out is not None:
+                self._submit(out.frame, out.seq, out.capture_ns, out.arrival_ns, offset, out.z, out.gaze)
+        self._report_model_mismatch()
+        self._ask_for_intra()
+        shown = sched.poll()
+        self.telemetry.missed_ticks = sched.missed
+        for f in shown:
+            self.telemetry.add(self._display_record(f))
+        self.presented += len(shown)
+        new = sum(f.new_code for f in shown)
+        self.codes_presented += new
+        return new > 0
+
+    def _submit(self, f, seq: int, capture: int, recv: int, offset: int, z: np.ndarray, gaze: np.ndarray) -> None:
+        """The newest code (a message ``f``, or a concealed one when ``f`` is None) to the display scheduler."""
+        if f is None:
+            origin = CodeOrigin(self._stream, capture, capture, capture, capture, CONCEALED)
+        else:
+            enc = f.stage_ts_ns.get("enc", f.capture_ts_ns)
+            origin = CodeOrigin(f.stream_id, capture, enc - offset, f.send_ts_ns - offset, recv,
+                                f.flags | (APPROXIMATE if f.approximate else 0))
+        self.scheduler.submit(Code(np.asarray(z, np.float32).reshape(-1), np.asarray(gaze, np.float32).reshape(2, 2),
+                                   seq=int(seq), capture_ns=capture, meta=origin))
+
+    def _present_display(self, image: np.ndarray, frame: DisplayFrame) -> None:
+        t = now_ns()
+        for p in self.presenters:
+            p.present(image, t, frame.code.seq)
+
+    @staticmethod
+    def _display_record(f: DisplayFrame) -> FrameRecord:
+        """A display frame's telemetry row (``runtime.telemetry``: ``play`` = ``dec`` = its engine call's start)."""
+        o: CodeOrigin = f.code.meta
+        flags = (o.flags | (GENERATED if f.generated else WARPED) | (NEW_CODE if f.new_code else 0)
+                 | (PARALLEL if f.parallel else 0))
+        return FrameRecord(stream_id=o.stream_id, seq=f.code.seq, capture=o.capture, enc=o.enc, send=o.send,
+                           recv=o.recv, dec=f.start_ns, ren=f.end_ns, pres=f.pres_ns, flags=flags, play=f.start_ns,
+                           tick=f.tick, view=f.view_ns)
+
     def _report_model_mismatch(self) -> None:
         """Say once, in words, that a sender streams codes of another model (they are refused, counted)."""
         other = self.sub.stats.last_model_mismatch
@@ -287,6 +425,8 @@ class Receiver:
             "presented": self.presented,
             "clock_offset_ns": self.clock.offset_ns if self.clock is not None else None,
             "transport": self.sub.stats.snapshot(),
+            **({"render": self.cfg.render, "codes_presented": self.codes_presented,
+                "missed_ticks": self.scheduler.missed} if self.scheduler is not None else {}),
         }
 
     def report(self) -> dict:
@@ -335,11 +475,19 @@ class Receiver:
             },
             "frames": [r.row() for r in self.telemetry.records],
             "frames_columns": list(FRAME_COLUMNS),
+            **({"render": self.cfg.render, "display": self.scheduler.stats()} if self.scheduler is not None else {}),
         }
 
     def close(self) -> None:
         for p in self.presenters:
             p.close()
+        try:
+            if self.scheduler is not None:
+                self.scheduler.close()  # workers stopped (terminated if they do not stop in time)
+        finally:
+            if self.engine is not None:
+                self.engine.close()
+                self.engine = None
         if self.clock is not None:
             self.clock.close()
         elif self.clock_client is not None:
@@ -351,9 +499,10 @@ class Receiver:
 def run_receiver(cfg: ReceiverConfig, should_stop: Callable[[], bool] = lambda: False) -> dict:
     """Run until ``cfg.seconds``, idle timeout, window closed or ``should_stop()``; writes and returns the report."""
     rx = Receiver(cfg)
+    shown = "" if rx.scheduler is None else f", render {cfg.render} at {cfg.display_hz:g} Hz"
     print(f"receiver: frames {'bound on' if cfg.bind else 'connecting to'} {rx.sub.endpoint}, clock "
-          f"{rx.clock_endpoint}, model {rx.model}; waiting for a sender ...", file=sys.stderr, flush=True)
-    t0 = time.monotonic()
+          f"{rx.clock_endpoint}, model {rx.model}{shown}; waiting for a sender ...", file=sys.stderr, flush=True)
+    t0 = rx.t0_s = time.monotonic()
     status_due = 0.0
     try:
         while not should_stop():

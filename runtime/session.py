@@ -145,9 +145,11 @@ def run_session(links: list[Link], workdir: str | Path, *, seconds: float, start
                 senders[ln.name] = Worker(f"{ln.name}_sender", ln.sender, workdir).start()
             # Senders stop by themselves after ``seconds``; a generous deadline covers start-up.
             _wait_for_senders(senders, receivers, seconds, time.monotonic() + seconds + startup_timeout_s, progress)
-            # Let the receivers present what is in flight (until their count stops moving), then stop them.
-            for w in receivers.values():
-                wait_quiet(w)
+            # Let the receivers present what is in flight (until their count stops moving), then stop them. A
+            # display-clock receiver keeps presenting (new views of the last code): its count of codes shown is
+            # what stops moving.
+            for ln in links:
+                wait_quiet(receivers[ln.name], key="presented" if ln.receiver.render == "raster" else "codes_presented")
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: stopping the session and keeping what was captured")

@@ -16,6 +16,15 @@ A presented frame's record holds its stage times on the **receiver's clock**
 * ``e2e``     = pres - capture
 * ``compute`` = encode + decode + render (model and render compute of that frame)
 * ``overhead``= e2e - compute: what the runtime itself adds
+
+With a display clock (``--render neural|warp|warp2x``, :mod:`renderer.scheduler`) every record is one display
+frame, made on a display tick from the newest code: ``play`` and ``dec`` are when its engine call started (so
+``buffer`` is the code's wait for its tick and its worker, ``decode`` is 0), ``ren`` when the call returned
+(``render`` = the ``generate`` or ``warp`` time; the flags say which), ``tick`` its display tick and ``view`` when
+its view direction was sampled (the tick's time). ``e2e`` is the age of the code it shows; the display summary
+splits it into frames that carry a new code and warped frames, and adds ``view_to_present`` (pres - view) and,
+for ``warp2x``, the synchronisation overhead ``sync`` (pres - ren: from a worker finishing the frame to the main
+process presenting it).
 """
 from __future__ import annotations
 
@@ -30,10 +39,11 @@ import numpy as np
 
 STAGES = ("encode", "send", "network", "buffer", "decode", "render", "present")
 """Stage names, in pipeline order."""
-FRAME_COLUMNS = ("seq", "capture", "enc", "send", "recv", "dec", "ren", "pres", "flags", "play")
+FRAME_COLUMNS = ("seq", "capture", "enc", "send", "recv", "dec", "ren", "pres", "flags", "play", "tick", "view")
 """Columns of a report's ``frames`` rows: stage times (ns, receiver clock), the frame's flags (wire flags
-KEYFRAME / EXTRAPOLATED, plus the receiver's :data:`CONCEALED` and :data:`APPROXIMATE`) and ``play``, when the jitter buffer
-released it (last, so rows of older reports, without it, keep their column positions)."""
+KEYFRAME / EXTRAPOLATED, plus the receiver's :data:`CONCEALED`, :data:`APPROXIMATE` and the display-frame flags) and
+``play``, when the jitter buffer released it, then a display frame's ``tick`` and ``view`` (0 for a raster frame).
+New columns go last, so rows of older reports, without them, keep their column positions."""
 CONCEALED = 1 << 16
 """Row flag (beside the wire flags, above any of them) of a frame the receiver did not get in time and
 showed an extrapolation for (:mod:`runtime.playout`). Its ``capture`` is the slot's estimated capture
@@ -41,6 +51,17 @@ time; ``enc``, ``send`` and ``recv`` equal ``capture``; such rows are left out o
 APPROXIMATE = 1 << 17
 """Row flag of a coded frame decoded across a lost reference frame (``transport.LatentStreamDecoder`` ``bridge``):
 it arrived and is timed like any other, but its code may be off by the lost frame's step until the next intra."""
+GENERATED = 1 << 18
+"""Row flag of a display frame the neural renderer G made (``generate``: decode + rasterize + G, cache refreshed)."""
+WARPED = 1 << 19
+"""Row flag of a display frame the warp network made from the newest cache (``warp``)."""
+NEW_CODE = 1 << 20
+"""Row flag of the first display frame that shows its code (the others re-show it for newer views)."""
+PARALLEL = 1 << 21
+"""Row flag of a display frame a ``warp2x`` worker process rendered: its ``present`` stage is the synchronisation
+overhead."""
+DISPLAY = GENERATED | WARPED
+"""Either display-frame flag: the row is a display frame."""
 
 
 @dataclass
@@ -61,15 +82,24 @@ class FrameRecord:
     :data:`APPROXIMATE`."""
     play: int = 0
     """Released by the jitter buffer (0: no buffer; then ``buffer`` is 0 and ``decode`` starts at ``recv``)."""
+    tick: int = 0
+    """Display frame: its display tick (0 for a raster frame)."""
+    view: int = 0
+    """Display frame: when its view direction was sampled, its tick's time (0 for a raster frame)."""
 
     @property
     def concealed(self) -> bool:
         return bool(self.flags & CONCEALED)
 
+    @property
+    def display(self) -> bool:
+        """Made on a display tick (generated or warped) rather than one frame per arriving code."""
+        return bool(self.flags & DISPLAY)
+
     def row(self) -> list[int]:
         """The frame as a report row, in :data:`FRAME_COLUMNS` order."""
         return [self.seq, self.capture, self.enc, self.send, self.recv, self.dec, self.ren, self.pres, self.flags,
-                self.play]
+                self.play, self.tick, self.view]
 
     def stage_ms(self) -> dict[str, float]:
         play = self.play or self.recv
@@ -101,13 +131,15 @@ class Telemetry:
     def __init__(self) -> None:
         self.records: deque[FrameRecord] = deque(maxlen=self.MAX_RECORDS)
         self.discarded = 0
+        self.missed_ticks = 0
+        """Display ticks that got no frame (the receiver's scheduler keeps it up to date; 0 without a display clock)."""
 
     @classmethod
     def from_rows(cls, stream_id: str, rows) -> "Telemetry":
         """Rebuild from a report's ``frames`` rows (:data:`FRAME_COLUMNS`; missing trailing columns read as 0)."""
         t = cls()
         for r in rows:
-            t.add(FrameRecord(stream_id, *(int(x) for x in r[:10])))
+            t.add(FrameRecord(stream_id, *(int(x) for x in r[:len(FRAME_COLUMNS)])))
         return t
 
     def add(self, rec: FrameRecord) -> None:
@@ -121,6 +153,48 @@ class Telemetry:
         rows = [r.stage_ms() for r in self.records if not r.concealed]
         keys = (*STAGES, "e2e", "compute", "overhead")
         return {k: np.array([row[k] for row in rows], np.float64) for k in keys}
+
+    def display_table(self) -> dict[str, np.ndarray]:
+        """Display frames only (ms, (N,) float64 each): ``generate`` and ``warp`` (compute of the frames each made),
+        ``view_to_present`` (every display frame), capture-to-present of the frames that carry a new code
+        (``e2e_new_code``), of the generated and of the warped ones (``e2e_generated``, ``e2e_warped``; concealed
+        codes left out, as in :meth:`stage_table`) and ``sync`` (``warp2x``: worker finished -> presented)."""
+        rows = [r for r in self.records if r.display]
+
+        def ms(values) -> np.ndarray:
+            return np.array(list(values), np.float64) / 1e6
+
+        timed = [r for r in rows if not r.concealed]
+        return {
+            "generate": ms(r.ren - r.dec for r in rows if r.flags & GENERATED),
+            "warp": ms(r.ren - r.dec for r in rows if r.flags & WARPED),
+            "view_to_present": ms(r.pres - r.view for r in rows),
+            "e2e_new_code": ms(r.pres - r.capture for r in timed if r.flags & NEW_CODE),
+            "e2e_generated": ms(r.pres - r.capture for r in timed if r.flags & GENERATED),
+            "e2e_warped": ms(r.pres - r.capture for r in timed if r.flags & WARPED),
+            "sync": ms(r.pres - r.ren for r in rows if r.flags & PARALLEL),
+        }
+
+    def display_summary(self) -> dict[str, Any] | None:
+        """Display-clock figures (None when no record is a display frame): frames generated and warped, the
+        presented display fps, missed ticks and the percentiles of :meth:`display_table`."""
+        rows = [r for r in self.records if r.display]
+        if not rows:
+            return None
+        table = self.display_table()
+        pres = np.array([r.pres for r in rows], np.float64) / 1e9
+        span = pres[-1] - pres[0] if len(pres) > 1 else 0.0
+        out: dict[str, Any] = {
+            "frames": len(rows),
+            "generated": int(table["generate"].size),
+            "warped": int(table["warp"].size),
+            "fps": float((len(rows) - 1) / span) if span > 0 else math.nan,
+            "missed_ticks": int(self.missed_ticks),
+        }
+        for k, v in table.items():
+            if k != "sync" or v.size:
+                out[f"{k}_ms"] = percentiles(v)
+        return out
 
     def summary(self, window_s: float = 10.0) -> dict[str, Any]:
         """Percentiles per stage, e2e and overhead, and the e2e p99 of the first and last ``window_s``."""
@@ -146,6 +220,11 @@ class Telemetry:
                 "last_p99_ms": percentiles(last)["p99"],
                 "ratio": percentiles(last)["p99"] / percentiles(first)["p99"] if first.size and last.size else math.nan,
             }
+        display = self.display_summary()
+        if display is not None:  # display-clock receivers only: raster reports keep their keys
+            for k in ("generate", "warp", "view_to_present"):
+                out["stages_ms"][k] = display[f"{k}_ms"]
+            out["display"] = display
         return out
 
 
@@ -219,6 +298,18 @@ def format_summary(name: str, s: dict[str, Any]) -> str:
     e2e, ov = st["e2e"], st["overhead"]
     n = format_number
     parts = " ".join(f"{k} {n(st[k]['p50'])}" for k in STAGES)
-    return (f"{name}: {s['frames']} frames, {n(s.get('fps'))} fps; capture->present p50 {n(e2e['p50'])} "
+    text = (f"{name}: {s['frames']} frames, {n(s.get('fps'))} fps; capture->present p50 {n(e2e['p50'])} "
             f"p95 {n(e2e['p95'])} p99 {n(e2e['p99'])} ms; runtime overhead p99 {n(ov['p99'], 2)} ms\n"
             f"  stage p50 (ms): {parts}")
+    d = s.get("display")
+    if d:
+        def p(key: str, q: str = "p50") -> str:
+            return n((d.get(key) or {}).get(q))
+
+        text += (f"\n  display: {n(d.get('fps'))} fps, {d.get('generated', 0)} generated (p50 {p('generate_ms')} ms), "
+                 f"{d.get('warped', 0)} warped (p50 {p('warp_ms')} ms), {d.get('missed_ticks', 0)} ticks missed; "
+                 f"capture->present p50 new code {p('e2e_new_code_ms')} / warped {p('e2e_warped_ms')} ms; "
+                 f"view->present p50 {p('view_to_present_ms')} p99 {p('view_to_present_ms', 'p99')} ms")
+        if d.get("sync_ms"):
+            text += f"; warp2x sync p50 {p('sync_ms')} p99 {p('sync_ms', 'p99')} ms"
+    return text

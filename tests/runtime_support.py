@@ -33,7 +33,7 @@ def receiver_config(tiny_models, tmp: Path, name: str = "rx", **kw) -> ReceiverC
     kw.setdefault("clock_endpoint", ANY)
     if tiny_models[0] is not None and (Path(tiny_models[0]) / "codec.json").is_file():
         kw.setdefault("codec_dir", str(tiny_models[0]))  # the encoder's codec tables (coded frames)
-    return ReceiverConfig(stream_id=kw.pop("stream_id", "alice"), bind=True, avatar_dir=str(tiny_models[1]), size=128,
+    return ReceiverConfig(stream_id=kw.pop("stream_id", "alice"), bind=True, avatar_dir=str(tiny_models[1]), size=kw.pop("size", 128),
                           report_path=str(tmp / f"{name}.report.json"), **kw)
 
 
@@ -50,3 +50,22 @@ def presented(st: dict) -> int:
 
 def bad_total(st: dict) -> int:
     return sum(st.get("transport", {}).get("bad", {}).values())
+
+
+TESTS_DIR = Path(__file__).resolve().parent
+"""This directory: on a worker's ``PYTHONPATH``, its receiver can load the fake display engines (``fake_engine``)."""
+
+
+def neural_avatar(avatar_dir: Path, dst: Path) -> Path:
+    """A copy of ``avatar_dir`` with placeholder neural renderer files (what the display-clock modes check for; the
+    fake engines read nothing) and a folder where fake engines record their process ids."""
+    import shutil
+
+    from fake_engine import PIDS_DIR
+    from renderer.engine import RENDERER_FILES
+
+    shutil.copytree(avatar_dir, dst)
+    for name in RENDERER_FILES:
+        (dst / name).write_bytes(b"placeholder: read by no fake engine")
+    (dst / PIDS_DIR).mkdir()
+    return dst

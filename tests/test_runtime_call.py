@@ -149,3 +149,27 @@ def test_call_runs_the_trained_model_layouts(tmp_path, pattern_hmc, workers):
     workers("tx", sender_config(models, pattern_hmc, tmp_path, st), tmp_path)  # 192x192 views resized to 32x32
     st = rx.wait_status(lambda s: presented(s) >= 10, 60)
     assert st["torch_loaded"] is False and st["transport"]["bad"] == {}
+
+
+def test_bench_e2e_reports_the_display_clock_figures(tiny_models, tmp_path, monkeypatch):
+    """``bench e2e --render warp2x`` (fake engines behind real processes): the display figures join the JSON, and the
+    session stops a receiver that keeps presenting new views of the last code."""
+    from runtime.bench import E2EBenchConfig, bench_e2e
+    from runtime_support import TESTS_DIR, neural_avatar
+
+    monkeypatch.setenv("AVCALL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # the receiver processes import the fake engines
+    avatar = neural_avatar(tiny_models[1], tmp_path / "avatar")
+    r = bench_e2e(E2EBenchConfig(seconds=2.0, warmup_s=1.0, encoder_dir=str(tiny_models[0]), avatar_dir=str(avatar),
+                                 size=64, render="warp2x", display_hz=60.0, engine_module="fake_engine",
+                                 out_dir=str(tmp_path / "bench")))
+    assert r["render_mode"] == "warp2x" and r["display_hz"] == 60.0
+    for key in ("display_fps", "generate_ms_p50", "warp_ms_p50", "view_to_present_ms_p50", "view_to_present_ms_p99",
+                "e2e_new_code_ms_p50", "e2e_warped_ms_p50", "sync_ms_p50", "sync_ms_p99", "missed_ticks"):
+        assert r.get(key) is not None, key
+    assert r["frames_generated"] > 0 and r["frames_warped"] > 0
+    assert r["view_to_present_ms_p50"] <= r["view_to_present_ms_p99"]
+    assert r["e2e_ms_p50"] > 0 and r["display_fps"] == r["fps"]
+    json.dumps(r)
+    rx = json.loads((tmp_path / "bench" / "alice_rx.json").read_text())
+    assert rx["render"] == "warp2x" and rx["display"]["workers"] == 2

@@ -201,3 +201,19 @@ def _processes_mentioning(text: str) -> list[int]:
             except OSError:
                 continue
     return out
+
+
+@pytest.mark.parametrize("render", ["warp", "warp2x"])
+def test_receiver_without_a_trained_renderer_refuses_display_modes_in_one_line(tiny_models, tmp_path, render):
+    """The tiny avatar has no renderer.onnx / warp.onnx: ``--render warp`` fails at start-up, in one line that says
+    how to train them, before any socket or engine exists."""
+    port = _free_port()
+    p = _avcall("receive", "--bind", f"tcp://127.0.0.1:{port}", "--seconds", "5", "--avatar", tiny_models[1],
+                "--size", "64", "--render", render)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert "renderer.onnx" in lines[0] and "avcall train renderer --identity" in lines[0] and "Traceback" not in stderr
+    assert f"--render {render}" in lines[0]
+    assert "waiting for a sender" not in stdout + stderr

@@ -198,3 +198,67 @@ def test_receiver_refuses_codes_of_another_model_in_words(pattern_hmc, workers, 
     assert rep["model"] == "S2/z16" and rep["presented"] == 0
     assert "S1/z16" in rep["refused"]
     assert "refusing frames of model S1/z16" in (tmp_path / "rx.log").read_text()
+
+
+def _pid_alive(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("render,jitter", [("warp", True), ("warp2x", False)], ids=["warp+jitter-buffer", "warp2x"])
+def test_display_clock_receiver_renders_every_tick_from_the_newest_code(tiny_models, pattern_hmc, workers, tmp_path,
+                                                                        monkeypatch, render, jitter):
+    """``--render warp`` (one process, here behind the jitter buffer) and ``warp2x`` (two engine workers) with fake
+    engines behind a real sender: display frames in tick order, G exactly on new codes (warp) or on the first tick of
+    each pair (warp2x), the display telemetry in the report, no torch, and no engine process left after the stop."""
+    from fake_engine import PIDS_DIR
+    from runtime.playout import PlayoutConfig
+    from runtime.telemetry import CONCEALED, GENERATED, NEW_CODE, PARALLEL, WARPED
+    from runtime_support import TESTS_DIR, neural_avatar
+
+    monkeypatch.setenv("PYTHONPATH", str(TESTS_DIR))  # the receiver process imports the fake engines
+    avatar = neural_avatar(tiny_models[1], tmp_path / "avatar")
+    rc = receiver_config((tiny_models[0], avatar), tmp_path, render=render, display_hz=60.0,
+                         engine_module="fake_engine", size=32,
+                         playout=PlayoutConfig(max_delay_ms=60.0) if jitter else PlayoutConfig())
+    rx = workers("rx", rc, tmp_path)
+    st = rx.wait_status(lambda s: bool(s.get("endpoint")), UP)
+    tx = workers("tx", sender_config(tiny_models, pattern_hmc, tmp_path, st, seconds=3.0), tmp_path)
+    st = rx.wait_status(lambda s: s.get("codes_presented", 0) >= 20, UP)
+    assert st["torch_loaded"] is False and st["render"] == render
+    assert tx.wait(UP) == 0
+    rx.stop()
+    rep = json.loads((tmp_path / "rx.report.json").read_text())
+    cols = rep["frames_columns"]
+    rows = [dict(zip(cols, r)) for r in rep["frames"]]
+    ticks = [r["tick"] for r in rows]
+    assert ticks == sorted(set(ticks)), "display frames out of tick order or repeated"
+    gen = [r for r in rows if r["flags"] & GENERATED]
+    warped = [r for r in rows if r["flags"] & WARPED]
+    assert len(gen) + len(warped) == len(rows) and gen and warped
+    assert all(r["view"] > 0 and r["pres"] >= r["view"] for r in rows)  # view sampled at its tick, before present
+    if render == "warp":
+        # one process: G runs exactly when a new code arrived
+        assert all(bool(r["flags"] & GENERATED) == bool(r["flags"] & NEW_CODE) for r in rows)
+        assert not any(r["flags"] & PARALLEL for r in rows)
+        assert rep["playout"]["played"] >= 20  # the jitter buffer fed the display clock
+    else:
+        assert all(r["flags"] & PARALLEL for r in rows)
+        assert all(r["flags"] & GENERATED for r in rows if r["tick"] % 2 == 0)  # each pair starts with G
+        assert rep["latency"]["display"]["sync_ms"]["p50"] >= 0
+    lat = rep["latency"]
+    assert lat["display"]["generated"] == len(gen) and lat["display"]["warped"] == len(warped)
+    assert lat["display"]["missed_ticks"] == rep["display"]["missed_ticks"]
+    for key in ("generate", "warp", "view_to_present"):
+        assert lat["stages_ms"][key]["p50"] >= 0, key
+    assert lat["display"]["e2e_new_code_ms"]["p50"] > 0 and lat["display"]["e2e_warped_ms"]["p50"] > 0
+    assert rep["display"]["mode"] == render and rep["render"] == render
+    assert len([r for r in rows if r["flags"] & NEW_CODE and not r["flags"] & CONCEALED]) >= 20
+    pids = [int(p.name) for p in (avatar / PIDS_DIR).iterdir()]
+    assert len(pids) == (2 if render == "warp2x" else 1)
+    assert not [p for p in pids if _pid_alive(p)]  # the engines' processes ended with the receiver

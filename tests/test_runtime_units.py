@@ -179,3 +179,95 @@ def test_summary_of_a_one_frame_report_read_back_from_json(tmp_path):
     assert back["fps"] is None
     line = format_summary("alice -> bob", back)
     assert "1 frames, n/a fps" in line and "p50 11.0" in line
+
+
+# ----------------------------------------------------------------------------------------------- display clock
+
+
+def _display_record(tick, capture_ms, start_ms, end_ms, pres_ms, flags):
+    from runtime.telemetry import FrameRecord
+
+    ns = lambda ms: int(ms * 1e6)  # noqa: E731
+    c = ns(capture_ms)
+    return FrameRecord("alice", tick, c, c + ns(1), c + ns(1.5), c + ns(3), ns(start_ms), ns(end_ms), ns(pres_ms),
+                       flags=flags, play=ns(start_ms), tick=tick, view=ns(100 + tick * 10))
+
+
+def test_telemetry_splits_display_frames_into_generated_and_warped():
+    """Display rows: generate and warp compute per kind, capture-to-present for new-code and warped frames, the age of
+    the view when presented and the warp2x synchronisation overhead; a raster report keeps its keys."""
+    from runtime.telemetry import GENERATED, NEW_CODE, PARALLEL, WARPED, Telemetry
+
+    tel = Telemetry()
+    for tick in range(6):  # ticks every 10 ms from 100 ms; a new code (captured 20 ms before the tick) every 2 ticks
+        view = 100 + tick * 10
+        if tick % 2 == 0:
+            tel.add(_display_record(tick, view - 20, view + 1, view + 9, view + 10, GENERATED | NEW_CODE | PARALLEL))
+        else:
+            tel.add(_display_record(tick, view - 30, view + 1, view + 3, view + 4, WARPED | PARALLEL))
+    tel.missed_ticks = 3
+    d = tel.display_table()
+    np.testing.assert_allclose(d["generate"], 8.0)
+    np.testing.assert_allclose(d["warp"], 2.0)
+    np.testing.assert_allclose(d["e2e_new_code"], 30.0)
+    np.testing.assert_allclose(d["e2e_warped"], 34.0)
+    np.testing.assert_allclose(d["view_to_present"], [10, 4, 10, 4, 10, 4])
+    np.testing.assert_allclose(d["sync"], [1, 1, 1, 1, 1, 1])
+    s = tel.summary()
+    assert s["display"]["generated"] == 3 and s["display"]["warped"] == 3 and s["display"]["missed_ticks"] == 3
+    assert s["display"]["fps"] == pytest.approx(5 / 0.044)  # presented from 110 to 154 ms
+    assert s["stages_ms"]["generate"]["p50"] == pytest.approx(8.0) and s["stages_ms"]["warp"]["p50"] == pytest.approx(2.0)
+    assert s["stages_ms"]["render"]["p50"] == pytest.approx(5.0)  # the engine call, whichever it was
+    assert s["stages_ms"]["decode"]["p50"] == pytest.approx(0.0)
+    again = Telemetry.from_rows("alice", [r.row() for r in tel.records])  # 12 columns survive a report
+    np.testing.assert_allclose(again.display_table()["view_to_present"], d["view_to_present"])
+    from runtime.telemetry import format_summary
+
+    assert "2 generated" not in format_summary("a", s) and "3 generated" in format_summary("a", s)
+    raster = Telemetry()
+    raster.add(_record(0, 0, [1, 0.5, 2, 3, 4, 0.5]))
+    rs = raster.summary()
+    assert "display" not in rs and set(rs["stages_ms"]) == {"encode", "send", "network", "buffer", "decode", "render",
+                                                            "present", "e2e", "compute", "overhead"}
+    old = Telemetry.from_rows("alice", [raster.records[0].row()[:10]])  # rows of reports written before the display clock
+    assert old.records[0].tick == 0 and old.records[0].view == 0 and not old.records[0].display
+
+
+def test_render_options_reach_every_receiver_config(tiny_models, tmp_path):
+    """``--render`` / ``--display-hz`` of receive, call, demo and bench e2e land in the receiver configs (and survive
+    the JSON a worker's config goes through); bad values are one-line errors."""
+    from avcall.call_cmds import bench_e2e_config, call_config, receive_config
+    from avcall.cli import build_parser
+    from avcore.errors import UsageError
+    from runtime.call import plan_call
+    from runtime.models import MissingModelError
+    from runtime_support import neural_avatar
+
+    parse = build_parser().parse_args
+    rc = receive_config(parse(["receive", "--bind", "tcp://127.0.0.1:*", "--render", "warp2x", "--display-hz", "90"]))
+    assert (rc.render, rc.display_hz) == ("warp2x", 90.0)
+    save_config(rc, tmp_path / "rc.json")
+    assert load_config(tmp_path / "rc.json") == rc
+    assert receive_config(parse(["receive", "--bind", "tcp://127.0.0.1:*"])).render == "raster"  # the default, for now
+    be = bench_e2e_config(parse(["bench", "e2e", "--render", "neural", "--display-hz", "72"]))
+    assert (be.render, be.display_hz) == ("neural", 72.0)
+    avatar = neural_avatar(tiny_models[1], tmp_path / "avatar")
+    for command in ("call", "demo"):
+        args = parse([command, "--out", str(tmp_path / command), "--encoder", str(tiny_models[0]), "--avatar",
+                      str(avatar), "--render", "warp", "--display-hz", "75"])
+        cfg = call_config(args)
+        links = plan_call(cfg, tmp_path / command)
+        assert {(ln.receiver.render, ln.receiver.display_hz) for ln in links} == {("warp", 75.0)}
+    cfg = call_config(parse(["call", "--out", str(tmp_path / "bad"), "--encoder", str(tiny_models[0]), "--avatar",
+                             str(tiny_models[1]), "--render", "warp2x"]))
+    with pytest.raises(MissingModelError, match=r"--render warp2x needs the neural renderer .*renderer\.onnx.*"
+                                                r"avcall train renderer --identity S1 --install"):
+        plan_call(cfg, tmp_path / "bad")  # refused before any process starts
+    with pytest.raises(UsageError, match="unknown render mode 'fancy'"):
+        ReceiverConfig(render="fancy")
+    with pytest.raises(UsageError, match="display rate"):
+        ReceiverConfig(render="warp", display_hz=0.0)
+    with pytest.raises(UsageError, match="--display-hz has no effect with --render raster"):
+        receive_config(parse(["receive", "--bind", "tcp://127.0.0.1:*", "--display-hz", "90"]))
+    with pytest.raises(SystemExit):
+        parse(["receive", "--bind", "tcp://127.0.0.1:*", "--render", "fancy"])
