@@ -31,7 +31,7 @@ def bench_capture(identity: str = "S1", frames: int = 300, dome_frames: int = 60
         k = i % n
         studio.render_view(perf.expression[k], perf.gaze[k], "front")
 
-    out = {"identity": identity, "hmc_size": studio.rig_config.size, "dome_size": 512}
+    out = {"identity": identity, "hmc_size": studio.rig_config.size, "dome_size": 512, "look": studio.look.key()}
     for name, fn, count in (("hmc", hmc, frames), ("dome", dome, dome_frames)):
         for i in range(warmup):
             fn(i)

@@ -2,7 +2,7 @@
 
 Layout of a dataset directory::
 
-    DIR/meta.json        identity parameters, fps, seed, frame count, split sizes, files
+    DIR/meta.json        identity parameters, fps, seed, frame count, split sizes, files, the dome renders' look
     DIR/hmc.hmc          HMC frames (3 views) with ground truth (expression, gaze, keypoints, vertices);
                          capture timestamps are performance time (header clock "session": ns from frame 0)
     DIR/labels.npz       t, expression, gaze, segment, test, extreme for every frame
@@ -19,6 +19,7 @@ import numpy as np
 from .identity import identity_dict
 from .performance import PerformanceConfig, generate_performance
 from .recording import HmcWriter
+from .look import StudioLook
 from .studio import Studio
 
 
@@ -44,7 +45,9 @@ def generate_dataset(
     if (out / "hmc.hmc").exists():
         raise ValueError(f"{out} already holds a dataset ({out / 'hmc.hmc'} exists); choose an empty directory")
     perf = generate_performance(seed, frames / fps, PerformanceConfig(fps=fps))
-    studio = Studio(identity, session=seed if session is None else session, dome_size=dome_size)
+    # The colour look only matters for the dome renders; without them the plain look skips its set-up.
+    studio = Studio(identity, session=seed if session is None else session, dome_size=dome_size,
+                    look=None if dome_views else StudioLook.plain())
     if dome_views:
         (out / "dome").mkdir(exist_ok=True)
     from avcore.progress import progress as progress_bar
@@ -82,6 +85,7 @@ def generate_dataset(
         "test_frames": int(perf.test[:frames].sum()),
         "extreme_frames": int(perf.extreme[:frames].sum()),
         "dome_views": list(dome_views),
+        "look": studio.look.to_dict() if dome_views else None,
         "files": ["hmc.hmc", "labels.npz"] + (["dome/"] if dome_views else []),
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=2))

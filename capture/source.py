@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .look import StudioLook
 from .performance import PerformanceConfig, generate_performance
 from .studio import Studio
 
@@ -47,7 +48,8 @@ class SyntheticHmcSource:
         self.ground_truth = ground_truth
         self.with_vertices = with_vertices
         self.live = live
-        self.studio = studio or Studio(identity, session=self.seed if session is None else session)
+        # Headset frames only: they do not depend on the colour look, and the plain one skips its set-up.
+        self.studio = studio or Studio(identity, session=self.seed if session is None else session, look=StudioLook.plain())
         self.identity = self.studio.head.params.name
         self.dropped = 0
         self.delivered = 0

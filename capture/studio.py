@@ -13,6 +13,22 @@ Colour shading uses a *directional* view vector (the unit vector from the
 head towards the viewer), the same for every pixel, so a render equals the
 UV-space texture for that direction rasterised through the mesh.
 
+How the colour cameras look is a :class:`capture.look.StudioLook` (``look=``):
+the default is realistic (soft key-light shadows, per-pose ambient occlusion,
+subsurface-scattering skin, wet eyes, and hair, ears, neck and clothed
+shoulders around the face mesh; see :mod:`capture.shading`), and
+``StudioLook.plain()`` gives the original textured-mesh renders byte for byte.
+The HMC frames never depend on the look.
+
+What ``render_texture`` holds under a realistic look: the face surface's colour
+for the view, shadows and occlusion included, *also* those cast by the hair,
+ears and body (they are rigid in the head frame, so the face texture carries
+them like any other shading). What it cannot hold is their *occlusion*: where
+hair, an ear, the neck or the shoulders cover the face in ``render_view``, the
+render shows them and the texture shows the face underneath. So a render and
+its texture rasterised through the mesh agree on every face pixel that no extra
+geometry covers, and nowhere else need to.
+
 GL objects are created once in ``__init__``; per frame only buffers are
 written and draws issued.
 """
@@ -25,6 +41,7 @@ from .expression import INDEX, NAMED_POSES
 from .eyes import eyeball_mesh, posed_eyeballs
 from .head import HeadModel, HeadState, VertexNormals
 from .identity import IdentityParams, make_identity
+from .look import DEFAULT_LOOK, StudioLook
 from .rig import HmcRigConfig, HmcSession, dome_camera, hmc_cameras, view_direction
 from .texture import paint_eyeball, paint_face
 
@@ -123,6 +140,27 @@ void main() {
 """
 
 
+_VS_UV = """
+#version 330
+uniform mat4 u_mvp;
+in vec3 in_pos;
+in vec2 in_uv;
+out vec2 v_uv;
+void main() {
+    v_uv = in_uv;
+    gl_Position = u_mvp * vec4(in_pos, 1.0);
+    gl_Position.z -= 1e-5 * gl_Position.w;   // wins the depth tie with the colour pass's own face fragments
+}
+"""
+
+_FS_UV = """
+#version 330
+in vec2 v_uv;
+out vec4 f_uv;
+void main() { f_uv = vec4(v_uv, 1.0, 1.0); }
+"""
+
+
 def create_context(ctx=None):
     """A headless moderngl context (EGL), or ``ctx`` if one is given."""
     if ctx is not None:
@@ -138,6 +176,13 @@ def create_context(ctx=None):
         ) from exc
 
 
+def _make_current(ctx) -> None:
+    """Make ``ctx`` the thread's current GL context. moderngl issues every call to whatever context is current,
+    and creating a context makes it current: a studio that shares a process with other contexts must bind its
+    own before drawing (idempotent and cheap when it already is current)."""
+    ctx.__enter__()
+
+
 def _mat(m: np.ndarray) -> bytes:
     return np.ascontiguousarray(m.T, np.float32).tobytes()
 
@@ -146,6 +191,8 @@ class Studio:
     """One identity in the studio: head model, textures, HMC rig and GL resources.
 
     ``session`` seeds the headset slip and exposure; session 0 is the rig as designed.
+    ``look`` sets how the colour cameras render (default: the realistic :data:`capture.look.DEFAULT_LOOK`;
+    ``StudioLook.plain()`` for the original renders); it never changes the HMC frames.
     """
 
     def __init__(
@@ -156,6 +203,7 @@ class Studio:
         rig: HmcRigConfig | None = None,
         dome_size: int = 512,
         ctx=None,
+        look: StudioLook | None = None,
     ):
         import moderngl
 
@@ -167,6 +215,7 @@ class Studio:
         self.dome_size = dome_size
         self._owns_ctx = ctx is None
         self.ctx = ctx = create_context(ctx)
+        _make_current(ctx)
         self._moderngl = moderngl
         self.albedo, self.aux = paint_face(head)
         self.eye_texture = paint_eyeball(head)
@@ -217,13 +266,31 @@ class Studio:
         )
         T = self.albedo.shape[0]
         self.fbo_uv = ctx.framebuffer(color_attachments=[ctx.renderbuffer((T, T), components=4, dtype="f4")])
+        # Face UV map of a colour render: shares the dome's depth buffer, never clears or writes it.
+        self.prog_uvmap = ctx.program(vertex_shader=_VS_UV, fragment_shader=_FS_UV)
+        self.vao_uvmap = ctx.vertex_array(self.prog_uvmap, [(self.vbo_pos, "3f", "in_pos"), (self.vbo_uv, "2f", "in_uv")],
+                                          index_buffer=self.ibo_all, index_element_size=4)
+        self.fbo_uvmap = ctx.framebuffer(
+            color_attachments=[ctx.renderbuffer((dome_size, dome_size), components=4, dtype="f4")],
+            depth_attachment=self.fbo_dome.depth_attachment,
+        )
+        self.fbo_uvmap.depth_mask = False
         self._state_key = None
         self.state: HeadState | None = None
+        self.normals: np.ndarray | None = None
+        """Vertex normals (V, 3) of the current pose's face mesh."""
         self.prog["u_albedo"] = 0
         self.prog["u_aux"] = 1
         self.prog["u_shininess"] = params.shininess
         self.prog["u_specular"] = params.specular
         self.prog["u_noise_sigma"] = rig.noise_sigma
+        self.look = look = DEFAULT_LOOK if look is None else look
+        """How the colour cameras render (:class:`capture.look.StudioLook`)."""
+        self._shading = None
+        if not look.is_plain:
+            from .shading import RealisticShading
+
+            self._shading = RealisticShading(self, look)
 
     # ------------------------------------------------------------------ setup helpers
     def _texture(self, img: np.ndarray):
@@ -270,8 +337,10 @@ class Studio:
         key = (np.asarray(expr, np.float32).tobytes(), np.asarray(gaze, np.float32).tobytes())
         if key == self._state_key:
             return self.state
+        _make_current(self.ctx)
         st = self.head.state(expr, gaze)
         nrm = self._normals(st.vertices)
+        self.normals = nrm
         self.vbo_pos.write(st.vertices.tobytes())
         self.vbo_nrm.write(nrm.tobytes())
         ev, en = posed_eyeballs(self._eye_local, self._eye_nrm_local, self.head.eye_centres, st.eye_rotations)
@@ -281,6 +350,8 @@ class Studio:
         self.prog["u_brow_l"] = float(np.clip(e[INDEX["brow_raise_left"]], 0, 1))
         self.prog["u_brow_r"] = float(np.clip(e[INDEX["brow_raise_right"]], 0, 1))
         self._state_key, self.state = key, st
+        if self._shading is not None:
+            self._shading.invalidate(e, st.eye_rotations)
         return st
 
     def _draw(self, vao_face, vao_eyes):
@@ -302,6 +373,7 @@ class Studio:
         ``keypoints_visible`` (3, 9) bool and ``vertices`` (V, 3) float32.
         """
         mgl = self._moderngl
+        _make_current(self.ctx)
         st = self.pose(expr, gaze)
         S = self.rig_config.size
         ctx = self.ctx
@@ -353,9 +425,11 @@ class Studio:
     def render_view(self, expr, gaze, view="front", *, size: int | None = None, with_alpha: bool = False) -> np.ndarray:
         """Colour render (N, N, 3) uint8 of the head seen from ``view`` (name or direction).
 
-        With ``with_alpha`` returns (N, N, 4), alpha 255 where the head covers the pixel.
+        With ``with_alpha`` returns (N, N, 4), alpha 255 where the head covers the pixel (under a realistic look
+        also its hair, ears, neck and shoulders), 0 elsewhere; the background is black.
         """
         mgl = self._moderngl
+        _make_current(self.ctx)
         self.pose(expr, gaze)
         d = view_direction(view)
         cam = dome_camera(d, size=self.dome_size)
@@ -365,12 +439,15 @@ class Studio:
         ctx.enable(mgl.DEPTH_TEST)
         ctx.disable(mgl.CULL_FACE)
         self.fbo_dome.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        p = self.prog
-        p["u_mode"] = 0
-        p["u_uv_space"] = 0
-        p["u_view_dir"] = tuple(float(x) for x in d)
-        p["u_mvp"].write(_mat(cam.mvp()))
-        self._draw(self.vao_all, self.vao_eyes)
+        if self._shading is not None:
+            self._shading.draw_view(cam.mvp(), d)
+        else:
+            p = self.prog
+            p["u_mode"] = 0
+            p["u_uv_space"] = 0
+            p["u_view_dir"] = tuple(float(x) for x in d)
+            p["u_mvp"].write(_mat(cam.mvp()))
+            self._draw(self.vao_all, self.vao_eyes)
         N = self.dome_size
         img = np.frombuffer(self.fbo_dome.read(components=4, alignment=1), np.uint8).reshape(N, N, 4)[::-1]
         img = np.ascontiguousarray(img if with_alpha else img[..., :3])
@@ -380,15 +457,40 @@ class Studio:
             img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
         return img
 
+    def render_uv(self, expr, gaze, view="front") -> np.ndarray:
+        """Where the face mesh is what :meth:`render_view` shows: (N, N, 3) float32 (u, v, 1) there, zeros where
+        the eyeballs, hair, ears, neck, shoulders or the background are (N = ``dome_size``, top row first).
+
+        Sampling ``render_texture(expr, gaze, view)`` at these (u, v) gives the render's colour on those pixels.
+        """
+        mgl = self._moderngl
+        self.render_view(expr, gaze, view)  # leaves the scene's depth in the shared depth buffer
+        cam = dome_camera(view_direction(view), size=self.dome_size)
+        ctx = self.ctx
+        self.fbo_uvmap.use()
+        ctx.viewport = (0, 0, self.dome_size, self.dome_size)
+        self.fbo_uvmap.clear(0.0, 0.0, 0.0, 0.0)  # colour only: the depth mask is off
+        ctx.enable(mgl.DEPTH_TEST)
+        ctx.disable(mgl.CULL_FACE)
+        ctx.depth_func = "<="
+        self.prog_uvmap["u_mvp"].write(_mat(cam.mvp()))
+        self.vao_uvmap.render()
+        ctx.depth_func = "<"
+        N = self.dome_size
+        out = np.frombuffer(self.fbo_uvmap.read(components=4, dtype="f4", alignment=1), np.float32).reshape(N, N, 4)[::-1]
+        return np.ascontiguousarray(out[..., :3])
+
     def dome_camera(self, view="front") -> Camera:
         return dome_camera(view_direction(view), size=self.dome_size)
 
     def render_texture(self, expr, gaze, view="front") -> tuple[np.ndarray, np.ndarray]:
         """The view-dependent surface colour baked into UV space.
 
-        Returns ``texture`` (T, T, 3) float32 (row 0 = v 0) and ``coverage`` (T, T) bool.
+        Returns ``texture`` (T, T, 3) float32 (row 0 = v 0) and ``coverage`` (T, T) bool. Under a realistic look
+        the colour includes shadows, occlusion and scattering (see the module docstring for hair and body).
         """
         mgl = self._moderngl
+        _make_current(self.ctx)
         self.pose(expr, gaze)
         d = view_direction(view)
         T = self.albedo.shape[0]
@@ -398,20 +500,28 @@ class Studio:
         ctx.disable(mgl.DEPTH_TEST)
         ctx.disable(mgl.CULL_FACE)
         self.fbo_uv.clear(0.0, 0.0, 0.0, 0.0)
-        p = self.prog
-        p["u_mode"] = 0
-        p["u_uv_space"] = 1
-        p["u_view_dir"] = tuple(float(x) for x in d)
-        self.tex_albedo.use(0)
-        self.tex_aux.use(1)
-        p["u_material"] = 0
-        self.vao_all.render()
-        p["u_uv_space"] = 0
+        if self._shading is not None:
+            self._shading.draw_texture(d)
+        else:
+            p = self.prog
+            p["u_mode"] = 0
+            p["u_uv_space"] = 1
+            p["u_view_dir"] = tuple(float(x) for x in d)
+            self.tex_albedo.use(0)
+            self.tex_aux.use(1)
+            p["u_material"] = 0
+            self.vao_all.render()
+            p["u_uv_space"] = 0
         out = np.frombuffer(self.fbo_uv.read(components=4, dtype="f4", alignment=1), np.float32).reshape(T, T, 4)
         return np.ascontiguousarray(out[..., :3]), out[..., 3] > 0.5
 
     def release(self):
-        """Free the GL context if this studio created it (a shared context is left to its owner)."""
+        """Free the GL context if this studio created it (a shared context is left to its owner); a realistic
+        look's GL objects are freed either way."""
+        if self._shading is not None:
+            _make_current(self.ctx)
+            self._shading.release()
+            self._shading = None
         if self._owns_ctx:
             self.ctx.release()
             self._owns_ctx = False

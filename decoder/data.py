@@ -101,9 +101,11 @@ def _build_range(identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: Tr
     import cv2
     from avcore.progress import progress as progress_bar
 
+    from capture.look import CODE_LOOK
     from capture.studio import Studio
 
-    studio = Studio(identity)
+    studio = Studio(identity)  # the colour cameras' look: the decoder's textures and images
+    code_studio = Studio(identity, look=CODE_LOOK, ctx=studio.ctx)  # the encoder's input texture: codes keep meaning
     rast = make_rasterizer(studio)
     K, S, t = tcfg.views_per_pose, tcfg.image_size, dcfg.encoder_texture_size
     expr, gaze = sample_poses(n, seed)
@@ -123,7 +125,7 @@ def _build_range(identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: Tr
     for i in progress_bar(range(n), desc=f"dome data {identity}", disable=not progress, mininterval=2.0):
         st = studio.pose(expr[i], gaze[i])
         out["vertices"][i] = st.vertices
-        tex, cov = studio.render_texture(expr[i], gaze[i], "front")
+        tex, cov = code_studio.render_texture(expr[i], gaze[i], "front")
         coverage = cov if coverage is None else coverage | cov
         out["enc_texture"][i] = to_uint8(cv2.resize(tex, (t, t), interpolation=cv2.INTER_AREA))
         for k in range(K):
@@ -133,6 +135,7 @@ def _build_range(identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: Tr
             out["image"][i, k] = studio.render_view(expr[i], gaze[i], d, size=S)
             out["uv_map"][i, k] = rast.render_uv(st.vertices, gaze[i], d, S)
     out["coverage"] = coverage
+    code_studio.release()
     studio.release()
     return out
 
@@ -142,9 +145,13 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def load_or_build(path: Path, identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: TrainConfig) -> dict:
-    """Load the cache at ``path`` if it matches (identity, n, seed, sizes), else build and save it."""
+    """Load the cache at ``path`` if it matches (identity, n, seed, sizes, the studio's look), else build and save it."""
+    from capture.look import DEFAULT_LOOK
+
     path = Path(path)
     key = f"{identity}|{n}|{seed}|{tcfg.views_per_pose}|{tcfg.image_size}|{dcfg.texture_size}|{dcfg.encoder_texture_size}"
+    if not DEFAULT_LOOK.is_plain:  # the colour look changes every texture and image (not the codes' input)
+        key += f"|look={DEFAULT_LOOK.key()}"
     cached = load_keyed_npz(path, key)
     if cached is not None:
         return cached

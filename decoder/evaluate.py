@@ -71,6 +71,7 @@ class HeldOutProbe:
     (the studio's render), all at the studio's dome size. ``close()`` frees GL."""
 
     def __init__(self, model_dir: Path, identity: str | None = None, *, threads: int = 2, size: int | None = None):
+        from capture.look import CODE_LOOK
         from capture.studio import Studio
 
         from .export import load_torch_encoder
@@ -83,14 +84,17 @@ class HeldOutProbe:
         if self.encoder is None:
             raise FileNotFoundError(f"{model_dir} has no encoder.pt; evaluation needs the training encoder for GT codes")
         self.studio = Studio(self.identity)
+        """The colour cameras (the truth, in the studio's default look)."""
+        self.code_studio = Studio(self.identity, look=CODE_LOOK, ctx=self.studio.ctx)
+        """The encoder's input texture (:data:`capture.look.CODE_LOOK`): codes mean what the HMC encoders predict."""
         self.size = size or self.studio.dome_size
         """Side of ``render`` / ``render_uv`` / ``truth`` (the studio's dome size unless given)."""
         self.rast = self.decoder.make_rasterizer(size=self.size, ctx=self.studio.ctx)
         self.tsize = int(self.decoder.config["encoder_texture_size"])
 
     def code(self, expr, gaze) -> np.ndarray:
-        st = self.studio.pose(expr, gaze)
-        tex, _ = self.studio.render_texture(expr, gaze, "front")
+        st = self.code_studio.pose(expr, gaze)
+        tex, _ = self.code_studio.render_texture(expr, gaze, "front")
         return _encode(self.encoder, st.vertices, tex, self.tsize)
 
     def render(self, z, gaze, view) -> np.ndarray:
@@ -111,6 +115,7 @@ class HeldOutProbe:
 
     def close(self) -> None:
         self.rast.release()
+        self.code_studio.release()
         self.studio.release()
 
 

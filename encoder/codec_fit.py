@@ -91,6 +91,7 @@ def training_codes(model_dir: str | Path, cfg: CodecFitConfig, *, progress: bool
     """The encoder's code and gaze on every train frame of the training sessions (HMC views rendered by the
     studio, encoded by the exported ONNX encoder the sender runs): ``z`` (M, D), ``gaze`` (M, 2, 2),
     ``session``, ``frame`` (M,). Cached in ``cache`` (keyed by the settings and the encoder directory)."""
+    from capture.look import CODE_LOOK
     from capture.rig import HmcRigConfig
     from capture.studio import Studio
 
@@ -106,7 +107,7 @@ def training_codes(model_dir: str | Path, cfg: CodecFitConfig, *, progress: bool
     zs, gs, ss, fs = [], [], [], []
     for s, _seed, perf, idx in progress_bar(performance_frames(cfg), desc=f"training codes {cfg.identity}", unit="session",
                                             disable=not progress):
-        studio = Studio(cfg.identity, session=s, dome_size=64, rig=HmcRigConfig(size=cfg.hmc_size))
+        studio = Studio(cfg.identity, session=s, dome_size=64, rig=HmcRigConfig(size=cfg.hmc_size), look=CODE_LOOK)
         try:
             for i in idx:
                 views, _ = studio.hmc_frame(perf.expression[i], perf.gaze[i], t=float(perf.t[i]), frame_index=int(i),

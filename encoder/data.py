@@ -119,13 +119,15 @@ def render_session(identity: str, session: int, perf_seed: int, seconds: float, 
 
     from capture.performance import generate_performance
     from capture.rig import HmcRigConfig, view_direction
+    from capture.look import CODE_LOOK
     from capture.studio import Studio
     from decoder.data import make_rasterizer
 
     pcfg = performance or performance_config(cfg, fps, split)
     perf = generate_performance(perf_seed, seconds, pcfg)
     idx = perf.split((cfg.test_frames or "test") if split == "test" else split)
-    studio = Studio(identity, session=session, dome_size=2 * cfg.render_size, rig=HmcRigConfig(size=hmc_size))
+    studio = Studio(identity, session=session, dome_size=2 * cfg.render_size, rig=HmcRigConfig(size=hmc_size),
+                    look=CODE_LOOK)  # codes and the encoders' data: the plain look, whatever the studio's default
     rast = make_rasterizer(studio, size=cfg.render_size)
     R, t = cfg.render_size, cfg.enc_texture_size
     n, V = len(idx), studio.head.num_vertices

@@ -62,11 +62,12 @@ class AvatarRenders:
     ``images(z (B, Z), gaze (B, 2, 2), view)`` -> (B, size, size, 3) float32 on 0..255. ``close()`` frees GL."""
 
     def __init__(self, identity: str, vae, size: int = 256):
+        from capture.look import CODE_LOOK
         from capture.studio import Studio
         from decoder.data import make_rasterizer
 
         self.vae = vae
-        self.studio = Studio(identity, dome_size=64)
+        self.studio = Studio(identity, dome_size=64, look=CODE_LOOK)  # only its mesh topology is used
         self.rast = make_rasterizer(self.studio, size=size, texture_size=vae.cfg.texture_size)
 
     def images(self, z: np.ndarray, gaze: np.ndarray, view: str) -> np.ndarray:
