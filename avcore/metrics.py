@@ -89,3 +89,12 @@ def ssim(a, b, peak: float = 255.0, mask=None) -> float:
 def face_mask(gt) -> np.ndarray:
     """(H, W) bool: the ground-truth render's foreground (any channel > 0; the studio renders on black)."""
     return np.asarray(gt).max(-1) > 0
+
+
+def error_map(img, gt, gain: float = 4.0) -> np.ndarray:
+    """A picture of where ``img`` (H, W, 3) uint8 differs from ``gt``: the largest channel's |difference| times
+    ``gain``, coloured with OpenCV's inferno map, (H, W, 3) uint8 RGB."""
+    import cv2
+
+    err = np.abs(np.asarray(img, np.int16) - np.asarray(gt, np.int16)).max(-1) * gain
+    return np.ascontiguousarray(cv2.applyColorMap(np.clip(err, 0, 255).astype(np.uint8), cv2.COLORMAP_INFERNO)[..., ::-1])

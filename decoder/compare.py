@@ -118,6 +118,8 @@ def side_by_side(rows: list[tuple[str, list[Path]]], poses, path: Path, identity
     """Front view of ``n`` held-out poses: ground truth, then every row's render over its error map (|diff| x4)."""
     import cv2
 
+    from avcore.metrics import error_map
+
     from .evaluate import HeldOutProbe
 
     expr, gaze = poses
@@ -135,10 +137,8 @@ def side_by_side(rows: list[tuple[str, list[Path]]], poses, path: Path, identity
             imgs, errs = [], []
             for i in range(n):
                 pr = probe.render(probe.code(expr[i], gaze[i]), gaze[i], "front")
-                err = np.clip(np.abs(pr.astype(np.int16) - truth[i].astype(np.int16)).max(-1) * 4, 0, 255).astype(np.uint8)
                 imgs.append(cv2.resize(pr, (size, size), interpolation=cv2.INTER_AREA))
-                errs.append(cv2.resize(cv2.applyColorMap(err, cv2.COLORMAP_INFERNO)[..., ::-1], (size, size),
-                                       interpolation=cv2.INTER_AREA))
+                errs.append(cv2.resize(error_map(pr, truth[i]), (size, size), interpolation=cv2.INTER_AREA))
             cols.append(np.concatenate(imgs + errs, 0))
             labels.append(role)
         finally:

@@ -340,14 +340,14 @@ def picture(seq: dict, kept: dict, ticks: tuple[int, ...], path: Path, tile: int
     (|diff| x4, inferno)."""
     import cv2
 
+    from avcore.metrics import error_map
+
     names = list(kept)
     grid_rows = []
     for j, t in enumerate(ticks):
         gt = seq["target"][0, t]
         top = [gt] + [kept[n][j] for n in names]
-        err = [np.zeros_like(gt)] + [cv2.applyColorMap(np.clip(np.abs(kept[n][j].astype(np.int16) - gt.astype(np.int16))
-                                                               .max(-1) * 4, 0, 255).astype(np.uint8),
-                                                       cv2.COLORMAP_INFERNO)[..., ::-1] for n in names]
+        err = [np.zeros_like(gt)] + [error_map(kept[n][j], gt) for n in names]
         r = lambda im: cv2.resize(im, (tile, tile), interpolation=cv2.INTER_LINEAR)  # noqa: E731
         grid_rows.append(np.concatenate([r(x) for x in top], 1))
         grid_rows.append(np.concatenate([r(x) for x in err], 1))

@@ -247,30 +247,38 @@ class AvatarRasterizer:
     def render_uv(self, vertices: np.ndarray, gaze: np.ndarray, view_direction, size: int) -> np.ndarray:
         """Per-pixel (u, v, face) map (size, size, 3) float32 of the mesh from ``view_direction``;
         face = 1 where the face mesh is the visible surface (eyeballs occlude with 0)."""
-        mgl = self._moderngl
-        fbo = self._uv_fbos.get(size)
-        if fbo is None:
-            fbo = self.ctx.framebuffer(
-                color_attachments=[self.ctx.renderbuffer((size, size), components=4, dtype="f4")],
-                depth_attachment=self.ctx.depth_renderbuffer((size, size)),
-            )
-            self._uv_fbos[size] = fbo
-        self._upload_geometry(vertices, eye_rotations(gaze))
-        d = np.asarray(view_direction, np.float64).reshape(3)
-        d = d / np.linalg.norm(d)
-        ctx, p = self.ctx, self.prog
-        fbo.use()
-        ctx.viewport = (0, 0, size, size)
-        ctx.enable(mgl.DEPTH_TEST)
-        ctx.disable(mgl.CULL_FACE)
-        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        p["u_mvp"].write(np.ascontiguousarray(look_at_mvp(d, size).T, np.float32).tobytes())
+        fbo = self._float_target(self._uv_fbos, size, 1)
+        p = self.prog
+        self._begin_pass(fbo, p, size, vertices, gaze, view_direction)
         p["u_material"] = 2
         self.vao_face.render()
         p["u_material"] = 3
         self.vao_eyes.render()
         out = np.frombuffer(fbo.read(components=4, dtype="f4", alignment=1), np.float32).reshape(size, size, 4)
         return np.ascontiguousarray(out[::-1, :, :3])
+
+    def _float_target(self, cache: dict, size: int, targets: int):
+        """A ``size``² framebuffer with ``targets`` RGBA float32 colour attachments and depth, made on first use."""
+        fbo = cache.get(size)
+        if fbo is None:
+            fbo = cache[size] = self.ctx.framebuffer(
+                color_attachments=[self.ctx.renderbuffer((size, size), components=4, dtype="f4") for _ in range(targets)],
+                depth_attachment=self.ctx.depth_renderbuffer((size, size)),
+            )
+        return fbo
+
+    def _begin_pass(self, fbo, prog, size: int, vertices: np.ndarray, gaze: np.ndarray, view_direction) -> None:
+        """Geometry uploaded, ``fbo`` bound and cleared, depth test on, ``prog``'s camera set for the view."""
+        mgl = self._moderngl
+        self._upload_geometry(vertices, eye_rotations(gaze))
+        d = np.asarray(view_direction, np.float64).reshape(3)
+        d = d / np.linalg.norm(d)
+        fbo.use()
+        self.ctx.viewport = (0, 0, size, size)
+        self.ctx.enable(mgl.DEPTH_TEST)
+        self.ctx.disable(mgl.CULL_FACE)
+        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        prog["u_mvp"].write(np.ascontiguousarray(look_at_mvp(d, size).T, np.float32).tobytes())
 
     def set_neural_texture(self, texture: np.ndarray) -> None:
         """Upload a neural texture (T, T, C) float32, C <= :data:`MAX_FEATURE_CHANNELS`, row 0 = v 0, for
@@ -308,24 +316,9 @@ class AvatarRasterizer:
         (:meth:`set_neural_texture`) sampled at every face pixel, (size, size, C) float32, zero elsewhere."""
         if not self._feature_textures:
             raise RuntimeError("render_uv_features before set_neural_texture")
-        mgl = self._moderngl
-        fbo = self._feature_fbos.get(size)
-        if fbo is None:
-            fbo = self.ctx.framebuffer(
-                color_attachments=[self.ctx.renderbuffer((size, size), components=4, dtype="f4") for _ in range(5)],
-                depth_attachment=self.ctx.depth_renderbuffer((size, size)),
-            )
-            self._feature_fbos[size] = fbo
-        self._upload_geometry(vertices, eye_rotations(gaze))
-        d = np.asarray(view_direction, np.float64).reshape(3)
-        d = d / np.linalg.norm(d)
-        ctx, p = self.ctx, self._feature_prog
-        fbo.use()
-        ctx.viewport = (0, 0, size, size)
-        ctx.enable(mgl.DEPTH_TEST)
-        ctx.disable(mgl.CULL_FACE)
-        fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        p["u_mvp"].write(np.ascontiguousarray(look_at_mvp(d, size).T, np.float32).tobytes())
+        fbo = self._float_target(self._feature_fbos, size, 5)
+        p = self._feature_prog
+        self._begin_pass(fbo, p, size, vertices, gaze, view_direction)
         for k, t in enumerate(self._feature_textures):
             t.use(k)
         p["u_material"] = 2
