@@ -13,11 +13,10 @@ decoded avatar:
 A learned multi-scale **neural texture** (``channels`` feature channels at ``texture_levels`` resolutions,
 bilinearly sampled at ``uv`` and summed, as a Laplacian pyramid) gives per-pixel features; the view direction's
 9 real spherical-harmonics coefficients (bands 0-2) multiply feature channels 4-12 (``SH_CHANNELS``, 0-based
-3..11), so those channels can carry view-dependent effects. Features, raster colour and the face mask go
-through a U-Net (``widths`` per level, stride-2 down, nearest-upsample + conv up, skip connections) to RGB.
+3..11), so those channels can carry view-dependent effects. Features, raster colour, the face mask, the pixel's
+image-plane position and the view direction go through a U-Net (``widths`` per level, stride-2 down, nearest-upsample + conv up, skip connections) to RGB.
 
-``forward`` also returns G's last three feature maps (the bottleneck and the decoder levels after it; fewer for
-a two-level U-Net): with the view
+``forward`` also returns G's last three feature maps (the decoder maps at S/4, S/2 and S): with the view
 direction, its SH, the code, the gaze and the UV map they are the *neural cache* a shallow warp network turns
 into the next display frames.
 """
@@ -32,6 +31,8 @@ from torch.nn import functional as F
 
 from avcore.config import ConfigDict
 
+EXTRA_INPUTS = 9
+"""G's input channels besides the neural texture: raster colour (3), face mask (1), image-plane x, y (2), view (3)."""
 SH_CHANNELS = (3, 12)
 """Feature channels [start, stop) multiplied by the view's 9 SH coefficients (the paper's channels 4-12)."""
 
@@ -42,17 +43,17 @@ class NeuralRendererConfig(ConfigDict):
     """Neural texture feature channels (at least 12: channels 4-12 carry the SH modulation)."""
     texture_levels: tuple[int, ...] = (256, 128, 64, 32)
     """Side of each level of the neural texture pyramid."""
-    widths: tuple[int, ...] = (24, 48, 96)
-    """U-Net channels per level (full resolution first): about 0.65 GMAC per frame at 128 px, ~19 ms on one
-    core of the reference machine."""
+    widths: tuple[int, ...] = (24, 48, 64, 96)
+    """U-Net channels per level (full resolution first; the last three decoder maps, at S/4, S/2 and S, are the
+    cache): about 0.7 GMAC per frame at 128 px."""
 
     def __post_init__(self) -> None:
         self.texture_levels = tuple(self.texture_levels)
         self.widths = tuple(self.widths)
         if self.channels < SH_CHANNELS[1]:
             raise ValueError(f"neural renderer: channels must be >= {SH_CHANNELS[1]} (SH-modulated channels 4-12)")
-        if len(self.widths) < 2:
-            raise ValueError("neural renderer: at least two U-Net levels")
+        if len(self.widths) < 3:
+            raise ValueError("neural renderer: at least three U-Net levels (the cache holds maps at S/4, S/2, S)")
 
 
 def sh_basis(d: torch.Tensor) -> torch.Tensor:
@@ -93,26 +94,33 @@ def _conv(i: int, o: int, stride: int = 1) -> nn.Sequential:
 
 
 class NeuralRenderer(nn.Module):
-    """G: (raster, uv, view) -> {"image": (B, 3, H, W) in [0, 1], "features": [bottleneck, ..., full res]}."""
+    """G: (raster, uv, view) -> {"image": (B, 3, H, W) in [0, 1], "features": [S/4, S/2, S maps]}."""
 
     def __init__(self, cfg: NeuralRendererConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or NeuralRendererConfig()
         self.texture = NeuralTexture(cfg.channels, cfg.texture_levels)
         w = cfg.widths
-        self.down = nn.ModuleList([_conv(cfg.channels + 4, w[0])] + [_conv(w[i - 1], w[i], 2) for i in range(1, len(w))])
+        self.down = nn.ModuleList([_conv(cfg.channels + EXTRA_INPUTS, w[0])]
+                                  + [_conv(w[i - 1], w[i], 2) for i in range(1, len(w))])
         self.up = nn.ModuleList([_conv(w[i] + w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
         self.out = nn.Conv2d(w[0], 3, 3, 1, 1)
 
     def buffers_to_input(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor,
                          sampled: torch.Tensor | None = None) -> torch.Tensor:
         """G's input: the neural texture at ``uv`` (or ``sampled``: already sampled there, as the receiver's
-        rasterizer does), masked to the face and SH-modulated, then raster colour and mask."""
+        rasterizer does), masked to the face and SH-modulated, then raster colour, mask, the pixel's image-plane
+        position and the view direction (off the face mesh, where hair volume, ears, neck and shoulders are, that
+        is all G knows)."""
         mask = uv[:, 2:3]
         feats = (self.texture(uv[:, :2]) if sampled is None else sampled) * mask
         a, b = SH_CHANNELS
         feats = torch.cat([feats[:, :a], feats[:, a:b] * sh_basis(view)[:, :, None, None], feats[:, b:]], 1)
-        return torch.cat([feats, raster, mask], 1)
+        n, _, h, w = raster.shape
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, dtype=raster.dtype), torch.linspace(-1, 1, w, dtype=raster.dtype),
+                                indexing="ij")
+        pos = torch.stack([xs, ys])[None].expand(n, -1, -1, -1)
+        return torch.cat([feats, raster, mask, pos, view[:, :, None, None].expand(-1, -1, h, w)], 1)
 
     def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor,
                 sampled: torch.Tensor | None = None) -> dict:
@@ -132,7 +140,7 @@ class NeuralRenderer(nn.Module):
 class FlatOutputs(nn.Module):
     """G as exported: the neural texture comes in already sampled at the UV map (``features``, (B, C, H, W), by the
     receiver's rasterizer from :meth:`NeuralTexture.full`), and the outputs are a flat tuple (``image``, then the
-    cache features, bottleneck first), as ONNX wants them."""
+    cache features, coarsest first), as ONNX wants them."""
 
     def __init__(self, g: NeuralRenderer):
         super().__init__()

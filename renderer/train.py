@@ -10,7 +10,7 @@ With a frozen G (``--warp-only --from DIR``: the ablations and the explicit-warp
 
 Adam with a cosine learning rate; checkpoints (``checkpoint.pt``) resume an interrupted run. Output:
 ``renderer.onnx`` (inputs ``raster``, ``uv``, ``view``; outputs ``image`` and the cache ``f0``, ``f1``, ``f2``,
-bottleneck first), ``warp.onnx`` (:mod:`renderer.warp`) and ``renderer.json`` (configs, the held-out comparison).
+coarsest (S/4) first), ``warp.onnx`` (:mod:`renderer.warp`) and ``renderer.json`` (configs, the held-out comparison).
 """
 from __future__ import annotations
 

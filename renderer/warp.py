@@ -3,7 +3,7 @@
 Torch: training and export only (the receiver runs the exported ONNX model with onnxruntime).
 
 **Cache** C_t (what G leaves behind when it renders display frame t): G's last three feature maps ``f0``
-(bottleneck, S/4), ``f1`` (S/2), ``f2`` (S) (:class:`renderer.neural.NeuralRenderer`), and the inputs they were
+(S/4), ``f1`` (S/2), ``f2`` (S) (:class:`renderer.neural.NeuralRenderer`), and the inputs they were
 made for: the view direction, the expression code ``z``, the gaze and the UV map (``uv``: (u, v, face) per pixel).
 The SH of the cached view is recomputed from its direction. The explicit-warp baseline also keeps G's image.
 
@@ -50,7 +50,7 @@ ABLATIONS = {
 @dataclass
 class WarpConfig(ConfigDict):
     hidden: int = 32
-    """Channels of the MLP's output broadcast over the bottleneck features."""
+    """Channels of the MLP's output broadcast over the S/4 features."""
     widths: tuple[int, ...] = (32, 16)
     """Channels after the S/4 and S/2 convolutions (W1), before W2 maps to RGB at S."""
     duv: bool = True

@@ -39,7 +39,8 @@ def test_the_view_modulates_only_the_sh_channels_and_the_mask_gates_the_texture(
     b = g.buffers_to_input(raster, uv, -view)
     lo, hi = SH_CHANNELS
     assert torch.equal(a[:, :lo], b[:, :lo]) and not torch.allclose(a[:, lo:hi], b[:, lo:hi])
-    assert torch.equal(a[:, hi:], b[:, hi:])  # raster colour and mask do not depend on the view
+    assert torch.equal(a[:, hi:-3], b[:, hi:-3])  # raster colour, mask and pixel position do not depend on the view
+    assert torch.equal(a[:, -3:], view[:, :, None, None].expand_as(a[:, -3:]))  # the view, broadcast (off-face pixels)
     off = uv[:, 2:3].expand_as(a[:, :TINY.channels]) == 0
     assert torch.all(a[:, :TINY.channels][off] == 0)  # no face there: no texture features
 
