@@ -170,8 +170,6 @@ def render_markdown(table: dict) -> str:
 
 
 def write_results(table: dict, out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "distill.json").write_text(json.dumps(table, indent=2))
-    (out_dir / "distill.md").write_text(render_markdown(table))
-    return out_dir / "distill.json"
+    from avcore.results import write_json_and_markdown
+
+    return write_json_and_markdown(out_dir, "distill", table, render_markdown(table))

@@ -16,9 +16,10 @@ range-of-motion test split:
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+
+from avcore.results import write_json_and_markdown
 
 ROWS: dict[str, str] = {
     "shared-arch": "shared",
@@ -81,8 +82,7 @@ def build_table2(identity: str, ave_dir: str | Path, runs_root: str | Path, out_
                       "data, no re-weighting in training), evaluated on 240 frames of the range-of-motion test split "
                       "(MSE 0..255 of 256x256 renders, front/left/right; face pixels: the ground truth's "
                       "foreground). latency_ms: onnxruntime, one thread, median, all rows in one run."}
-    (out_dir / "table2.json").write_text(json.dumps(table, indent=2))
-    (out_dir / "table2.md").write_text(render_markdown(table))
+    write_json_and_markdown(out_dir, "table2", table, render_markdown(table))
     plot_table2(table, out_dir / "table2.png")
     return table
 

@@ -23,7 +23,6 @@ gaze, against the render of the ground-truth code and gaze: over the ground-trut
 """
 from __future__ import annotations
 
-import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -356,8 +355,8 @@ def plot_codec(r: dict, path: Path) -> Path:
 
 
 def write_results(r: dict, out_dir: str | Path) -> list[Path]:
+    from avcore.results import write_json_and_markdown
+
+    write_json_and_markdown(out_dir, "codec", r, render_markdown(r))
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "codec.json").write_text(json.dumps(r, indent=2))
-    (out / "codec.md").write_text(render_markdown(r))
     return [out / "codec.json", out / "codec.md", plot_codec(r, out / "codec.png")]

@@ -20,7 +20,6 @@ performance seeds the encoder never saw. On them:
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass
@@ -375,9 +374,9 @@ def render_markdown(result: dict) -> str:
 
 
 def write_results(result: dict, out_dir: str | Path) -> list[Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from avcore.results import write_json_and_markdown
+
     public = {k: v for k, v in result.items() if not k.startswith("_")}
-    (out_dir / "latex.json").write_text(json.dumps(public, indent=2))
-    (out_dir / "latex.md").write_text(render_markdown(result))
+    write_json_and_markdown(out_dir, "latex", public, render_markdown(result))
+    out_dir = Path(out_dir)
     return [out_dir / "latex.json", out_dir / "latex.md", *plot_latex(result, out_dir)]

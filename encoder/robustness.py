@@ -13,7 +13,6 @@ the ratio near 1 (the aim: <= 1.3).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -111,9 +110,7 @@ def render_markdown(results: list[dict], *, machine: str, command: str) -> str:
 
 
 def write_results(results: list[dict], out_dir: Path, *, machine: str, command: str, name: str = "robustness") -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.json").write_text(json.dumps({"machine": machine, "command": command, "results": results},
-                                                     indent=2))
-    (out_dir / f"{name}.md").write_text(render_markdown(results, machine=machine, command=command))
-    return out_dir / f"{name}.json"
+    from avcore.results import write_json_and_markdown
+
+    return write_json_and_markdown(out_dir, name, {"machine": machine, "command": command, "results": results},
+                                   render_markdown(results, machine=machine, command=command))

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.results import write_json_and_markdown
+
 from .evaluate import EVAL_VIEWS
 
 
@@ -171,8 +173,7 @@ def build_table(identities: list[str], models: list[str], out_dir: str | Path, *
         "lut_ms: the latency table's prediction; speedup_vs_eem: EEM's latency_ms / the row's. mflops: 2 x "
         "multiply-accumulates of conv/linear layers, all three views + fusion."
     )
-    json_path.write_text(json.dumps(table, indent=2))
-    (out_dir / "table1.md").write_text(render_markdown(table))
+    write_json_and_markdown(out_dir, "table1", table, render_markdown(table))
     plot_table(table, out_dir / "table1.png")
     return table
 

@@ -23,7 +23,6 @@ from a timed run of the row's scheduler (:mod:`renderer.scheduler`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -404,8 +403,6 @@ def render_markdown(table: dict) -> str:
 
 
 def write_results(table: dict, out_dir: Path) -> Path:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "neural_caching.json").write_text(json.dumps(table, indent=2))
-    (out_dir / "neural_caching.md").write_text(render_markdown(table))
-    return out_dir / "neural_caching.json"
+    from avcore.results import write_json_and_markdown
+
+    return write_json_and_markdown(out_dir, "neural_caching", table, render_markdown(table))

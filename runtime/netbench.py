@@ -468,12 +468,10 @@ def plot(r: dict, path: Path) -> Path:
 
 
 def write_results(r: dict, out_dir: str | Path) -> list[Path]:
-    import json
+    from avcore.results import write_json_and_markdown
 
     from .telemetry import json_safe
 
+    write_json_and_markdown(out_dir, "network", json_safe(r), render_markdown(r), indent=1)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "network.json").write_text(json.dumps(json_safe(r), indent=1))
-    (out / "network.md").write_text(render_markdown(r))
     return [out / "network.json", out / "network.md", plot(r, out / "network.png")]

@@ -19,7 +19,6 @@ Reported: the best (lowest) face-pixel MSE each finds, mean over ``runs`` runs.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -188,9 +187,9 @@ def plot_ranking(res: dict, path: Path) -> None:
 
 
 def write_results(res: dict, out_dir: str | Path) -> Path:
+    from avcore.results import write_json_and_markdown
+
+    write_json_and_markdown(out_dir, "carl", res, render_markdown(res))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "carl.json").write_text(json.dumps(res, indent=2))
-    (out_dir / "carl.md").write_text(render_markdown(res))
     plot_ranking(res, out_dir / "carl.png")
     return out_dir / "carl.json"
