@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .args import HelpFormatter, non_negative_int, positive_float, positive_int
+from .args import HelpFormatter, command_line, non_negative_int, positive_float, positive_int
 
 TRAIN_EPILOG = """\
 examples:
@@ -150,8 +150,6 @@ def add_eval(sub) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import sys
-
     from avcore.errors import UsageError
     from capture.identity import check_identity
     from decoder.runtime import default_model_dir
@@ -168,7 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
     table = evaluate_renderer(args.identity, avatar, renderer_dir=args.renderer, runs=args.runs, seq_cfg=seq_cfg,
                               cache=cache, picture_path=(out / "neural_caching.png") if out else None,
                               timed_seconds=args.timed_seconds, online_seconds=args.online_seconds,
-                              command="avcall " + " ".join(sys.argv[1:]))
+                              command=command_line("renderer", "avcall eval renderer"))
     if out is not None:
         write_results(table, out)
     print(json.dumps(table) if args.json else render_markdown(table))

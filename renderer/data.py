@@ -48,15 +48,21 @@ class RendererDataConfig(ConfigDict):
     """Performance and view seed (held-out data uses 1_000_003)."""
 
 
-def _probe_and_key(cfg: ConfigDict, decoder_dir) -> tuple:
-    from decoder.evaluate import HeldOutProbe
+def _model_dir_and_key(cfg: ConfigDict, decoder_dir) -> tuple[Path, str]:
+    """The decoder directory and the cache key of ``cfg``'s data: its settings, the decoder and the studio's look
+    (the probe's studio renders the truth in :data:`capture.look.DEFAULT_LOOK`)."""
+    from capture.look import DEFAULT_LOOK
     from decoder.runtime import default_model_dir
 
     model_dir = Path(decoder_dir) if decoder_dir else default_model_dir(cfg.identity)
-    probe = HeldOutProbe(model_dir, cfg.identity, threads=1, size=cfg.size)
-    look = getattr(probe.studio, "look", None)
-    key = repr((type(cfg).__name__, sorted(cfg.to_dict().items()), str(model_dir.resolve()), repr(look)))
-    return probe, key
+    key = (type(cfg).__name__, sorted(cfg.to_dict().items()), str(model_dir.resolve()), repr(DEFAULT_LOOK))
+    return model_dir, repr(key)
+
+
+def _probe(cfg: ConfigDict, model_dir: Path):
+    from decoder.evaluate import HeldOutProbe
+
+    return HeldOutProbe(model_dir, cfg.identity, threads=1, size=cfg.size)
 
 
 def _rotate(view: np.ndarray, yaw: float, pitch: float) -> np.ndarray:
@@ -84,11 +90,12 @@ def build_renderer_data(cfg: RendererDataConfig, *, decoder_dir: str | Path | No
     from avcore.progress import progress as progress_bar
     from decoder.data import sample_view_directions
 
-    probe, key = _probe_and_key(cfg, decoder_dir)
+    model_dir, key = _model_dir_and_key(cfg, decoder_dir)
+    cached = load_keyed_npz(cache, key)
+    if cached is not None:
+        return cached
+    probe = _probe(cfg, model_dir)
     try:
-        cached = load_keyed_npz(cache, key)
-        if cached is not None:
-            return cached
         K, n, S = cfg.future, cfg.clips, cfg.size
         rng = np.random.default_rng(cfg.seed)
         perf = performance_for(cfg, max(4.0, n * 0.25), cfg.seed)
@@ -151,11 +158,12 @@ def build_sequence_data(cfg: SequenceDataConfig, *, decoder_dir: str | Path | No
     from avcore.cache import load_keyed_npz, save_keyed_npz
     from avcore.progress import progress as progress_bar
 
-    probe, key = _probe_and_key(cfg, decoder_dir)
+    model_dir, key = _model_dir_and_key(cfg, decoder_dir)
+    cached = load_keyed_npz(cache, key)
+    if cached is not None:
+        return cached
+    probe = _probe(cfg, model_dir)
     try:
-        cached = load_keyed_npz(cache, key)
-        if cached is not None:
-            return cached
         T, N, S = int(round(cfg.seconds * cfg.fps)), cfg.sequences, cfg.size
         out = {"z": np.zeros((N, T, probe.decoder.latent_dim), np.float32), "gaze": np.zeros((N, T, 2, 2), np.float32),
                "view": np.zeros((N, T, 3), np.float32), "target": np.zeros((N, T, S, S, 3), np.uint8),

@@ -39,8 +39,6 @@ class EngineSpec:
     """onnxruntime intra-op threads per session."""
     renderer_dir: str = ""
     """Where ``renderer.onnx`` / ``warp.onnx`` / ``renderer.json`` are (default: the avatar directory)."""
-    mode: str = "warp"
-    """``neural`` (the scheduler calls only ``generate``) or ``warp``; both load G and W."""
 
 
 def renderer_files_missing(avatar_dir: str | Path, renderer_dir: str | Path = "") -> list[str]:

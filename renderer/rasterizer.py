@@ -218,21 +218,12 @@ class AvatarRasterizer:
     def render(self, vertices: np.ndarray, texture: np.ndarray, gaze: np.ndarray, view_direction) -> np.ndarray:
         """vertices (V, 3), texture (T, T, 3) or (3, T, T) float in [0, 1], gaze (2, 2) rad,
         view_direction (3,) -> image (size, size, 3) uint8."""
-        mgl = self._moderngl
         tex = np.asarray(texture, np.float32)
         if tex.shape[0] == 3 and tex.shape[-1] != 3:
             tex = tex.transpose(1, 2, 0)
         self.tex_face.write(_to_texels(tex).tobytes())
-        self._upload_geometry(vertices, eye_rotations(gaze))
-        d = np.asarray(view_direction, np.float64).reshape(3)
-        d = d / np.linalg.norm(d)
-        ctx, p = self.ctx, self.prog
-        self.fbo.use()
-        ctx.viewport = (0, 0, self.size, self.size)
-        ctx.enable(mgl.DEPTH_TEST)
-        ctx.disable(mgl.CULL_FACE)
-        self.fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
-        p["u_mvp"].write(np.ascontiguousarray(look_at_mvp(d, self.size).T, np.float32).tobytes())
+        p = self.prog
+        d = self._begin_pass(self.fbo, p, self.size, vertices, gaze, view_direction)
         p["u_view_dir"] = tuple(float(x) for x in d)
         self.tex_face.use(0)
         p["u_material"] = 0
@@ -267,8 +258,9 @@ class AvatarRasterizer:
             )
         return fbo
 
-    def _begin_pass(self, fbo, prog, size: int, vertices: np.ndarray, gaze: np.ndarray, view_direction) -> None:
-        """Geometry uploaded, ``fbo`` bound and cleared, depth test on, ``prog``'s camera set for the view."""
+    def _begin_pass(self, fbo, prog, size: int, vertices: np.ndarray, gaze: np.ndarray, view_direction) -> np.ndarray:
+        """Geometry uploaded, ``fbo`` bound and cleared, depth test on, ``prog``'s camera set for the view; returns
+        the unit view direction."""
         mgl = self._moderngl
         self._upload_geometry(vertices, eye_rotations(gaze))
         d = np.asarray(view_direction, np.float64).reshape(3)
@@ -279,6 +271,7 @@ class AvatarRasterizer:
         self.ctx.disable(mgl.CULL_FACE)
         fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         prog["u_mvp"].write(np.ascontiguousarray(look_at_mvp(d, size).T, np.float32).tobytes())
+        return d
 
     def set_neural_texture(self, texture: np.ndarray) -> None:
         """Upload a neural texture (T, T, C) float32, C <= :data:`MAX_FEATURE_CHANNELS`, row 0 = v 0, for

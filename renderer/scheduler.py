@@ -58,8 +58,6 @@ no display clock) and the display-clock modes :data:`DISPLAY_MODES`."""
 DISPLAY_MODES = ("neural", "warp", "warp2x")
 """Render modes run by a display clock: ``neural`` (G on every tick), ``warp`` (G on a new code, else W; one
 process), ``warp2x`` (two worker processes alternating G and W)."""
-ENGINE_MODES = {"neural": "neural", "warp": "warp", "warp2x": "warp"}
-"""The engine's own mode (``EngineSpec.mode``) per render mode."""
 GENERATE, WARP = "generate", "warp"
 """What made a display frame."""
 DEFAULT_OPENER = "renderer.engine:open_engine"

@@ -67,13 +67,13 @@ def _to_uint8(x) -> np.ndarray:
 
 
 def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
-    """On held-out clips: face-pixel and whole-frame PSNR / SSIM against the truth of G and of the raster alone
-    (frame t), and of W and of reusing G's frame t (naive) for every later frame of the clip."""
+    """On held-out clips: :func:`renderer.evaluate.summarise` (PSNR, SSIM, L1, whole frame and face pixels) against
+    the truth of G and of the raster alone (frame t), and of W and of reusing G's frame t (naive) for every later
+    frame of the clip."""
     import torch
 
-    from avcore.metrics import face_and_frame_mse, face_mask, psnr_from_mse, ssim
-
     from .data import clip_tensors
+    from .evaluate import frame_metrics, summarise
 
     g.eval()
     if w is not None:
@@ -81,13 +81,11 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
     K = data["uv"].shape[1] - 1
     names = ["G", "raster"] + ([f"warp_t+{k}" for k in range(1, K + 1)] + [f"naive_t+{k}" for k in range(1, K + 1)]
                                if w is not None else [])
-    acc = {k: {"face_mse": [], "mse": [], "ssim_face": []} for k in names}
+    acc = {k: ([], []) for k in names}  # name -> (images, truths)
 
     def add(name, pred, gt):
-        f, m = face_and_frame_mse(pred, gt)
-        acc[name]["face_mse"].append(f)
-        acc[name]["mse"].append(m)
-        acc[name]["ssim_face"].append(ssim(pred, gt, mask=face_mask(gt)))
+        acc[name][0].append(pred)
+        acc[name][1].append(gt)
 
     with torch.no_grad():
         for a in range(0, len(data["raster"]), batch):
@@ -102,9 +100,7 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
                 for k, wk in warped.items():
                     add(f"warp_t+{k}", wk[j], data["target"][i, k])
                     add(f"naive_t+{k}", img[j], data["target"][i, k])
-    return {name: {"psnr_face": psnr_from_mse(float(np.mean(v["face_mse"]))),
-                   "psnr": psnr_from_mse(float(np.mean(v["mse"]))), "ssim_face": float(np.mean(v["ssim_face"]))}
-            for name, v in acc.items()}
+    return {name: summarise(frame_metrics(np.stack(p), np.stack(t))) for name, (p, t) in acc.items()}
 
 
 def export_renderer(g, path: Path, size: int) -> None:

@@ -83,9 +83,9 @@ def ensure_render_models(avatar_dir: str | Path, render: str) -> None:
     the command that trains and installs them."""
     if render == "raster":
         return
-    from renderer.engine import RENDERER_FILES
+    from renderer.engine import renderer_files_missing
 
-    missing = [f for f in RENDERER_FILES if not (Path(avatar_dir) / f).is_file()]
+    missing = renderer_files_missing(avatar_dir)
     if not missing:
         return
     identity = "S1"

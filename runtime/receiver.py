@@ -29,7 +29,7 @@ from avcore.errors import UsageError
 from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now_ns
 from transport.clock import clock_request_gap_s
 
-from renderer.scheduler import DISPLAY_MODES, ENGINE_MODES, Code, DisplayFrame, Scheduler, open_scheduler
+from renderer.scheduler import DISPLAY_MODES, Code, DisplayFrame, Scheduler, open_scheduler
 
 from .config import ReceiverConfig, ViewerConfig, check_clock_endpoint, clock_endpoint_for
 from .models import codecs_for, ensure_avatar_dir, ensure_render_models, load_avatar, model_id
@@ -236,8 +236,7 @@ class Receiver:
 
         cfg = self.cfg
         spec = engine_module.EngineSpec(avatar_dir=str(ensure_avatar_dir(cfg.avatar_dir)), size=cfg.size,
-                                        threads=1 if cfg.render == "warp2x" else cfg.threads,
-                                        mode=ENGINE_MODES[cfg.render])
+                                        threads=1 if cfg.render == "warp2x" else cfg.threads)
         self.scheduler, self.engine = open_scheduler(
             cfg.render, spec, cfg.display_hz, lambda t_s: viewer_direction(cfg.viewer, t_s - self.t0_s),
             self._present_display, opener=f"{cfg.engine_module}:open_engine")

@@ -23,12 +23,11 @@ PIDS_DIR = "fake_engine_pids"
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """The contract's fields (``avatar_dir``, ``size``, ``threads``, ``mode``) plus the fake's behaviour."""
+    """The contract's fields (``avatar_dir``, ``size``, ``threads``) plus the fake's behaviour."""
 
     avatar_dir: str = ""
     size: int = 16
     threads: int = 1
-    mode: str = "warp"
     generate_ms: tuple[float, ...] = (0.0,)
     """Time of each generate call, cycled (e.g. ``(60.0, 2.0)``: slow, fast, slow, ...)."""
     warp_ms: float = 0.0
