@@ -18,7 +18,7 @@ from runtime.bench import E2EBenchConfig
 from runtime.call import CallConfig, PartyConfig
 from runtime.config import RENDER_MODES, ReceiverConfig, SenderConfig, SourceConfig, ViewerConfig
 
-from .args import HelpFormatter, add_latex_args, int_list, latex_from_args, non_negative_float, positive_float
+from .args import HelpFormatter, add_latex_args, command_line, int_list, latex_from_args, non_negative_float, positive_float
 from transport.latent_codec import CodecConfig
 
 from .network_cmds import add_impair_arg, add_playout_args, playout_from_args
@@ -463,8 +463,10 @@ def _bench_e2e(args) -> int:
           file=sys.stderr)
     r = bench_e2e(cfg)
     if args.json:
+        from encoder.bench import machine_description
         from runtime.telemetry import json_safe
 
+        r |= {"machine": machine_description(), "command": command_line("e2e", "avcall bench e2e")}
         print(json.dumps(json_safe(r)))
         return 0
     print(f"capture->present p50 {r['e2e_ms_p50']:.2f} ms, p99 {r['e2e_ms_p99']:.2f} ms; runtime overhead p99 "

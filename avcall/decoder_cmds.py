@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from .args import HelpFormatter, positive_int
+from .args import HelpFormatter, command_line, positive_int
 
 TRAIN_EPILOG = """\
 examples:
@@ -144,8 +144,11 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from decoder.evaluate import evaluate_decoder
 
+    from encoder.bench import machine_description
+
     res = evaluate_decoder(_model_dir(args), identity=args.identity, num_test=args.frames,
                            linearity_frames=args.linearity_frames, sheet=args.sheet)
+    res |= {"machine": machine_description(), "command": command_line("decoder", "avcall eval decoder")}
     _emit(res, args)
     return 0
 
