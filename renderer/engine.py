@@ -104,17 +104,22 @@ class NeuralEngine:
             u8 = cv2.resize(u8, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
         return u8
 
-    def generate(self, z: np.ndarray, gaze: np.ndarray, view: np.ndarray) -> np.ndarray:
-        """z (Z,), gaze (2, 2), view (3,) unit -> (size, size, 3) uint8; refreshes the cache."""
-        t0 = time.perf_counter()
+    def _decode_raster(self, z, gaze, view) -> tuple:
+        """Decode ``z`` for ``view`` and rasterize it at G's working size: (z (Z,), gaze (2, 2), view (3,),
+        vertices, raster image, the time the decode ended)."""
         z = np.asarray(z, np.float32).reshape(-1)
         gaze = np.asarray(gaze, np.float32).reshape(2, 2)
         view = np.asarray(view, np.float32).reshape(3)
         vertices, texture = self.decoder.decode(z, view)
-        t1 = time.perf_counter()
-        r = self._raster()
-        raster = r.render(vertices, np.clip(texture, 0.0, 1.0), gaze, view)
-        uv, feats = r.render_uv_features(vertices, gaze, view, self.work)
+        t_decoded = time.perf_counter()
+        raster = self._raster().render(vertices, np.clip(texture, 0.0, 1.0), gaze, view)
+        return z, gaze, view, vertices, raster, t_decoded
+
+    def generate(self, z: np.ndarray, gaze: np.ndarray, view: np.ndarray) -> np.ndarray:
+        """z (Z,), gaze (2, 2), view (3,) unit -> (size, size, 3) uint8; refreshes the cache."""
+        t0 = time.perf_counter()
+        z, gaze, view, vertices, raster, t1 = self._decode_raster(z, gaze, view)
+        uv, feats = self._raster().render_uv_features(vertices, gaze, view, self.work)
         uv = np.ascontiguousarray(uv.transpose(2, 0, 1)[None])
         t2 = time.perf_counter()
         image, f0, f1, f2 = self.g.run(["image", "f0", "f1", "f2"], {
@@ -152,10 +157,7 @@ class NeuralEngine:
         """The plain receiver image without the neural renderer: decode + rasterize, at G's working size (resized to
         ``size``); leaves the cache alone."""
         t0 = time.perf_counter()
-        view = np.asarray(view, np.float32).reshape(3)
-        vertices, texture = self.decoder.decode(np.asarray(z, np.float32).reshape(-1), view)
-        t1 = time.perf_counter()
-        img = self._raster().render(vertices, np.clip(texture, 0.0, 1.0), np.asarray(gaze, np.float32).reshape(2, 2), view)
+        *_, img, t1 = self._decode_raster(z, gaze, view)
         img = np.ascontiguousarray(img)
         if self.size != self.work:
             import cv2
