@@ -49,13 +49,18 @@ class RendererDataConfig(ConfigDict):
 
 
 def _model_dir_and_key(cfg: ConfigDict, decoder_dir) -> tuple[Path, str]:
-    """The decoder directory and the cache key of ``cfg``'s data: its settings, the decoder and the studio's look
-    (the probe's studio renders the truth in :data:`capture.look.DEFAULT_LOOK`)."""
+    """The decoder directory and the cache key of ``cfg``'s data: its settings, the decoder (its directory and a hash
+    of its ONNX model, so a decoder retrained in place is not served stale clips) and the studio's look (the probe's
+    studio renders the truth in :data:`capture.look.DEFAULT_LOOK`)."""
+    import hashlib
+
     from capture.look import DEFAULT_LOOK
     from decoder.runtime import default_model_dir
 
     model_dir = Path(decoder_dir) if decoder_dir else default_model_dir(cfg.identity)
-    key = (type(cfg).__name__, sorted(cfg.to_dict().items()), str(model_dir.resolve()), repr(DEFAULT_LOOK))
+    onnx = model_dir / "decoder.onnx"
+    weights = hashlib.sha1(onnx.read_bytes()).hexdigest() if onnx.is_file() else "no decoder.onnx"
+    key = (type(cfg).__name__, sorted(cfg.to_dict().items()), str(model_dir.resolve()), weights, repr(DEFAULT_LOOK))
     return model_dir, repr(key)
 
 

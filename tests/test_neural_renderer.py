@@ -112,6 +112,18 @@ def _tiny_decoder(path):
     return path
 
 
+def test_the_clip_cache_key_changes_when_the_decoder_is_retrained_in_place(tmp_path):
+    """Clips hold the decoder's codes and rasters: a decoder retrained into the same directory must not be served
+    the old clips."""
+    from renderer.data import RendererDataConfig, _model_dir_and_key
+
+    (tmp_path / "decoder.onnx").write_bytes(b"weights one")
+    _, first = _model_dir_and_key(RendererDataConfig(), tmp_path)
+    assert _model_dir_and_key(RendererDataConfig(), tmp_path)[1] == first  # same decoder, same key
+    (tmp_path / "decoder.onnx").write_bytes(b"weights two")
+    assert _model_dir_and_key(RendererDataConfig(), tmp_path)[1] != first
+
+
 def test_renderer_clips_training_export_and_the_engine_on_a_tiny_decoder(tmp_path):
     """Clips of the decoded avatar against the studio's truth; a short run of G and W exports both and compares them
     on held-out clips; a second run resumes; the receiver's engine runs the exported pair (generate, then warp)."""
