@@ -51,6 +51,9 @@ def add_train(sub) -> None:
     p.add_argument("--from", dest="from_dir", default=None, metavar="DIR", help="--warp-only: the trained G's run directory")
     p.add_argument("--ablation", choices=sorted(ABLATIONS) + ["explicit"], default=None,
                    help="W without one input (the paper's Table 3), or the explicit-warp baseline")
+    p.add_argument("--feature-flow", action="store_true",
+                   help="W also predicts a flow field and moves G's cached S/2 and S feature maps along it before its "
+                        "convolutions (combines with --ablation)")
     p.add_argument("--install", action="store_true",
                    help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
                         "the identity's embedded one)")
@@ -87,11 +90,10 @@ def _train(args: argparse.Namespace) -> int:
                                decoder_dir=avatar, cache=data_dir / "test_data.npz")
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed)
-    wcfg = None
-    if args.ablation:
-        wcfg = WarpConfig(explicit=True) if args.ablation == "explicit" else WarpConfig(**ABLATIONS[args.ablation])
+    switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
+    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
-                          info={"data": dcfg.to_dict(), "ablation": args.ablation})
+                          info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow})
     installed = install_renderer(out, avatar) if args.install else []
     if args.json:
         print(json.dumps({**meta, "installed": [str(p) for p in installed]}))

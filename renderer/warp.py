@@ -63,6 +63,10 @@ class WarpConfig(ConfigDict):
     """Modulate 9 cached channels by the SH change (ablation: without SH modulation)."""
     explicit: bool = False
     """Explicit-warp baseline: predict a flow field and resample the cached image."""
+    feature_flow: bool = False
+    """W also predicts a flow field at S/4 (from the same trunk) and resamples the cached S/2 and S maps along it
+    before its convolutions, so the cached features can move further than the convolutions reach; W still
+    synthesizes the image (view-dependent shading, disocclusions), unlike the explicit baseline."""
 
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
@@ -89,11 +93,11 @@ class ImplicitWarp(nn.Module):
         w1, w2 = cfg.widths
         self.w1a = nn.Sequential(nn.Conv2d(trunk_in, w1, 1), nn.LeakyReLU(0.2))  # per pixel: the inputs are
         # broadcast (MLP, SH) or already local (ΔUV); the 3x3 convolutions at S/2 and S move features
-        if cfg.explicit:
-            self.flow = nn.Conv2d(w1, 2, 3, 1, 1)
+        if cfg.explicit or cfg.feature_flow:
+            self.flow = nn.Conv2d(w1, 2, 3, 1, 1)  # starts as no motion
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
-        else:
+        if not cfg.explicit:
             self.w1b = _c(w1 + c1 + duv, w2)
             self.w2 = nn.Conv2d(w2 + c2 + duv, 3, 3, 1, 1)
 
@@ -115,6 +119,10 @@ class ImplicitWarp(nn.Module):
         if cfg.explicit:
             flow = F.interpolate(self.flow(x), size=image.shape[-2:], mode="bilinear", align_corners=False)
             return resample(image, flow)
+        if cfg.feature_flow:
+            flow = self.flow(x)
+            f1 = resample(f1, F.interpolate(flow, size=f1.shape[-2:], mode="bilinear", align_corners=False))
+            f2 = resample(f2, F.interpolate(flow, size=f2.shape[-2:], mode="bilinear", align_corners=False))
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = self.w1b(torch.cat([x, f1] + ([F.avg_pool2d(duv, 2)] if cfg.duv else []), 1))
         x = F.interpolate(x, scale_factor=2, mode="nearest")

@@ -214,11 +214,12 @@ def _cache(b: int = 2, s: int = 32, z: int = 5, seed: int = 0):
                     "uv_new": uv_new, "view_new": new_view, "z_new": torch.randn(b, z), "gaze_new": torch.randn(b, 4) * 0.1}
 
 
-@pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit"])
+@pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit",
+                                     "feature-flow"])
 def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
 
-    kw = {"explicit": True} if variant == "explicit" else ABLATIONS.get(variant, {})
+    kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True}}.get(variant, ABLATIONS.get(variant, {}))
     _, out, s = _cache(1)
     w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, **kw))
     ex = dict(zip(("f0", "f1", "f2"), [f.detach() for f in out["features"]]), image=out["image"].detach(),
@@ -269,6 +270,25 @@ def test_the_explicit_warp_starts_as_the_cached_image_and_moves_it_along_its_flo
     ramp = torch.linspace(0, 1, 32).expand(1, 1, 32, 32).repeat(1, 3, 1, 1)
     shifted = resample(ramp, torch.full((1, 2, 32, 32), 0.0).index_fill(1, torch.tensor([0]), 2 / 32))
     assert torch.allclose(shifted[..., 4:-4], ramp[..., 5:-3], atol=1e-4)  # one pixel to the left
+
+
+def test_the_feature_flow_warp_starts_as_the_plain_warp_and_moves_the_cached_maps_along_its_flow():
+    from renderer.warp import ImplicitWarp, WarpConfig
+
+    _, out, s = _cache(1)
+    f = [x.detach() for x in out["features"]]
+    args = (*f, out["image"].detach(), s["uv"], s["view"], s["z"], s["gaze"], s["uv_new"], s["view_new"], s["z_new"],
+            s["gaze_new"])
+    torch.manual_seed(4)
+    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, feature_flow=True))
+    with torch.no_grad():
+        moved = w(*args)
+        w.cfg.feature_flow = False
+        plain = w(*args)
+        assert torch.allclose(moved, plain, atol=1e-6)  # zero-initialised flow: no motion yet
+        w.cfg.feature_flow = True
+        w.flow.bias.copy_(torch.tensor([4 / 32, 0.0]))  # two pixels at S/2... four at S
+        assert not torch.allclose(w(*args), plain, atol=1e-3)
 
 
 def test_a_few_end_to_end_steps_lower_both_losses():
