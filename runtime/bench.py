@@ -19,7 +19,7 @@ from avcore.errors import UsageError
 
 from .config import (CodecConfig, LatexConfig, PlayoutConfig, ReceiverConfig, SenderConfig, SourceConfig, check_impairment,
                      check_render)
-from .models import cache_dir, ensure_avatar_dir, ensure_encoder_dir, ensure_render_models
+from .models import cache_dir, codec_dir_of, ensure_avatar_dir, ensure_encoder_dir, ensure_render_models
 from .session import Link, SessionResult, run_session
 from .telemetry import STAGES, Telemetry, percentiles
 
@@ -114,7 +114,7 @@ def bench_e2e(cfg: E2EBenchConfig) -> dict:
             rc = ReceiverConfig(stream_id=name, endpoint="tcp://127.0.0.1:*", clock_endpoint="tcp://127.0.0.1:*",
                                 bind=True, avatar_dir=av, size=cfg.size, report_path=str(out / f"{name}_rx.json"),
                                 video_path=str(out / f"{name}.mp4") if cfg.video else "", playout=cfg.playout,
-                                codec_dir=str(enc or ""),  # the sender's codec tables, for an encoder not installed
+                                codec_dir=codec_dir_of(enc),  # the sender's codec tables, for an encoder not installed
                                 render=cfg.render, display_hz=cfg.display_hz, engine_module=cfg.engine_module)
             sc = SenderConfig(stream_id=name, source=SourceConfig(**{**src.__dict__, "seed": k}), encoder_dir=enc,
                               seconds=cfg.seconds + cfg.warmup_s, report_path=str(out / f"{name}_tx.json"),

@@ -20,7 +20,7 @@ from transport.latent_codec import CodecConfig
 
 from .config import (LatexConfig, PlayoutConfig, ReceiverConfig, SecureConfig, SenderConfig, SourceConfig, ViewerConfig,
                      check_impairment, check_render, check_source)
-from .models import ensure_avatar_dir, ensure_encoder_dir, ensure_render_models
+from .models import codec_dir_of, ensure_avatar_dir, ensure_encoder_dir, ensure_render_models
 from .session import Link, SessionResult, run_session
 from .telemetry import Telemetry, format_number, format_summary, latency_histogram, percentiles, write_json
 
@@ -154,7 +154,7 @@ def plan_call(cfg: CallConfig, out: Path) -> list[Link]:
             avatar_dir=avatar_dir, size=cfg.size, viewer=cfg.viewer,
             video_path=str(raw / f"{viewer.name}_sees_{speaker.name}.mp4"), video_fps=cfg.fps, window=cfg.window,
             report_path=str(raw / f"{viewer.name}_receiver.json"), secure=rx_sec, playout=cfg.playout,
-            codec_dir=str(encoder_dir or ""),  # the speaker's codec tables, for an encoder not installed
+            codec_dir=codec_dir_of(encoder_dir),  # the speaker's codec tables, for an encoder not installed
             render=cfg.render, display_hz=cfg.display_hz)
         links.append(Link(speaker.name, sc, rc, viewer=viewer.name))
     return links

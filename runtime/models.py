@@ -156,6 +156,14 @@ def installed_models() -> list[InstalledModel]:
     return out
 
 
+def codec_dir_of(encoder_dir: str | Path | None) -> str:
+    """``encoder_dir`` as the ``codec_dir`` of its receiver when it holds codec tables, else "" (a sender whose
+    encoder has none sends plain frames, which need no tables)."""
+    from transport.latent_codec import CODEC_JSON
+
+    return str(encoder_dir) if encoder_dir and (Path(encoder_dir) / CODEC_JSON).is_file() else ""
+
+
 def codecs_for(model: str, codec_dir: str | Path = "") -> dict:
     """Codec tables a receiver of ``model`` (a model id) decodes coded frames with, by codec id: those of
     ``codec_dir`` (when given) and those installed next to every encoder of that model. A missing or

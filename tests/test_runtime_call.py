@@ -104,6 +104,27 @@ def test_demo_command_prints_where_the_results_are(tiny_models, pattern_hmc, tmp
     assert ("(plain frames)" in printed) is plain
 
 
+def test_an_encoder_without_codec_tables_still_calls_with_plain_frames(tiny_models, pattern_hmc, tmp_path, capsys):
+    """A freshly trained encoder has no codec tables yet: its senders send plain frames, and the receivers must not
+    refuse to start for want of tables they do not need."""
+    import shutil
+
+    from avcall.cli import build_parser
+
+    enc = tmp_path / "encoder"
+    shutil.copytree(tiny_models[0], enc)
+    for name in ("codec.json", "codec.npz"):
+        (enc / name).unlink(missing_ok=True)
+    out = tmp_path / "demo"
+    args = build_parser().parse_args(["demo", "--seconds", "2", "--out", str(out), "--size", "128", "--plain",
+                                      "--encoder", str(enc), "--avatar", str(tiny_models[1]),
+                                      "--replay-a", str(pattern_hmc), "--replay-b", str(pattern_hmc)])
+    assert args.func(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "call_report.json").read_text())
+    for name in ("alice", "bob"):
+        assert report["streams"][name]["coded"] is False and report["streams"][name]["presented"] > 0
+
+
 @pytest.mark.parametrize("command", ["call", "demo"])
 def test_plain_reaches_both_senders(tiny_models, tmp_path, command):
     """``--plain`` (and its absence) reaches the sender config of both parties, and survives the config's dict round
