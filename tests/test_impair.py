@@ -97,9 +97,10 @@ def test_delay_line_releases_in_due_order_and_drops():
     line = DelayLine(spec, sink)
     expected = verdicts(spec, 60)
     t_sent = {}
-    for k in range(60):
-        t_sent[k] = time.monotonic()
+    for k in range(60):  # the line stamps its own send time somewhere in [before, after]
+        before = time.monotonic()
         line.send(k.to_bytes(2, "big"))
+        t_sent[k] = (before, time.monotonic())
     deadline = time.monotonic() + 10
     survivors = [k for k, v in enumerate(expected) if not v.dropped]
     while time.monotonic() < deadline:
@@ -112,9 +113,14 @@ def test_delay_line_releases_in_due_order_and_drops():
     assert sorted(seqs) == survivors  # exactly the model's survivors, each once
     for t, d in got:  # none released before its delay
         k = int.from_bytes(d, "big")
-        assert t - t_sent[k] >= expected[k].delays_ms[0] / 1000 - 1e-3
-    by_due = sorted(survivors, key=lambda k: (t_sent[k] + expected[k].delays_ms[0] / 1000))
-    assert seqs == by_due and seqs != survivors  # released by due time: jitter lets messages overtake each other
+        assert t - t_sent[k][0] >= expected[k].delays_ms[0] / 1000 - 1e-3
+
+    def due(k: int, i: int) -> float:  # earliest (i = 0) or latest (i = 1) due time the line can have given k
+        return t_sent[k][i] + expected[k].delays_ms[0] / 1000
+
+    # released by due time (a busy machine may stretch a send, so compare what each due time can be) ...
+    assert all(due(a, 0) <= due(b, 1) for a, b in zip(seqs, seqs[1:])), seqs
+    assert seqs != survivors  # ... and jitter lets messages overtake each other
     assert line.report()["dropped"] == 60 - len(survivors)
 
 
