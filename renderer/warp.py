@@ -117,16 +117,19 @@ class ImplicitWarp(nn.Module):
             parts.append(F.avg_pool2d(duv, 4))
         x = self.w1a(torch.cat(parts, 1))
         if cfg.explicit:
-            flow = F.interpolate(self.flow(x), size=image.shape[-2:], mode="bilinear", align_corners=False)
-            return resample(image, flow)
+            return resample(image, _upsampled(self.flow(x), image))
         if cfg.feature_flow:
             flow = self.flow(x)
-            f1 = resample(f1, F.interpolate(flow, size=f1.shape[-2:], mode="bilinear", align_corners=False))
-            f2 = resample(f2, F.interpolate(flow, size=f2.shape[-2:], mode="bilinear", align_corners=False))
+            f1, f2 = resample(f1, _upsampled(flow, f1)), resample(f2, _upsampled(flow, f2))
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = self.w1b(torch.cat([x, f1] + ([F.avg_pool2d(duv, 2)] if cfg.duv else []), 1))
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         return torch.sigmoid(self.w2(torch.cat([x, f2] + ([duv] if cfg.duv else []), 1)))
+
+
+def _upsampled(flow: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``flow`` (normalised image units, so the values need no scaling) bilinearly resized to ``like``'s size."""
+    return F.interpolate(flow, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def resample(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
