@@ -38,7 +38,11 @@ def _capture(args: argparse.Namespace) -> int:
     check_number("--dome-frames", args.dome_frames, low=1)
     r = bench_capture(args.identity, frames=args.frames, dome_frames=args.dome_frames)
     if args.json:
-        print(json.dumps(r))
+        from encoder.bench import machine_description
+
+        from .args import command_line
+
+        print(json.dumps(r | {"machine": machine_description(), "command": command_line("capture", "avcall bench capture")}))
     else:
         print(f"HMC  {r['hmc_fps']:.1f} frames/s  (p50 {r['hmc_ms']['p50']:.2f} ms, p99 {r['hmc_ms']['p99']:.2f} ms)")
         print(f"dome {r['dome_fps']:.1f} renders/s (p50 {r['dome_ms']['p50']:.2f} ms, p99 {r['dome_ms']['p99']:.2f} ms)")

@@ -156,6 +156,9 @@ def run_eval(args) -> int:
 def run_bench(args) -> int:
     from decoder.evaluate import bench_decoder
 
+    from encoder.bench import machine_description
+
     res = bench_decoder(_model_dir(args), iters=args.iters, size=args.size)
+    res |= {"machine": machine_description(), "command": command_line("decoder", "avcall bench decoder")}
     _emit(res, args)
     return 0

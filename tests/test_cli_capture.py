@@ -60,6 +60,7 @@ def test_bench_capture_json():
     res = json.loads(r.stdout)
     assert res["hmc_fps"] > 0 and res["dome_fps"] > 0
     assert res["hmc_ms"]["p50"] <= res["hmc_ms"]["p99"]
+    assert res["command"] == "avcall bench capture --json --frames 20 --dome-frames 5" and res["machine"]  # its origin
 
 
 def assert_one_line_error(r, *needles):

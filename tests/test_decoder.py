@@ -138,6 +138,7 @@ def test_eval_output_schema(tmp_path, capsys):
     assert args.func(args) == 0
     b = json.loads(capsys.readouterr().out)
     assert b["decode_ms_p50"] > 0 and b["render_ms_p50"] > 0
+    assert b["command"].startswith("avcall bench decoder") and b["machine"]  # where the numbers came from
 
 
 def test_psnr_of_images_differing_by_a_constant():
