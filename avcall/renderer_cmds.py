@@ -54,6 +54,9 @@ def add_train(sub) -> None:
     p.add_argument("--feature-flow", action="store_true",
                    help="W also predicts a flow field and moves G's cached S/2 and S feature maps along it before its "
                         "convolutions (combines with --ablation)")
+    p.add_argument("--image-flow", action="store_true",
+                   help="W also predicts a flow field, moves G's cached image along it and adds its own correction "
+                        "(combines with --ablation)")
     p.add_argument("--install", action="store_true",
                    help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
                         "the identity's embedded one)")
@@ -91,9 +94,12 @@ def _train(args: argparse.Namespace) -> int:
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
-    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow)
+    if args.ablation == "explicit" and (args.feature_flow or args.image_flow):
+        raise UsageError("--ablation explicit is its own warp: it does not combine with --feature-flow or --image-flow")
+    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
-                          info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow})
+                          info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow,
+                                "image_flow": args.image_flow})
     installed = install_renderer(out, avatar) if args.install else []
     if args.json:
         print(json.dumps({**meta, "installed": [str(p) for p in installed]}))

@@ -181,22 +181,23 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
     params = list(w.parameters()) + ([] if frozen_g is not None else list(g.parameters()))
     opt = torch.optim.Adam(params, lr=tcfg.lr)
     step, elapsed = 0, 0.0
+    last = {"G": None, "W": None}  # the latest step's losses (a rerun of a finished run keeps its own)
     if ckpt is not None:
         g.load_state_dict(ckpt["model"])
         w.load_state_dict(ckpt["warp"])
         opt.load_state_dict(ckpt["opt"])
         step, elapsed = ckpt["step"], ckpt["elapsed_s"]
+        last = ckpt.get("last_loss", last)
     rng = np.random.default_rng(tcfg.seed * 7919 + step)
     loop = TrainingLoop(ckpt_path, lambda: {"model": g.state_dict(), "warp": w.state_dict(), "opt": opt.state_dict(),
                                             "train_config": tcfg.to_dict(), "renderer_config": gcfg.to_dict(),
-                                            "warp_config": wcfg.to_dict()},
+                                            "warp_config": wcfg.to_dict(), "last_loss": last},
                         steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s,
                         step=step, elapsed_s=elapsed, desc="train renderer" if frozen_g is None else "train warp",
                         progress=progress)
     K = train["uv"].shape[1] - 1
     g.train(frozen_g is None)
     w.train()
-    last = {"G": float("nan"), "W": float("nan")}
     for _, frac in loop:
         for group in opt.param_groups:
             group["lr"] = tcfg.lr * 0.5 * (1 + math.cos(math.pi * frac))

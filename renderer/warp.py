@@ -16,12 +16,17 @@ UV map of the cached mesh rasterized from the new view: cheap, no decode) into t
 - W1: a 1x1 conv at S/4 over [f0, modulated f0, M, ΔUV], up to S/2, 3x3 conv over [·, f1, ΔUV];
   W2: up to S, 3x3 conv over [·, f2, ΔUV] to RGB.
 
+With ``image_flow`` W also moves G's cached image along a flow it predicts at S/4 and W2 adds a correction to it
+(W synthesizes what the flow cannot move; the motion itself reaches any distance for the price of resampling three
+channels).
+
 The ablation switches of :class:`WarpConfig` (the paper's Table 3) drop one input each; ``explicit`` is the
 explicit-warp baseline instead: the same trunk predicts a flow field at S/4 and the cached image is resampled
 along it (no image synthesis).
 
 Inputs of the exported model (ONNX names, shapes for one frame; S = G's working size, Z = code size):
-``f0`` (1, C0, S/4, S/4), ``f1`` (1, C1, S/2, S/2), ``f2`` (1, C2, S, S), ``image`` (1, 3, S, S) [explicit only],
+``f0`` (1, C0, S/4, S/4), ``f1`` (1, C1, S/2, S/2), ``f2`` (1, C2, S, S), ``image`` (1, 3, S, S) [explicit and
+image_flow only],
 ``uv`` (1, 3, S, S), ``view`` (1, 3), ``z`` (1, Z), ``gaze`` (1, 4) [the cache]; ``uv_new``, ``view_new``,
 ``z_new``, ``gaze_new`` [the new display frame]. Output ``image`` is renamed ``warped``: (1, 3, S, S) in [0, 1].
 """
@@ -67,6 +72,11 @@ class WarpConfig(ConfigDict):
     """W also predicts a flow field at S/4 (from the same trunk) and resamples the cached S/2 and S maps along it
     before its convolutions, so the cached features can move further than the convolutions reach; W still
     synthesizes the image (view-dependent shading, disocclusions), unlike the explicit baseline."""
+    image_flow: bool = False
+    """W also predicts a flow field at S/4 (from the same trunk), resamples G's cached image along it (three channels:
+    cheap, unlike moving the feature maps) and adds its own synthesis to that: W2 sees the moved image and outputs a
+    correction (view-dependent shading, disocclusions, what the flow cannot move). Starts as the naive reuse of the
+    cached image (zero flow, zero correction)."""
 
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
@@ -93,13 +103,16 @@ class ImplicitWarp(nn.Module):
         w1, w2 = cfg.widths
         self.w1a = nn.Sequential(nn.Conv2d(trunk_in, w1, 1), nn.LeakyReLU(0.2))  # per pixel: the inputs are
         # broadcast (MLP, SH) or already local (ΔUV); the 3x3 convolutions at S/2 and S move features
-        if cfg.explicit or cfg.feature_flow:
+        if cfg.explicit or cfg.feature_flow or cfg.image_flow:
             self.flow = nn.Conv2d(w1, 2, 3, 1, 1)  # starts as no motion
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
         if not cfg.explicit:
             self.w1b = _c(w1 + c1 + duv, w2)
-            self.w2 = nn.Conv2d(w2 + c2 + duv, 3, 3, 1, 1)
+            self.w2 = nn.Conv2d(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, 3, 1, 1)
+            if cfg.image_flow:  # no correction at the start
+                nn.init.zeros_(self.w2.weight)
+                nn.init.zeros_(self.w2.bias)
 
     def forward(self, f0, f1, f2, image, uv, view, z, gaze, uv_new, view_new, z_new, gaze_new) -> torch.Tensor:
         cfg = self.cfg
@@ -118,13 +131,15 @@ class ImplicitWarp(nn.Module):
         x = self.w1a(torch.cat(parts, 1))
         if cfg.explicit:
             return resample(image, _upsampled(self.flow(x), image))
+        moved = resample(image, _upsampled(self.flow(x), image)) if cfg.image_flow else None
         if cfg.feature_flow:
             flow = self.flow(x)
             f1, f2 = resample(f1, _upsampled(flow, f1)), resample(f2, _upsampled(flow, f2))
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = self.w1b(torch.cat([x, f1] + ([F.avg_pool2d(duv, 2)] if cfg.duv else []), 1))
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        return torch.sigmoid(self.w2(torch.cat([x, f2] + ([duv] if cfg.duv else []), 1)))
+        x = self.w2(torch.cat([x, f2] + ([duv] if cfg.duv else []) + ([moved] if moved is not None else []), 1))
+        return (moved + x).clamp(0, 1) if moved is not None else torch.sigmoid(x)
 
 
 def _upsampled(flow: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -159,6 +159,10 @@ def test_renderer_clips_training_export_and_the_engine_on_a_tiny_decoder(tmp_pat
     more = train_renderer(tmp_path / "g", train, test, None, RendererTrainConfig(steps=5, batch_size=2, threads=1),
                           progress=False)
     assert more["train"]["steps_done"] == 5 and more["renderer"] == gcfg.to_dict() and more["warp"] == wcfg.to_dict()
+    again = train_renderer(tmp_path / "g", train, test, None, RendererTrainConfig(steps=5, batch_size=2, threads=1),
+                           progress=False)  # a finished run: nothing to train, and its record stays what it was
+    assert again["train"]["steps_done"] == 5 and math.isfinite(again["train"]["final_loss_w"])
+    assert again["train"]["final_loss_w"] == more["train"]["final_loss_w"]
     # an ablation: W alone on the frozen G, which it copies
     abl = train_renderer(tmp_path / "noduv", train, test, None, RendererTrainConfig(steps=2, batch_size=2, threads=1),
                          wcfg=WarpConfig(hidden=4, widths=(8, 6), duv=False), frozen_g=tmp_path / "g", progress=False)
@@ -215,11 +219,12 @@ def _cache(b: int = 2, s: int = 32, z: int = 5, seed: int = 0):
 
 
 @pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit",
-                                     "feature-flow"])
+                                     "feature-flow", "image-flow"])
 def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
 
-    kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True}}.get(variant, ABLATIONS.get(variant, {}))
+    kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True},
+          "image-flow": {"image_flow": True}}.get(variant, ABLATIONS.get(variant, {}))
     _, out, s = _cache(1)
     w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, **kw))
     ex = dict(zip(("f0", "f1", "f2"), [f.detach() for f in out["features"]]), image=out["image"].detach(),
@@ -230,7 +235,7 @@ def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     names = {i.name for i in ort.InferenceSession(str(tmp_path / "w.onnx")).get_inputs()}
     assert ("uv_new" in names) == (variant != "no-duv")  # a switched-off input is really not used
     assert ("z_new" in names) == (variant not in ("no-code-pose", "no-mlp"))
-    assert ("image" in names) == (variant == "explicit")
+    assert ("image" in names) == (variant in ("explicit", "image-flow"))
 
 
 def test_the_warp_sees_the_view_change_the_uv_change_and_the_code():
@@ -289,6 +294,27 @@ def test_the_feature_flow_warp_starts_as_the_plain_warp_and_moves_the_cached_map
         w.cfg.feature_flow = True
         w.flow.bias.copy_(torch.tensor([4 / 32, 0.0]))  # two pixels at S/2... four at S
         assert not torch.allclose(w(*args), plain, atol=1e-3)
+
+
+def test_the_image_flow_warp_starts_as_the_cached_image_then_moves_it_and_corrects_it():
+    from renderer.warp import ImplicitWarp, WarpConfig, resample
+
+    _, out, s = _cache(1)
+    f = [x.detach() for x in out["features"]]
+    img = out["image"].detach()
+    args = (*f, img, s["uv"], s["view"], s["z"], s["gaze"], s["uv_new"], s["view_new"], s["z_new"], s["gaze_new"])
+    torch.manual_seed(6)
+    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, image_flow=True))
+    with torch.no_grad():
+        assert torch.allclose(w(*args), img, atol=1e-6)  # zero flow, zero correction: the naive reuse
+        w.flow.bias.copy_(torch.tensor([2 / 32, 0.0]))  # one pixel at S
+        shifted = resample(img, torch.zeros(1, 2, 32, 32).index_fill(1, torch.tensor([0]), 2 / 32))
+        assert torch.allclose(w(*args), shifted, atol=1e-6)  # the cached image moved along the flow
+        w.w2.bias.fill_(0.1)
+        assert torch.allclose(w(*args), (shifted + 0.1).clamp(0, 1), atol=1e-6)  # W's correction on top
+        torch.nn.init.normal_(w.w2.weight, std=0.1)
+        before = w(*args)
+        assert not torch.allclose(before, w(*args[:-4], s["uv"], *args[-3:]), atol=1e-4)  # the correction sees ΔUV
 
 
 def test_a_few_end_to_end_steps_lower_both_losses():
