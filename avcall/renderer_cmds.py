@@ -74,6 +74,8 @@ def _train(args: argparse.Namespace) -> int:
     from renderer.warp import ABLATIONS, WarpConfig
 
     check_identity(args.identity)
+    if args.ablation == "explicit" and (args.feature_flow or args.image_flow):
+        raise UsageError("--ablation explicit is its own warp: it does not combine with --feature-flow or --image-flow")
     if args.warp_only != bool(args.from_dir):
         raise UsageError("--warp-only and --from DIR go together (W is trained on the frozen G of DIR)")
     if args.from_dir and not (Path(args.from_dir) / "checkpoint.pt").is_file():
@@ -94,8 +96,6 @@ def _train(args: argparse.Namespace) -> int:
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
-    if args.ablation == "explicit" and (args.feature_flow or args.image_flow):
-        raise UsageError("--ablation explicit is its own warp: it does not combine with --feature-flow or --image-flow")
     wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
                           info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow,

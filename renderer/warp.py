@@ -74,7 +74,7 @@ class WarpConfig(ConfigDict):
     synthesizes the image (view-dependent shading, disocclusions), unlike the explicit baseline."""
     image_flow: bool = False
     """W also predicts a flow field at S/4 (from the same trunk), resamples G's cached image along it (three channels:
-    cheap, unlike moving the feature maps) and adds its own synthesis to that: W2 sees the moved image and outputs a
+    cheap, unlike ``feature_flow``, which makes W about as slow as G) and adds its own synthesis to that: W2 sees the moved image and outputs a
     correction (view-dependent shading, disocclusions, what the flow cannot move). Starts as the naive reuse of the
     cached image (zero flow, zero correction)."""
 
