@@ -24,7 +24,7 @@ exported to DIR/renderer.onnx and DIR/warp.onnx; --install copies them into the 
 def add_train(sub) -> None:
     from renderer.data import RendererDataConfig
     from renderer.train import RendererTrainConfig
-    from renderer.warp import ABLATIONS
+    from renderer.warp import ABLATIONS, WarpConfig
 
     d, t = RendererDataConfig(), RendererTrainConfig()
     p = sub.add_parser("renderer", help="train the neural renderer G (deferred neural rendering) of an identity",
@@ -57,12 +57,27 @@ def add_train(sub) -> None:
     p.add_argument("--image-flow", action="store_true",
                    help="W also predicts a flow field, moves G's cached image along it and adds its own correction "
                         "(combines with --ablation)")
+    p.add_argument("--warp-widths", type=_two_widths, default=",".join(map(str, WarpConfig().widths)),
+                   metavar="S4,S2", help="W's channels after its S/4 and S/2 convolutions (default: %(default)s)")
+    p.add_argument("--separable", action="store_true",
+                   help="W's 3x3 convolutions at S/2 and S depthwise-separable (cheaper; combines with --ablation)")
     p.add_argument("--install", action="store_true",
                    help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
                         "the identity's embedded one)")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_train)
+
+
+def _two_widths(text: str) -> tuple[int, int]:
+    """argparse type: two positive channel counts, ``S4,S2``."""
+    try:
+        w = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        w = ()
+    if len(w) != 2 or min(w) < 1:
+        raise argparse.ArgumentTypeError(f"expected two channel counts like 32,16, got {text!r}")
+    return w
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -96,10 +111,11 @@ def _train(args: argparse.Namespace) -> int:
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
-    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow)
+    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow, separable=args.separable,
+                      widths=args.warp_widths)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
                           info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow,
-                                "image_flow": args.image_flow})
+                                "image_flow": args.image_flow, "separable": args.separable})
     installed = install_renderer(out, avatar) if args.install else []
     if args.json:
         print(json.dumps({**meta, "installed": [str(p) for p in installed]}))

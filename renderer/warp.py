@@ -78,14 +78,19 @@ class WarpConfig(ConfigDict):
     correction (view-dependent shading, disocclusions, what the flow cannot move). Starts as the naive reuse of the
     cached image (zero flow, zero correction)."""
 
+    separable: bool = False
+    """W1's S/2 and W2's S convolutions as depthwise-separable 3x3 convolutions (a 3x3 per channel, then a 1x1 across
+    channels): about a fifth of the multiply-adds of full 3x3 convolutions, for the receiver's warp latency."""
+
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
         if len(self.widths) != 2:
             raise ValueError("warp: widths needs two entries (S/4 and S/2 convolutions)")
 
 
-def _c(i: int, o: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1), nn.LeakyReLU(0.2))
+def _conv3(i: int, o: int, separable: bool) -> nn.Module:
+    """A 3x3 convolution from ``i`` to ``o`` channels, depthwise-separable (3x3 per channel, 1x1 across) or full."""
+    return nn.Sequential(nn.Conv2d(i, i, 3, 1, 1, groups=i), nn.Conv2d(i, o, 1)) if separable else nn.Conv2d(i, o, 3, 1, 1)
 
 
 class ImplicitWarp(nn.Module):
@@ -108,11 +113,12 @@ class ImplicitWarp(nn.Module):
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
         if not cfg.explicit:
-            self.w1b = _c(w1 + c1 + duv, w2)
-            self.w2 = nn.Conv2d(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, 3, 1, 1)
+            self.w1b = nn.Sequential(_conv3(w1 + c1 + duv, w2, cfg.separable), nn.LeakyReLU(0.2))
+            self.w2 = _conv3(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, cfg.separable)
             if cfg.image_flow:  # no correction at the start
-                nn.init.zeros_(self.w2.weight)
-                nn.init.zeros_(self.w2.bias)
+                last = self.w2[-1] if cfg.separable else self.w2
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def forward(self, f0, f1, f2, image, uv, view, z, gaze, uv_new, view_new, z_new, gaze_new) -> torch.Tensor:
         cfg = self.cfg
@@ -148,13 +154,24 @@ def _upsampled(flow: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def resample(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """image (B, C, H, W) sampled at pixel + flow; flow (B, 2, H, W) in normalised [-1, 1] image units (x, y)."""
-    b, _, h, w = image.shape
-    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / h, 1 - 1 / h, h), torch.linspace(-1 + 1 / w, 1 - 1 / w, w),
-                            indexing="ij")
-    base = torch.stack([xs, ys], -1)[None].to(image.dtype)
-    return F.grid_sample(image, base + flow.permute(0, 2, 3, 1), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    """image (B, C, H, W) sampled at pixel + flow; flow (B, 2, H, W) in normalised [-1, 1] image units (x, y).
+
+    Bilinear, positions clamped to the image (``F.grid_sample(..., padding_mode="border", align_corners=False)``,
+    which it equals), written with gathers: the exported graph then runs about twice as fast in onnxruntime as its
+    GridSample operator, and this sits on the receiver's warp path."""
+    b, c, h, w = image.shape
+    px = (torch.arange(w, dtype=image.dtype).view(1, 1, w) + flow[:, 0] * (w / 2)).clamp(0, w - 1)
+    py = (torch.arange(h, dtype=image.dtype).view(1, h, 1) + flow[:, 1] * (h / 2)).clamp(0, h - 1)
+    x0, y0 = px.floor(), py.floor()
+    wx, wy = (px - x0).unsqueeze(1), (py - y0).unsqueeze(1)
+    x0, y0 = x0.long(), y0.long()
+    x1, y1 = (x0 + 1).clamp(max=w - 1), (y0 + 1).clamp(max=h - 1)
+    flat = image.reshape(b, c, h * w)
+
+    def at(yi: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        return flat.gather(2, (yi * w + xi).reshape(b, 1, h * w).expand(b, c, h * w)).reshape(b, c, h, w)
+
+    return (at(y0, x0) * (1 - wx) + at(y0, x1) * wx) * (1 - wy) + (at(y1, x0) * (1 - wx) + at(y1, x1) * wx) * wy
 
 
 WARP_INPUTS = ("f0", "f1", "f2", "image", "uv", "view", "z", "gaze", "uv_new", "view_new", "z_new", "gaze_new")

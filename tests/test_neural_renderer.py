@@ -219,12 +219,12 @@ def _cache(b: int = 2, s: int = 32, z: int = 5, seed: int = 0):
 
 
 @pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit",
-                                     "feature-flow", "image-flow"])
+                                     "feature-flow", "image-flow", "image-flow-separable"])
 def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
 
     kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True},
-          "image-flow": {"image_flow": True}}.get(variant, ABLATIONS.get(variant, {}))
+          "image-flow": {"image_flow": True}, "image-flow-separable": {"image_flow": True, "separable": True}}.get(variant, ABLATIONS.get(variant, {}))
     _, out, s = _cache(1)
     w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, **kw))
     ex = dict(zip(("f0", "f1", "f2"), [f.detach() for f in out["features"]]), image=out["image"].detach(),
@@ -235,7 +235,7 @@ def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     names = {i.name for i in ort.InferenceSession(str(tmp_path / "w.onnx")).get_inputs()}
     assert ("uv_new" in names) == (variant != "no-duv")  # a switched-off input is really not used
     assert ("z_new" in names) == (variant not in ("no-code-pose", "no-mlp"))
-    assert ("image" in names) == (variant in ("explicit", "image-flow"))
+    assert ("image" in names) == (variant in ("explicit", "image-flow", "image-flow-separable"))
 
 
 def test_the_warp_sees_the_view_change_the_uv_change_and_the_code():
@@ -294,6 +294,20 @@ def test_the_feature_flow_warp_starts_as_the_plain_warp_and_moves_the_cached_map
         w.cfg.feature_flow = True
         w.flow.bias.copy_(torch.tensor([4 / 32, 0.0]))  # two pixels at S/2... four at S
         assert not torch.allclose(w(*args), plain, atol=1e-3)
+
+
+def test_resample_is_grid_sample_with_border_clamping():
+    from renderer.warp import resample
+
+    torch.manual_seed(7)
+    img = torch.rand(2, 3, 20, 24)
+    ys, xs = torch.meshgrid(torch.linspace(-1 + 1 / 20, 1 - 1 / 20, 20), torch.linspace(-1 + 1 / 24, 1 - 1 / 24, 24),
+                            indexing="ij")
+    flow = torch.randn(2, 2, 20, 24) * 0.4  # up to a few pixels, some past the border
+    grid = torch.stack([xs, ys], -1)[None] + flow.permute(0, 2, 3, 1)
+    ref = torch.nn.functional.grid_sample(img, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    assert torch.allclose(resample(img, flow), ref, atol=1e-5)
+    assert torch.equal(resample(img, torch.zeros(2, 2, 20, 24)), img)
 
 
 def test_the_image_flow_warp_starts_as_the_cached_image_then_moves_it_and_corrects_it():
