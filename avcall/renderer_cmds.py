@@ -59,8 +59,6 @@ def add_train(sub) -> None:
                         "(combines with --ablation)")
     p.add_argument("--warp-widths", type=_two_widths, default=",".join(map(str, WarpConfig().widths)),
                    metavar="S4,S2", help="W's channels after its S/4 and S/2 convolutions (default: %(default)s)")
-    p.add_argument("--separable", action="store_true",
-                   help="W's 3x3 convolutions at S/2 and S depthwise-separable (cheaper; combines with --ablation)")
     p.add_argument("--install", action="store_true",
                    help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
                         "the identity's embedded one)")
@@ -111,11 +109,11 @@ def _train(args: argparse.Namespace) -> int:
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
-    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow, separable=args.separable,
+    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
                       widths=args.warp_widths)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
                           info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow,
-                                "image_flow": args.image_flow, "separable": args.separable})
+                                "image_flow": args.image_flow})
     installed = install_renderer(out, avatar) if args.install else []
     if args.json:
         print(json.dumps({**meta, "installed": [str(p) for p in installed]}))

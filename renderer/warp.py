@@ -78,19 +78,14 @@ class WarpConfig(ConfigDict):
     correction (view-dependent shading, disocclusions, what the flow cannot move). Starts as the naive reuse of the
     cached image (zero flow, zero correction)."""
 
-    separable: bool = False
-    """W1's S/2 and W2's S convolutions as depthwise-separable 3x3 convolutions (a 3x3 per channel, then a 1x1 across
-    channels): about a fifth of the multiply-adds of full 3x3 convolutions, for the receiver's warp latency."""
-
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
         if len(self.widths) != 2:
             raise ValueError("warp: widths needs two entries (S/4 and S/2 convolutions)")
 
 
-def _conv3(i: int, o: int, separable: bool) -> nn.Module:
-    """A 3x3 convolution from ``i`` to ``o`` channels, depthwise-separable (3x3 per channel, 1x1 across) or full."""
-    return nn.Sequential(nn.Conv2d(i, i, 3, 1, 1, groups=i), nn.Conv2d(i, o, 1)) if separable else nn.Conv2d(i, o, 3, 1, 1)
+def _c(i: int, o: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1), nn.LeakyReLU(0.2))
 
 
 class ImplicitWarp(nn.Module):
@@ -113,12 +108,11 @@ class ImplicitWarp(nn.Module):
             nn.init.zeros_(self.flow.weight)
             nn.init.zeros_(self.flow.bias)
         if not cfg.explicit:
-            self.w1b = nn.Sequential(_conv3(w1 + c1 + duv, w2, cfg.separable), nn.LeakyReLU(0.2))
-            self.w2 = _conv3(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, cfg.separable)
+            self.w1b = _c(w1 + c1 + duv, w2)
+            self.w2 = nn.Conv2d(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, 3, 1, 1)
             if cfg.image_flow:  # no correction at the start
-                last = self.w2[-1] if cfg.separable else self.w2
-                nn.init.zeros_(last.weight)
-                nn.init.zeros_(last.bias)
+                nn.init.zeros_(self.w2.weight)
+                nn.init.zeros_(self.w2.bias)
 
     def forward(self, f0, f1, f2, image, uv, view, z, gaze, uv_new, view_new, z_new, gaze_new) -> torch.Tensor:
         cfg = self.cfg

@@ -219,14 +219,14 @@ def _cache(b: int = 2, s: int = 32, z: int = 5, seed: int = 0):
 
 
 @pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit",
-                                     "feature-flow", "image-flow", "image-flow-separable"])
+                                     "feature-flow", "image-flow", "image-flow-narrow"])
 def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
 
     kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True},
-          "image-flow": {"image_flow": True}, "image-flow-separable": {"image_flow": True, "separable": True}}.get(variant, ABLATIONS.get(variant, {}))
+          "image-flow": {"image_flow": True}, "image-flow-narrow": {"image_flow": True, "widths": (4, 3)}}.get(variant, ABLATIONS.get(variant, {}))
     _, out, s = _cache(1)
-    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**WARP_TINY, **kw))
+    w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**{**WARP_TINY, **kw}))
     ex = dict(zip(("f0", "f1", "f2"), [f.detach() for f in out["features"]]), image=out["image"].detach(),
               **{k: v.detach() for k, v in s.items()})
     export_warp(w, tmp_path / "w.onnx", {k: ex[k] for k in WARP_INPUTS})  # raises on a parity failure
@@ -235,7 +235,7 @@ def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     names = {i.name for i in ort.InferenceSession(str(tmp_path / "w.onnx")).get_inputs()}
     assert ("uv_new" in names) == (variant != "no-duv")  # a switched-off input is really not used
     assert ("z_new" in names) == (variant not in ("no-code-pose", "no-mlp"))
-    assert ("image" in names) == (variant in ("explicit", "image-flow", "image-flow-separable"))
+    assert ("image" in names) == (variant in ("explicit", "image-flow", "image-flow-narrow"))
 
 
 def test_the_warp_sees_the_view_change_the_uv_change_and_the_code():
