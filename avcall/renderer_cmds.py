@@ -59,6 +59,8 @@ def add_train(sub) -> None:
                         "(combines with --ablation)")
     p.add_argument("--warp-widths", type=_two_widths, default=",".join(map(str, WarpConfig().widths)),
                    metavar="S4,S2", help="W's channels after its S/4 and S/2 convolutions (default: %(default)s)")
+    p.add_argument("--w2-kernel", type=int, choices=(1, 3), default=WarpConfig().w2_kernel,
+                   help="kernel of W's last convolution, at S (default: %(default)s)")
     p.add_argument("--install", action="store_true",
                    help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
                         "the identity's embedded one)")
@@ -110,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
                                threads=args.threads, seed=args.seed)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
     wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
-                      widths=args.warp_widths)
+                      widths=args.warp_widths, w2_kernel=args.w2_kernel)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
                           info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow,
                                 "image_flow": args.image_flow})

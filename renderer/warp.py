@@ -78,8 +78,14 @@ class WarpConfig(ConfigDict):
     correction (view-dependent shading, disocclusions, what the flow cannot move). Starts as the naive reuse of the
     cached image (zero flow, zero correction)."""
 
+    w2_kernel: int = 3
+    """Kernel of W2, the last convolution (at S, to RGB): 3, or 1 (per pixel: about a tenth of the cost; the image
+    flow and W1's 3x3 convolution at S/2 do the moving)."""
+
     def __post_init__(self) -> None:
         self.widths = tuple(self.widths)
+        if self.w2_kernel not in (1, 3):
+            raise ValueError("warp: w2_kernel is 1 or 3")
         if len(self.widths) != 2:
             raise ValueError("warp: widths needs two entries (S/4 and S/2 convolutions)")
 
@@ -109,7 +115,7 @@ class ImplicitWarp(nn.Module):
             nn.init.zeros_(self.flow.bias)
         if not cfg.explicit:
             self.w1b = _c(w1 + c1 + duv, w2)
-            self.w2 = nn.Conv2d(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, 3, 1, 1)
+            self.w2 = nn.Conv2d(w2 + c2 + duv + (3 if cfg.image_flow else 0), 3, cfg.w2_kernel, 1, cfg.w2_kernel // 2)
             if cfg.image_flow:  # no correction at the start
                 nn.init.zeros_(self.w2.weight)
                 nn.init.zeros_(self.w2.bias)

@@ -224,7 +224,7 @@ def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
     from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
 
     kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True},
-          "image-flow": {"image_flow": True}, "image-flow-narrow": {"image_flow": True, "widths": (4, 3)}}.get(variant, ABLATIONS.get(variant, {}))
+          "image-flow": {"image_flow": True}, "image-flow-narrow": {"image_flow": True, "widths": (4, 3), "w2_kernel": 1}}.get(variant, ABLATIONS.get(variant, {}))
     _, out, s = _cache(1)
     w = ImplicitWarp((16, 12, 8), 5, WarpConfig(**{**WARP_TINY, **kw}))
     ex = dict(zip(("f0", "f1", "f2"), [f.detach() for f in out["features"]]), image=out["image"].detach(),
