@@ -47,6 +47,9 @@ def add_train(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=t.batch_size, help="(default: %(default)s)")
     p.add_argument("--threads", type=positive_int, default=t.threads, help="torch threads (default: %(default)s)")
     p.add_argument("--seed", type=non_negative_int, default=t.seed, help="(default: %(default)s)")
+    p.add_argument("--code-every", type=positive_int, default=t.code_every, metavar="TICKS",
+                   help="codes arrive every TICKS display frames (30 fps codes, 60 Hz display): W learns with the "
+                        "code and gaze the receiver has by each frame (default: %(default)s)")
     p.add_argument("--warp-only", action="store_true", help="train W alone on the frozen G of --from")
     p.add_argument("--from", dest="from_dir", default=None, metavar="DIR", help="--warp-only: the trained G's run directory")
     p.add_argument("--ablation", choices=sorted(ABLATIONS) + ["explicit"], default=None,
@@ -109,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
                                                   max_view_speed_dps=args.max_view_speed, seed=1_000_003),
                                decoder_dir=avatar, cache=data_dir / "test_data.npz")
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
-                               threads=args.threads, seed=args.seed)
+                               threads=args.threads, seed=args.seed, code_every=args.code_every)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
     wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
                       widths=args.warp_widths, w2_kernel=args.w2_kernel)

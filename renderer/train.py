@@ -39,6 +39,10 @@ class RendererTrainConfig(ConfigDict):
     checkpoint_every_s: float = 120.0
     threads: int = 2
     seed: int = 0
+    code_every: int = 2
+    """Codes reach the receiver every ``code_every`` display ticks (a 30 fps sender, a 60 Hz display): W's code and
+    gaze inputs for frame k are the newest code's by then, frame k − (k mod ``code_every``), as in the receiver
+    (the UV maps keep each frame's own gaze). 1 gives W every frame's own code (runs made before this setting)."""
 
 
 def image_loss(img, target, ssim_weight: float):
@@ -55,18 +59,19 @@ def cache_channels(gcfg) -> tuple[int, int, int]:
     return w[2], w[1], w[0]
 
 
-def warp_inputs(out: dict, b: dict, k: int) -> tuple:
+def warp_inputs(out: dict, b: dict, k: int, code_every: int = 1) -> tuple:
     """W's arguments for frame k of the clips ``b`` (:func:`renderer.data.clip_tensors`) from G's output ``out`` for
-    frame 0."""
+    frame 0, with the code and gaze that have arrived by frame k when codes come every ``code_every`` frames."""
+    c = k - k % code_every
     return (*out["features"], out["image"], b["uv"][:, 0], b["view"][:, 0], b["z"][:, 0], b["gaze"][:, 0],
-            b["uv"][:, k], b["view"][:, k], b["z"][:, k], b["gaze"][:, k])
+            b["uv"][:, k], b["view"][:, k], b["z"][:, c], b["gaze"][:, c])
 
 
 def _to_uint8(x) -> np.ndarray:
     return (x.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
+def heldout_comparison(g, w, data: dict, *, batch: int = 8, code_every: int = 1) -> dict:
     """On held-out clips: :func:`renderer.evaluate.summarise` (PSNR, SSIM, L1, whole frame and face pixels) against
     the truth of G and of the raster alone (frame t), and of W and of reusing G's frame t (naive) for every later
     frame of the clip."""
@@ -93,7 +98,8 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8) -> dict:
             b = clip_tensors(data, idx)
             out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
             img = _to_uint8(out["image"])
-            warped = {k: _to_uint8(w(*warp_inputs(out, b, k))) for k in range(1, K + 1)} if w is not None else {}
+            warped = ({k: _to_uint8(w(*warp_inputs(out, b, k, code_every))) for k in range(1, K + 1)}
+                      if w is not None else {})
             for j, i in enumerate(idx):
                 add("G", img[j], data["target"][i, 0])
                 add("raster", data["raster"][i], data["target"][i, 0])
@@ -161,7 +167,7 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
     tcfg = tcfg or RendererTrainConfig()
     out_dir, ckpt_path, ckpt = open_run(out_dir, resume)
     if ckpt is not None:
-        tcfg = resumed_config(RendererTrainConfig, ckpt["train_config"], tcfg)
+        tcfg = resumed_config(RendererTrainConfig, {"code_every": 1, **ckpt["train_config"]}, tcfg)
         gcfg = NeuralRendererConfig.from_dict(ckpt["renderer_config"])
         wcfg = WarpConfig.from_dict(ckpt["warp_config"])
     g_state = None
@@ -205,7 +211,7 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
         with torch.set_grad_enabled(frozen_g is None):
             out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
             loss_g = image_loss(out["image"], b["target"][:, 0], tcfg.ssim_weight)
-        loss_w = sum(image_loss(w(*warp_inputs(out, b, k)), b["target"][:, k], tcfg.ssim_weight)
+        loss_w = sum(image_loss(w(*warp_inputs(out, b, k, tcfg.code_every)), b["target"][:, k], tcfg.ssim_weight)
                      for k in range(1, K + 1)) / max(K, 1)
         loss = tcfg.warp_weight * loss_w + (loss_g if frozen_g is None else 0.0)
         opt.zero_grad(set_to_none=True)
@@ -213,7 +219,7 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
         opt.step()
         last = {"G": float(loss_g.detach()), "W": float(loss_w.detach())}
         loop.report({"G": f"{last['G']:.4f}", "W": f"{last['W']:.4f}"})
-    comparison = heldout_comparison(g, w, test)
+    comparison = heldout_comparison(g, w, test, code_every=tcfg.code_every)
     size = int(train["raster"].shape[1])
     if frozen_g is not None:
         for name in ("renderer.onnx", "neural_texture.npy"):

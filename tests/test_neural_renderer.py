@@ -331,6 +331,19 @@ def test_the_image_flow_warp_starts_as_the_cached_image_then_moves_it_and_correc
         assert not torch.allclose(before, w(*args[:-4], s["uv"], *args[-3:]), atol=1e-4)  # the correction sees ΔUV
 
 
+def test_w_learns_with_the_code_the_receiver_has_by_each_display_frame():
+    """Codes every second display tick: W renders frame t + 1 with frame t's code and gaze (none newer has arrived)
+    and frame t + 2 with its own; the view and the UV map are always the frame's own."""
+    from renderer.train import warp_inputs
+
+    out = {"features": [torch.zeros(1)] * 3, "image": torch.zeros(1)}
+    b = {k: torch.arange(3.0).view(1, 3, 1) * torch.ones(1, 3, 4) for k in ("uv", "view", "z", "gaze")}
+    for k, code in ((1, 0.0), (2, 2.0)):
+        *_, uv, view, z, gaze = warp_inputs(out, b, k, code_every=2)
+        assert float(uv[0, 0]) == float(view[0, 0]) == k and float(z[0, 0]) == float(gaze[0, 0]) == code
+    assert float(warp_inputs(out, b, 1, code_every=1)[-2][0, 0]) == 1.0  # every frame's own code
+
+
 def test_a_few_end_to_end_steps_lower_both_losses():
     """G and W trained together: W's loss on the later frame falls as G's does (gradients reach G through the cache)."""
     from renderer.train import image_loss, warp_inputs
