@@ -12,6 +12,8 @@ examples:
   avcall train renderer --identity S1 --minutes 60 --out runs/renderer/S1 --install
   avcall train renderer --identity S1 --out runs/renderer/S1            # again: resumes
   avcall train renderer --identity S1 --warp-only --from runs/renderer/S1 --ablation no-duv --out runs/renderer/S1-no-duv
+  # the embedded W, alone on the frozen G of runs/renderer/S1:
+  avcall train renderer --identity S1 --warp-only --from runs/renderer/S1 --image-flow --w2-kernel 1 --out runs/renderer/S1k1c-full --steps 1500 --install
   avcall train renderer --identity S1 --clips 40 --size 64 --minutes 2 --out /tmp/g
 
 G learns to turn the receiver's rasterized buffers of the decoded avatar (raster colour, UV, view) into the
@@ -138,12 +140,13 @@ def _train(args: argparse.Namespace) -> int:
 
 EVAL_EPILOG = """\
 examples:
-  avcall eval renderer --identity S1 --runs runs/renderer/S1 --json --out-dir docs/results
+  avcall eval renderer --identity S1 --runs runs/renderer/S1k1c --json --out-dir docs/results
   avcall eval renderer --identity S1 --renderer runs/renderer/S1 --seconds 2 --sequences 1 --timed-seconds 3
 
 Rows (docs/results/neural_caching.md): naive, raster, G, warp1x, warp2x, warp2x-parallel, explicit-warp; the
 ablations come from the W-only runs RUNS-full, RUNS-no-duv, RUNS-no-code-pose, RUNS-no-mlp, RUNS-no-sh-modulation
-and the explicit-warp baseline from RUNS-explicit ('avcall train renderer --warp-only --from RUNS --ablation ...').
+and the explicit-warp baseline from RUNS-explicit ('avcall train renderer --warp-only --from G_RUN --ablation NAME
+--out RUNS-NAME').
 Latency and fps are measured on this machine: run it with nothing else busy.
 """
 
