@@ -149,7 +149,7 @@ def test_renderer_clips_training_export_and_the_engine_on_a_tiny_decoder(tmp_pat
     assert np.array_equal(again["target"], train["target"])  # from the cache
     test = build_renderer_data(RendererDataConfig(clips=2, size=32, seed=99), decoder_dir=dec, progress=False)
     gcfg = NeuralRendererConfig(channels=12, texture_levels=(16, 8), widths=(8, 12, 16))
-    wcfg = WarpConfig(hidden=4, widths=(8, 6))
+    wcfg = WarpConfig(hidden=4, widths=(8, 6), image_flow=True, w2_kernel=1)  # the embedded W's kind: the engine feeds G's image
     meta = train_renderer(tmp_path / "g", train, test, gcfg, RendererTrainConfig(steps=3, batch_size=2, threads=1,
                           checkpoint_every_s=1e9), wcfg=wcfg, progress=False)
     assert (tmp_path / "g" / "renderer.onnx").is_file() and (tmp_path / "g" / "warp.onnx").is_file()
