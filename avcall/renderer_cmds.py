@@ -119,8 +119,7 @@ def _train(args: argparse.Namespace) -> int:
     wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
                       widths=args.warp_widths, w2_kernel=args.w2_kernel)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
-                          info={"data": dcfg.to_dict(), "ablation": args.ablation, "feature_flow": args.feature_flow,
-                                "image_flow": args.image_flow})
+                          info={"data": dcfg.to_dict(), "ablation": args.ablation})  # W's switches: meta["warp"]
     installed = install_renderer(out, avatar) if args.install else []
     if args.json:
         print(json.dumps({**meta, "installed": [str(p) for p in installed]}))

@@ -74,10 +74,9 @@ class WarpConfig(ConfigDict):
     synthesizes the image (view-dependent shading, disocclusions), unlike the explicit baseline."""
     image_flow: bool = False
     """W also predicts a flow field at S/4 (from the same trunk), resamples G's cached image along it (three channels:
-    cheap, unlike ``feature_flow``, which makes W about as slow as G) and adds its own synthesis to that: W2 sees the moved image and outputs a
-    correction (view-dependent shading, disocclusions, what the flow cannot move). Starts as the naive reuse of the
-    cached image (zero flow, zero correction)."""
-
+    cheap, unlike ``feature_flow``, which makes W about as slow as G) and adds its own synthesis to that: W2 sees the
+    moved image and outputs a correction (view-dependent shading, disocclusions, what the flow cannot move). Starts
+    as the naive reuse of the cached image (zero flow, zero correction)."""
     w2_kernel: int = 3
     """Kernel of W2, the last convolution (at S, to RGB): 3, or 1 (per pixel: about a tenth of the cost; the image
     flow and W1's 3x3 convolution at S/2 do the moving)."""
@@ -135,9 +134,9 @@ class ImplicitWarp(nn.Module):
         if cfg.duv:
             parts.append(F.avg_pool2d(duv, 4))
         x = self.w1a(torch.cat(parts, 1))
+        moved = resample(image, _upsampled(self.flow(x), image)) if cfg.explicit or cfg.image_flow else None
         if cfg.explicit:
-            return resample(image, _upsampled(self.flow(x), image))
-        moved = resample(image, _upsampled(self.flow(x), image)) if cfg.image_flow else None
+            return moved
         if cfg.feature_flow:
             flow = self.flow(x)
             f1, f2 = resample(f1, _upsampled(flow, f1)), resample(f2, _upsampled(flow, f2))
