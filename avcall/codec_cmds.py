@@ -38,7 +38,7 @@ def _fit_args(p: argparse.ArgumentParser) -> None:
     f = CodecFitConfig()
     p.add_argument("--identity", default=f.identity, help="studio identity (default: %(default)s)")
     p.add_argument("--model-dir", default=None, metavar="DIR",
-                   help="encoder model directory (default: the embedded encoder/models/IDENTITY/EEM)")
+                   help="encoder model directory (default: the identity's embedded default, encoder/models/defaults.json)")
     p.add_argument("--avatar", default=None, metavar="DIR",
                    help="decoder whose sensitivity sets the steps (default: the embedded decoder/models/IDENTITY)")
     p.add_argument("--sessions", default=",".join(map(str, f.sessions)),

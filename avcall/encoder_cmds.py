@@ -95,7 +95,8 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--arch", default="EEM", help="model name (ARCH or ARCH-noRW) when --model-dir is not given")
     p.add_argument("--identity", default="S1", help="studio identity")
-    p.add_argument("--model-dir", default=None, help="exported encoder (default: the run, else the embedded model)")
+    p.add_argument("--model-dir", default=None, metavar="DIR[,DIR...]",
+                   help="exported encoder(s), comma-separated (default: the run, else the embedded model)")
     p.add_argument("--runs", default="runs/encoder", help="root of encoder runs")
     p.add_argument("--decoder-dir", default=None, help="trained decoder of the identity (default decoder/models/IDENTITY)")
     p.add_argument("--data", default=None, metavar="FILE.npz",
@@ -107,6 +108,8 @@ def add_eval(sub) -> None:
                    help="also split the error: render with only the predicted code (true gaze) and only the predicted "
                         "gaze (true code); three times the renders, not cached")
     p.add_argument("--json", action="store_true", help="print one JSON object (progress still goes to stderr)")
+    p.add_argument("--out", default=None, metavar="FILE.json",
+                   help="also write {'models': [one result per model dir], 'machine', 'command'} to FILE.json")
     p.set_defaults(func=_eval)
 
     r = sub.add_parser(
@@ -261,33 +264,61 @@ def _eval(args: argparse.Namespace) -> int:
     from encoder.table import find_model_dir
     from encoder.train import load_test_data
 
-    d = Path(args.model_dir) if args.model_dir else find_model_dir(args.identity, args.arch, Path(args.runs))
-    if d is None:
-        raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
+    if args.model_dir:
+        dirs = [Path(d) for d in args.model_dir.split(",") if d]
+        missing = [str(d) for d in dirs if not (d / "arch.json").is_file()]
+        if missing:
+            raise FileNotFoundError(f"not an exported encoder (no arch.json): {', '.join(missing)}")
+    else:
+        d = find_model_dir(args.identity, args.arch, Path(args.runs))
+        if d is None:
+            raise FileNotFoundError(f"no trained {args.arch} encoder for {args.identity}; run 'avcall train encoder' first")
+        dirs = [d]
     vae = load_vae(args.identity, args.decoder_dir)
     test = load_test_data(args.identity, path=args.data, progress=True)
-    if args.attribute:  # three times the renders, not cached
-        r = evaluate_model_dir(d, args.identity, test, vae, size=args.size, max_frames=args.frames,
-                               progress=True, attribute=True)
-    else:
-        r = cached_evaluation(d, args.identity, test, vae, size=args.size, max_frames=args.frames, progress=True)
-    r["model_dir"] = str(d)
+    results = []
+    for d in dirs:
+        if args.attribute:  # three times the renders, not cached
+            r = evaluate_model_dir(d, args.identity, test, vae, size=args.size, max_frames=args.frames,
+                                   progress=True, attribute=True)
+        else:
+            r = cached_evaluation(d, args.identity, test, vae, size=args.size, max_frames=args.frames, progress=True)
+        r["model_dir"] = str(d)
+        results.append(r)
+        if not args.json:
+            _print_eval(r)
+    if args.out:
+        from encoder.bench import machine_description
+
+        table = {"models": results, "identity": args.identity, "machine": machine_description(),
+                 "command": command_line("encoder", " ".join(
+                     ["avcall eval encoder", f"--model-dir {','.join(str(d) for d in dirs)} --identity {args.identity}"]
+                     + (["--attribute"] if args.attribute else []) + ([f"--data {args.data}"] if args.data else [])
+                     + ([f"--decoder-dir {args.decoder_dir}"] if args.decoder_dir else [])
+                     + [f"--frames {args.frames} --size {args.size} --out {args.out}"]))}
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(json_safe(table), allow_nan=False, indent=1) + "\n")
+        if not args.json:
+            print(f"wrote {out}")
     if args.json:
-        print(json.dumps(json_safe(r), allow_nan=False))
-    else:
-        print(f"{d}: {r['frames']} test frames ({r['extreme_frames']} extreme, "
-              f"{r.get('asym_extreme_frames', r['extreme_frames'])} asymmetric or extreme)")
-        print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())
-              + ("; extreme " + (f"{r['mse_extreme']:.2f}" if r["mse_extreme"] is not None else "n/a"))
-            + f"; gaze MAE {r['gaze_mae_deg']:.2f} deg")
-        if "mse_face_mean" in r:
-            print(f"  face pixels: MSE {r['mse_face_mean']:.2f}, asymmetric/extreme "
-                  + (f"{r['mse_face_asym_extreme']:.2f}" if r["mse_face_asym_extreme"] is not None else "n/a"))
-        for name, a in r.get("attribution", {}).items():
-            print(f"  {name.replace('_', ' ')}: rendered MSE mean {a['mse_mean']:.2f}, extreme "
-                  f"{a['mse_extreme'] if a['mse_extreme'] is None else round(a['mse_extreme'], 2)}, not extreme "
-                  f"{a['mse_not_extreme'] if a['mse_not_extreme'] is None else round(a['mse_not_extreme'], 2)}")
+        print(json.dumps(json_safe(results[0] if len(results) == 1 else {"models": results}), allow_nan=False))
     return 0
+
+
+def _print_eval(r: dict) -> None:
+    print(f"{r['model_dir']}: {r['frames']} test frames ({r['extreme_frames']} extreme, "
+          f"{r.get('asym_extreme_frames', r['extreme_frames'])} asymmetric or extreme)")
+    print("  rendered MSE " + ", ".join(f"{v} {x:.2f}" for v, x in r["mse"].items())
+          + ("; extreme " + (f"{r['mse_extreme']:.2f}" if r["mse_extreme"] is not None else "n/a"))
+          + f"; gaze MAE {r['gaze_mae_deg']:.2f} deg")
+    if "mse_face_mean" in r:
+        print(f"  face pixels: MSE {r['mse_face_mean']:.2f}, asymmetric/extreme "
+              + (f"{r['mse_face_asym_extreme']:.2f}" if r["mse_face_asym_extreme"] is not None else "n/a"))
+    for name, a in r.get("attribution", {}).items():
+        print(f"  {name.replace('_', ' ')}: rendered MSE mean {a['mse_mean']:.2f}, extreme "
+              f"{a['mse_extreme'] if a['mse_extreme'] is None else round(a['mse_extreme'], 2)}, not extreme "
+              f"{a['mse_not_extreme'] if a['mse_not_extreme'] is None else round(a['mse_not_extreme'], 2)}")
 
 
 def _robustness(args: argparse.Namespace) -> int:

@@ -57,7 +57,7 @@ def add_train(sub) -> None:
     )
     p.add_argument("--identity", default="S1", help="studio identity (default: %(default)s)")
     p.add_argument("--model-dir", default=None, metavar="DIR",
-                   help="encoder model directory (default: the embedded encoder/models/IDENTITY/EEM)")
+                   help="encoder model directory (default: the identity's embedded default, encoder/models/defaults.json)")
     p.add_argument("--data", default=None, metavar="FILE.npz",
                    help="HMC data cache (default: the cache the encoder was trained on, as its meta.json records)")
     p.add_argument("--steps", type=int, default=EARLY_STEPS, help="head training steps (default: %(default)s)")
@@ -79,7 +79,7 @@ def add_eval(sub) -> None:
     )
     p.add_argument("--identity", default=e.identity, help="studio identity (default: %(default)s)")
     p.add_argument("--model-dir", default=None, metavar="DIR",
-                   help="encoder with early.onnx + latex.json (default: the embedded encoder/models/IDENTITY/EEM)")
+                   help="encoder with early.onnx + latex.json (default: the identity's embedded default, encoder/models/defaults.json)")
     p.add_argument("--history", type=int, default=LatexConfig.history, metavar="T",
                    help="codes the extrapolation uses (default: %(default)s)")
     p.add_argument("--max-skips", type=int, default=LatexConfig.max_skips, metavar="N",

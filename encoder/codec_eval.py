@@ -29,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from avcore.cache import load_keyed_npz, save_keyed_npz
 from avcore.metrics import face_and_frame_mse
 from avcore.progress import progress as progress_bar
 from transport.latent_codec import CodecConfig, LatentStreamDecoder, LatentStreamEncoder
 from transport.wire import KEYFRAME, EXTRAPOLATED, FrameMessage, decode_message, encode_frame
 
-from .codec_fit import CodecFitConfig, fit_statistics, fit_tables
+from .codec_fit import CodecFitConfig, fit_statistics, fit_tables, model_key
 from .latex import LatexConfig, apply_schedule, gate_distances, gate_schedule, load_latex_settings, resolve_threshold, sequence_starts
 from .latex_eval import LatexEvalConfig, build_sequences, run_encoders
 
@@ -182,14 +183,12 @@ def evaluate_codec(model_dir: str | Path, vae, cfg: CodecEvalConfig, *, fit: Cod
     starts = sequence_starts(seq["session"], seq["frame"])
     n = len(seq["views"])
     enc_cache = None if cache_dir is None else Path(cache_dir) / f"heldout_codes_{ho.identity}.npz"
-    if enc_cache is not None and enc_cache.exists():
-        with np.load(enc_cache) as f:
-            full = {k: f[k] for k in f.files}
-    else:
+    enc_key = repr((model_key(model_dir), repr(ho)))
+    full = load_keyed_npz(enc_cache, enc_key)
+    if full is None:
         full = run_encoders(model_dir, seq["views"], progress=progress)
         if enc_cache is not None:
-            enc_cache.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(enc_cache, **{k: np.asarray(v) for k, v in full.items()})
+            save_keyed_npz(enc_cache, enc_key, {k: np.asarray(v) for k, v in full.items()})
     z, g = full["z"].astype(np.float32), full["gaze"].astype(np.float32)
     stats = fit_statistics(model_dir, fit, progress=progress, cache_dir=cache_dir)
     settings = load_latex_settings(model_dir)

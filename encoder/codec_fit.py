@@ -16,6 +16,7 @@ encoder (never pickled). Nothing here imports torch.
 """
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,9 +30,19 @@ from transport.latent_codec import GAZE_ELEMENTS, PREDICTORS, CodecTables
 DEFAULT_BUDGET_PCT = 0.5
 """Default quantisation budget: predicted face-pixel MSE added, in % of the encoder's own face-pixel MSE on
 held-out frames (``reference_mse``); chosen by ``avcall eval codec`` (docs/results/codec.md)."""
-REFERENCE_FACE_MSE = {"S1": 135.82165442360773}
-"""Held-out face-pixel MSE of the embedded encoder per identity (filled from ``docs/results/codec.json``);
-0 = unknown, then the budget is taken relative to the decoder sensitivity-weighted code variance."""
+REFERENCE_FACE_MSE = {("S1", "EEM"): 135.82165442360773}
+"""Held-out face-pixel MSE of the embedded encoders, by (identity, architecture name), each the float16 row's
+``mse_face`` of ``avcall eval codec`` on that encoder (``docs/results/codec.json``); an encoder not listed has
+none, and its budget is taken relative to the decoder sensitivity-weighted code variance."""
+
+
+def reference_face_mse(identity: str, model_dir: str | Path) -> float:
+    """:data:`REFERENCE_FACE_MSE` of the encoder in ``model_dir`` (its ``arch.json`` name), 0.0 when unknown."""
+    try:
+        name = json.loads((Path(model_dir) / "arch.json").read_text()).get("name")
+    except (OSError, ValueError):
+        return 0.0
+    return REFERENCE_FACE_MSE.get((identity, name), 0.0)
 
 
 @dataclass
@@ -51,7 +62,7 @@ class CodecFitConfig:
     budget_pct: float = DEFAULT_BUDGET_PCT
     """Face-pixel MSE the quantisation may add, in % of ``reference_mse``."""
     reference_mse: float = 0.0
-    """The encoder's own held-out face-pixel MSE (0 = :data:`REFERENCE_FACE_MSE` of the identity)."""
+    """The encoder's own held-out face-pixel MSE (0 = :func:`reference_face_mse` of the encoder)."""
     predictor: str = "auto"
     """``previous``, ``extrapolate`` or ``auto`` (the one with the smaller training entropy)."""
     history: int = 5
@@ -87,6 +98,14 @@ def performance_frames(cfg: CodecFitConfig) -> list[tuple[int, int, object, np.n
     return out
 
 
+def model_key(model_dir: str | Path) -> tuple:
+    """What identifies an exported encoder's outputs for a cache: its directory and the size and time of each of
+    its ONNX models and LATEX settings (a retrained or replaced encoder gets a new key)."""
+    model_dir = Path(model_dir)
+    files = sorted(p for p in model_dir.iterdir() if p.suffix == ".onnx" or p.name == "latex.json")
+    return (str(model_dir.resolve()), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
+
 def training_codes(model_dir: str | Path, cfg: CodecFitConfig, *, progress: bool = True, cache: Path | None = None) -> dict:
     """The encoder's code and gaze on every train frame of the training sessions (HMC views rendered by the
     studio, encoded by the exported ONNX encoder the sender runs): ``z`` (M, D), ``gaze`` (M, 2, 2),
@@ -98,8 +117,7 @@ def training_codes(model_dir: str | Path, cfg: CodecFitConfig, *, progress: bool
     from .runtime import HmcEncoder
 
     model_dir = Path(model_dir)
-    key = repr((str(model_dir.resolve()), cfg.identity, cfg.sessions, cfg.seconds, cfg.fps, cfg.seed,
-                (model_dir / "fusion.onnx").stat().st_size))
+    key = repr((model_key(model_dir), cfg.identity, cfg.sessions, cfg.seconds, cfg.fps, cfg.seed))
     cached = load_keyed_npz(cache, key)
     if cached is not None:
         return cached
@@ -266,7 +284,7 @@ def fit_codec(model_dir: str | Path, cfg: CodecFitConfig, *, avatar_dir: str | P
 
     model_dir = Path(model_dir)
     stats = fit_statistics(model_dir, cfg, avatar_dir=avatar_dir, progress=progress, cache_dir=cache_dir)
-    ref = cfg.reference_mse or REFERENCE_FACE_MSE.get(cfg.identity, 0.0)
+    ref = cfg.reference_mse or reference_face_mse(cfg.identity, model_dir)
     budget = budget_for(cfg.budget_pct, ref, stats)
     tables = fit_tables(stats["z"], stats["gaze"], stats["starts"], stats["w"], budget, predictor=cfg.predictor,
                         history=cfg.history, range_margin=cfg.range_margin,

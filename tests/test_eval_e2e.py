@@ -104,6 +104,25 @@ def test_eval_encoder_json(tiny_models, capsys):
     assert e.value.code == 2 and cap.out == "" and "argument --frames: must be >= 1" in cap.err
 
 
+def test_eval_encoder_several_models_to_a_result_file_with_its_command(tiny_models, capsys):
+    run = tiny_models["runs"] / "S1" / "tiny"
+    out = tiny_models["root"] / "attribution" / "enc.json"
+    argv = ["eval", "encoder", "--model-dir", f"{run},{run}", "--identity", "S1", "--attribute",
+            "--decoder-dir", str(tiny_models["decoders"] / "S1"), "--data", str(tiny_models["data"] / "test_S1.npz"),
+            "--size", "32", "--frames", "2", "--out", str(out)]
+    rc, stdout, stderr = _run(capsys, *argv)
+    assert rc == 0, stderr
+    table = json.loads(out.read_text())
+    assert table["command"].startswith("avcall eval encoder --model-dir ") and "--attribute" in table["command"]
+    assert table["machine"] and len(table["models"]) == 2 and f"wrote {out}" in stdout
+    for r in table["models"]:
+        assert r["model_dir"] == str(run) and r["frames"] == 2
+        assert {"code_only", "gaze_only"} == set(r["attribution"]) and _finite(r["attribution"]["code_only"]["mse_mean"])
+    bad = tiny_models["root"] / "no-such-run"
+    rc, stdout, stderr = _run(capsys, *argv[:3], f"{run},{bad}", *argv[4:])
+    assert rc != 0 and str(bad) in stderr and "Traceback" not in stderr
+
+
 def test_eval_table_writes_markdown_json_and_plot(tiny_models, capsys):
     out = tiny_models["root"] / "results"
     rc, stdout, stderr = _run(capsys, "eval", "table", "--identities", "S1", "--models", "tiny", "--out", str(out),

@@ -442,3 +442,34 @@ def test_frames_waiting_for_a_lost_reference_are_decided_before_an_intra_frame_o
     assert [f.approximate for f in frames] == [False] * 5 + [True, True] + [False, False]
     assert np.array_equal(np.concatenate([frames[7].z, frames[7].gaze.reshape(-1)]), shown[8])
     assert dec.superseded == 0
+
+
+def test_codec_caches_and_reference_follow_the_encoder_not_the_identity(tiny_models, tmp_path):
+    """A retrained or replaced encoder must not reuse another encoder's cached codes, and the quantisation budget's
+    reference MSE belongs to one embedded encoder (identity and architecture), not to every encoder of the identity."""
+    import os
+    import shutil
+
+    from avcore.cache import load_keyed_npz, save_keyed_npz
+    from encoder.codec_fit import REFERENCE_FACE_MSE, model_key, reference_face_mse
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_models[0], a)
+    shutil.copytree(tiny_models[0], b)
+    assert model_key(a) != model_key(b)  # another directory
+    cache = tmp_path / "codes.npz"
+    save_keyed_npz(cache, repr(model_key(a)), {"z": np.zeros(3)})
+    assert load_keyed_npz(cache, repr(model_key(a))) is not None
+    before = model_key(a)
+    onnx = a / "fusion.onnx"
+    st = onnx.stat()
+    os.utime(onnx, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the same bytes, rewritten later
+    assert model_key(a) != before and load_keyed_npz(cache, repr(model_key(a))) is None
+
+    arch = json.loads((a / "arch.json").read_text())
+    arch["name"] = "EEM"
+    (a / "arch.json").write_text(json.dumps(arch))
+    assert reference_face_mse("S1", a) == REFERENCE_FACE_MSE[("S1", "EEM")] > 0
+    arch["name"] = "not-embedded"
+    (a / "arch.json").write_text(json.dumps(arch))
+    assert reference_face_mse("S1", a) == 0.0 and reference_face_mse("S1", tmp_path / "missing") == 0.0
