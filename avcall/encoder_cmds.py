@@ -248,7 +248,8 @@ def _train(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(f"trained {args.arch} for {args.identity}: {r.steps} steps in {r.elapsed_s:.0f} s -> {r.model_dir}")
-        print("  final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in r.final_losses.items()))
+        if r.final_losses:  # a finished run that was only re-opened (e.g. to --install it) trained no step now
+            print("  final losses: " + ", ".join(f"{k} {v:.4g}" for k, v in r.final_losses.items()))
         if summary["test"]:
             print("  test: " + ", ".join(f"{k} {v:.4g}" for k, v in summary["test"].items()))
         if args.install:

@@ -14,8 +14,9 @@ import zmq
 
 from encoder.latex import (LatexConfig, LatexGate, apply_schedule, blind_schedule, calibrate_threshold, calibration_key,
                            extrapolate, gate_distances, gate_schedule, resolve_threshold, sequence_starts)
+from encoder.runtime import default_model_dir
 
-EMBEDDED_LATEX = Path(__file__).resolve().parents[1] / "encoder" / "models" / "S1" / "EEM" / "latex.json"
+EMBEDDED_LATEX = default_model_dir("S1") / "latex.json"  # the sender's default encoder of S1
 
 
 # ---------------------------------------------------------------------------- extrapolation and gate (numpy only)
