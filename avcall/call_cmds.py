@@ -434,14 +434,15 @@ def _models(args) -> int:
     models = installed_models()
     if args.json:
         print(json.dumps([{"kind": m.kind, "identity": m.identity, "name": m.name, "path": str(m.path),
-                           "latent_dim": m.latent_dim, "model_id": m.model_id, "latex": m.latex} for m in models]))
+                           "latent_dim": m.latent_dim, "model_id": m.model_id, "latex": m.latex,
+                           **({"default": m.default} if m.kind == "encoder" else {})} for m in models]))
         return 0
     if not models:
         print("no models installed; train them with 'avcall train decoder' and 'avcall train encoder'")
         return 0
     for m in models:
-        extra = " (+LATEX)" if m.latex else ""
-        print(f"{m.kind:8s} {m.identity:4s} {m.name + extra:14s} {m.model_id:8s} {m.path}")
+        extra = (" (+LATEX)" if m.latex else "") + (", sender's default" if m.default else "")
+        print(f"{m.kind:8s} {m.identity:4s} {m.name + extra:32s} {m.model_id:8s} {m.path}")
     return 0
 
 

@@ -134,6 +134,8 @@ class InstalledModel:
     latent_dim: int
     latex: bool = False
     """Encoder only: has a LATEX early model (``--latex`` works)."""
+    default: bool = False
+    """Encoder only: the one the sender runs for its identity (``encoder/models/defaults.json``)."""
 
     @property
     def model_id(self) -> str:
@@ -147,12 +149,16 @@ def installed_models() -> list[InstalledModel]:
         cfg = json.loads(d.read_text()).get("decoder", {})
         out.append(InstalledModel("decoder", str(cfg.get("identity", d.parent.name)), str(cfg.get("preset", "default")),
                                   d.parent, int(cfg.get("latent_dim", 0))))
-    for a in sorted((PACKAGE_ROOT / "encoder" / "models").glob("*/*/arch.json")):
+    from encoder.runtime import default_arch
+
+    enc_root = PACKAGE_ROOT / "encoder" / "models"
+    for a in sorted(enc_root.glob("*/*/arch.json")):
         arch = json.loads(a.read_text())
         meta = a.parent / "meta.json"
         ident = json.loads(meta.read_text()).get("identity", a.parent.parent.name) if meta.is_file() else a.parent.parent.name
         out.append(InstalledModel("encoder", str(ident), str(arch.get("name", a.parent.name)), a.parent,
-                                  int(arch.get("latent_dim", 0)), latex=(a.parent / "latex.json").is_file()))
+                                  int(arch.get("latent_dim", 0)), latex=(a.parent / "latex.json").is_file(),
+                                  default=a.parent.name == default_arch(a.parent.parent.name, enc_root)))
     return out
 
 

@@ -150,6 +150,13 @@ def test_version_and_models():
     kinds = {(m["kind"], m["identity"]) for m in models}
     assert ("decoder", "S1") in kinds and ("encoder", "S1") in kinds
     assert all(m["model_id"] == f"{m['identity']}/z{m['latent_dim']}" for m in models)
+    from encoder.runtime import default_arch
+
+    defaults = [m for m in models if m["kind"] == "encoder" and m["default"]]  # one per identity: defaults.json's
+    assert [(m["identity"], m["name"]) for m in defaults if m["identity"] == "S1"] == [("S1", default_arch("S1"))]
+    assert len({m["identity"] for m in defaults}) == len(defaults)
+    r = _cli("models")
+    assert r.returncode == 0 and f"{default_arch('S1')} (+LATEX), sender's default" in r.stdout
 
 
 def test_port_in_use_is_one_line(tmp_path):
