@@ -266,10 +266,7 @@ def _eval(args: argparse.Namespace) -> int:
     from encoder.train import load_test_data
 
     if args.model_dir:
-        dirs = [Path(d) for d in args.model_dir.split(",") if d]
-        missing = [str(d) for d in dirs if not (d / "arch.json").is_file()]
-        if missing:
-            raise FileNotFoundError(f"not an exported encoder (no arch.json): {', '.join(missing)}")
+        dirs = _exported_encoders(d for d in args.model_dir.split(",") if d)
     else:
         d = find_model_dir(args.identity, args.arch, Path(args.runs))
         if d is None:
@@ -307,6 +304,19 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exported_encoders(dirs) -> list:
+    """``dirs`` as paths, each checked to hold an exported encoder (one usage line otherwise)."""
+    from pathlib import Path
+
+    from avcore.errors import UsageError
+
+    dirs = [Path(d) for d in dirs]
+    for d in dirs:
+        if not (d / "fusion.onnx").is_file():
+            raise UsageError(f"{d} holds no exported encoder (fusion.onnx missing)")
+    return dirs
+
+
 def _print_eval(r: dict) -> None:
     print(f"{r['model_dir']}: {r['frames']} test frames ({r['extreme_frames']} extreme, "
           f"{r.get('asym_extreme_frames', r['extreme_frames'])} asymmetric or extreme)")
@@ -338,10 +348,7 @@ def _robustness(args: argparse.Namespace) -> int:
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad or not conditions:
         raise UsageError(f"--conditions: unknown {', '.join(bad) or '(none given)'}; known: {', '.join(CONDITIONS)}")
-    dirs = [Path(d) for d in (args.model_dir or [default_model_dir(args.identity)])]
-    for d in dirs:
-        if not (d / "fusion.onnx").is_file():
-            raise UsageError(f"{d} holds no exported encoder (fusion.onnx missing)")
+    dirs = _exported_encoders(args.model_dir or [default_model_dir(args.identity)])
     vae = load_vae(args.identity, args.decoder_dir)
     _, test = load_rom_data(args.identity, workers=args.workers, splits=("test",))
     results = [evaluate_robustness(d, args.identity, vae, test, conditions=conditions, frames=args.frames,

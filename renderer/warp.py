@@ -134,11 +134,11 @@ class ImplicitWarp(nn.Module):
         if cfg.duv:
             parts.append(F.avg_pool2d(duv, 4))
         x = self.w1a(torch.cat(parts, 1))
-        moved = resample(image, _upsampled(self.flow(x), image)) if cfg.explicit or cfg.image_flow else None
+        flow = self.flow(x) if cfg.explicit or cfg.image_flow or cfg.feature_flow else None
+        moved = resample(image, _upsampled(flow, image)) if cfg.explicit or cfg.image_flow else None
         if cfg.explicit:
             return moved
         if cfg.feature_flow:
-            flow = self.flow(x)
             f1, f2 = resample(f1, _upsampled(flow, f1)), resample(f2, _upsampled(flow, f2))
         x = F.interpolate(x, scale_factor=2, mode="nearest")
         x = self.w1b(torch.cat([x, f1] + ([F.avg_pool2d(duv, 2)] if cfg.duv else []), 1))
