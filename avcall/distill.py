@@ -1,4 +1,5 @@
-"""``avcall distill decoder``: a student decoder trained against a teacher (knowledge distillation)."""
+"""``avcall distill decoder|renderer``: a student decoder or neural renderer G trained against a teacher (knowledge
+distillation), and ``avcall eval distill`` / ``eval distill-renderer``, which compare them."""
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,109 @@ def register(sub) -> None:
     d.add_argument("--threads", type=positive_int, default=2, help="torch threads")
     d.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     d.set_defaults(func=_distill)
+    _register_renderer(ds)
+
+
+RENDERER_EPILOG = """\
+examples:
+  avcall distill renderer --teacher runs/renderer/S1 --widths 8,16,24,32 --out runs/distill/g-plain
+  avcall distill renderer --teacher runs/renderer/S1 --widths 8,16,24,32 --modulated --out runs/distill/g-mod
+  avcall distill renderer --teacher runs/renderer/S1 --widths 8,16,24,32 --no-kl --no-feature --out runs/distill/g-plain-scratch
+  avcall eval distill-renderer --teacher runs/renderer/S1 --row plain=runs/distill/g-plain --row modulated=runs/distill/g-mod
+
+The student G trains on the teacher's clips (its run directory's train_data.npz) with G's usual L1 + SSIM, plus
+L_kl between the teacher's and its output logits (per colour channel, a softmax over the pixels) and 1 - cosine
+between their cache maps (docs/decoder.md). --modulated makes it the enhanced renderer: convolutions modulated by
+the code through a mapping MLP. W trains with it, so DIR is a complete renderer ('avcall train renderer --install'
+layout: renderer.onnx, warp.onnx, neural_texture.npy, renderer.json).
+"""
+
+
+def _register_renderer(ds) -> None:
+    from renderer.neural import NeuralRendererConfig
+    from renderer.train import RendererTrainConfig
+
+    from .renderer_cmds import add_warp_args
+
+    g, t = NeuralRendererConfig(), RendererTrainConfig()
+    r = ds.add_parser("renderer", help="distil a smaller neural renderer G (plain or modulated) from a trained G",
+                      description="A student G (U-Net widths of your choice, plain or modulated by the code) trained "
+                                  "against a trained teacher G on the teacher's clips: G's L1 + SSIM plus L_kl and the "
+                                  "feature-consistency loss; W trains with it. Checkpoints and resumes; writes a "
+                                  "renderer directory.",
+                      epilog=RENDERER_EPILOG, formatter_class=HelpFormatter)
+    r.add_argument("--teacher", required=True, metavar="DIR",
+                   help="the teacher G's run directory ('avcall train renderer --out DIR': checkpoint.pt, clips)")
+    r.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory (checkpoints, model)")
+    r.add_argument("--widths", type=_widths, default=",".join(map(str, g.widths)), metavar="W0,W1,...",
+                   help="the student's U-Net channels per level, full resolution first (default: %(default)s)")
+    r.add_argument("--modulated", action="store_true",
+                   help="the enhanced renderer: convolutions modulated/demodulated by the code via a mapping MLP")
+    r.add_argument("--mapping-dim", type=positive_int, default=g.mapping_dim,
+                   help="--modulated: mapping MLP width (default: %(default)s)")
+    r.add_argument("--steps", type=positive_int, default=1500, help="(default: %(default)s)")
+    r.add_argument("--minutes", type=positive_float, default=60.0, help="wall-clock budget (default: %(default)g)")
+    r.add_argument("--batch-size", type=positive_int, default=t.batch_size, help="(default: %(default)s)")
+    r.add_argument("--kl-weight", type=non_negative_float, default=t.distill_kl_weight,
+                   help="weight of L_kl (default: %(default)s)")
+    r.add_argument("--feature-weight", type=non_negative_float, default=t.distill_feature_weight,
+                   help="weight of the feature loss (default: %(default)s)")
+    r.add_argument("--no-kl", action="store_true", help="no L_kl (ablation)")
+    r.add_argument("--no-feature", action="store_true",
+                   help="no feature loss (ablation; with --no-kl: the same student trained from scratch)")
+    r.add_argument("--code-every", type=positive_int, default=t.code_every, metavar="TICKS",
+                   help="codes arrive every TICKS display frames, as for 'train renderer' (default: %(default)s)")
+    add_warp_args(r)
+    r.add_argument("--seed", type=non_negative_int, default=t.seed, help="(default: %(default)s)")
+    r.add_argument("--threads", type=positive_int, default=t.threads, help="torch threads (default: %(default)s)")
+    r.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
+    r.set_defaults(func=_distill_renderer)
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """argparse type: three or more positive channel counts, ``8,16,24,32``."""
+    import argparse as ap
+
+    try:
+        w = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        w = ()
+    if len(w) < 3 or min(w) < 1:
+        raise ap.ArgumentTypeError(f"expected three or more channel counts like 8,16,24,32, got {text!r}")
+    return w
+
+
+def _distill_renderer(args: argparse.Namespace) -> int:
+    from decoder.runtime import default_model_dir
+    from renderer.data import RendererDataConfig
+    from renderer.neural import NeuralRendererConfig
+    from renderer.train import RendererTrainConfig, train_renderer
+
+    from .renderer_cmds import TEST_CLIPS, renderer_data, trained_g_run, warp_config
+
+    teacher = Path(args.teacher)
+    tmeta = trained_g_run(teacher)
+    dcfg = RendererDataConfig.from_dict(tmeta["train"]["data"])
+    avatar = default_model_dir(dcfg.identity)
+    train, test = renderer_data(dcfg, avatar, teacher, int(tmeta["train"].get("test_clips", TEST_CLIPS)))
+    distil = not (args.no_kl and args.no_feature)
+    tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
+                               threads=args.threads, seed=args.seed, code_every=args.code_every,
+                               teacher=str(teacher) if distil else "",
+                               distill_kl_weight=0.0 if args.no_kl else args.kl_weight,
+                               distill_feature_weight=0.0 if args.no_feature else args.feature_weight)
+    base = NeuralRendererConfig.from_dict(tmeta["renderer"])
+    gcfg = NeuralRendererConfig(channels=base.channels, texture_levels=base.texture_levels, widths=args.widths,
+                                modulated=args.modulated, mapping_dim=args.mapping_dim,
+                                latent_dim=int(train["z"].shape[-1]))
+    meta = train_renderer(args.out, train, test, gcfg, tcfg, wcfg=warp_config(args), resume=not args.fresh,
+                          info={"data": dcfg.to_dict(), "ablation": None, "test_clips": len(test["raster"]),
+                                "clips_from": str(teacher)})
+    h = meta["heldout"]
+    print(f"distilled G {'modulated' if args.modulated else 'plain'} {','.join(map(str, args.widths))} from {teacher}: "
+          f"{meta['train']['steps_done']} steps; held-out face PSNR {h['G']['psnr_face']:.2f} dB; model in {args.out}",
+          file=sys.stderr)
+    return 0
 
 
 def add_eval(sub) -> None:
@@ -70,6 +174,64 @@ def add_eval(sub) -> None:
                    "distill_side_by_side.png here (default: print only)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval_distill)
+
+    r = sub.add_parser(
+        "distill-renderer", help="neural renderers G side by side: plain vs modulated students, distilled or not",
+        description="Network parameters, MFLOPs, G's time (onnxruntime, one thread, one run) and face-pixel "
+                    "PSNR/SSIM on the teacher's held-out clips of the teacher G and every student given; each row "
+                    "takes one run directory per training seed (comma-separated: mean and std). Writes "
+                    "distill_renderer.{md,json} and a side-by-side picture with error maps with --out-dir.",
+        epilog="example:\n  avcall eval distill-renderer --teacher runs/renderer/S1 --row plain=runs/distill/g-plain "
+               "\\\n      --row modulated=runs/distill/g-mod --row plain-scratch=runs/distill/g-plain-scratch "
+               "--out-dir docs/results\n", formatter_class=HelpFormatter)
+    r.add_argument("--teacher", required=True, metavar="DIR", help="the teacher G's run directory (its held-out "
+                   "clips are every row's test frames)")
+    r.add_argument("--row", action="append", default=[], type=_row, metavar="NAME=DIR[,DIR]",
+                   help="a student row: its name and run directories, one per seed (repeat for more rows)")
+    r.add_argument("--out-dir", default="", metavar="DIR", help="write distill_renderer.{md,json} and "
+                   "distill_renderer.png here (default: print only)")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.set_defaults(func=_eval_distill_renderer)
+
+
+def _row(text: str) -> tuple[str, list[Path]]:
+    """argparse type: ``NAME=DIR[,DIR]``."""
+    import argparse as ap
+
+    name, sep, dirs = text.partition("=")
+    paths = [Path(d) for d in dirs.split(",") if d.strip()]
+    if not sep or not name.strip() or not paths:
+        raise ap.ArgumentTypeError(f"expected NAME=DIR[,DIR], got {text!r}")
+    return name.strip(), paths
+
+
+def _eval_distill_renderer(args: argparse.Namespace) -> int:
+    import json
+
+    from avcall.args import command_line
+    from decoder.runtime import default_model_dir
+    from encoder.bench import machine_description
+    from renderer.compare import compare_renderers, render_markdown, write_results
+    from renderer.data import RendererDataConfig
+
+    from .renderer_cmds import TEST_CLIPS, renderer_test_data, trained_g_run
+
+    teacher = Path(args.teacher)
+    tmeta = trained_g_run(teacher)
+    for name, dirs in args.row:
+        for d in dirs:
+            trained_g_run(d, f"--row {name}")
+    dcfg = RendererDataConfig.from_dict(tmeta["train"]["data"])
+    test = renderer_test_data(dcfg, default_model_dir(dcfg.identity), teacher,
+                              int(tmeta["train"].get("test_clips", TEST_CLIPS)))
+    picture = Path(args.out_dir) / "distill_renderer.png" if args.out_dir else None
+    table = compare_renderers([("teacher", [teacher])] + args.row, test, sheet=picture)
+    table["test"]["from"] = str(teacher)
+    table |= {"machine": machine_description(), "command": command_line("distill-renderer", "avcall eval distill-renderer")}
+    if args.out_dir:
+        write_results(table, Path(args.out_dir))
+    print(json.dumps(table) if args.json else render_markdown(table), file=sys.stdout)
+    return 0
 
 
 def _eval_distill(args: argparse.Namespace) -> int:

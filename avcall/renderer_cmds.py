@@ -39,7 +39,7 @@ def add_train(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--clips", type=positive_int, default=d.clips,
                    help="training clips: a frame and the display frames after it (default: %(default)s)")
-    p.add_argument("--test-clips", type=positive_int, default=48, help="held-out clips (default: %(default)s)")
+    p.add_argument("--test-clips", type=positive_int, default=TEST_CLIPS, help="held-out clips (default: %(default)s)")
     p.add_argument("--max-view-speed", type=positive_float, default=d.max_view_speed_dps, metavar="DEG_PER_S",
                    help="fastest viewer head turn in the clips (default: %(default)s)")
     p.add_argument("--size", type=positive_int, default=d.size, help="G's working resolution (default: %(default)s)")
@@ -56,22 +56,76 @@ def add_train(sub) -> None:
     p.add_argument("--from", dest="from_dir", default=None, metavar="DIR", help="--warp-only: the trained G's run directory")
     p.add_argument("--ablation", choices=sorted(ABLATIONS) + ["explicit"], default=None,
                    help="W without one input (the paper's Table 3), or the explicit-warp baseline")
-    p.add_argument("--feature-flow", action="store_true",
-                   help="W also predicts a flow field and moves G's cached S/2 and S feature maps along it before its "
-                        "convolutions (combines with --ablation)")
-    p.add_argument("--image-flow", action="store_true",
-                   help="W also predicts a flow field, moves G's cached image along it and adds its own correction "
-                        "(combines with --ablation)")
-    p.add_argument("--warp-widths", type=_two_widths, default=",".join(map(str, WarpConfig().widths)),
-                   metavar="S4,S2", help="W's channels after its S/4 and S/2 convolutions (default: %(default)s)")
-    p.add_argument("--w2-kernel", type=int, choices=(1, 3), default=WarpConfig().w2_kernel,
-                   help="kernel of W's last convolution, at S (default: %(default)s)")
+    add_warp_args(p)
     p.add_argument("--install", action="store_true",
                    help="copy renderer.onnx, warp.onnx and renderer.json into the avatar directory (--decoder-dir or "
                         "the identity's embedded one)")
     p.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_train)
+
+
+def add_warp_args(p) -> None:
+    """W's shape options (``train renderer`` and ``distill renderer``); :func:`warp_config` reads them."""
+    from renderer.warp import WarpConfig
+
+    p.add_argument("--feature-flow", action="store_true",
+                   help="W also predicts a flow field and moves G's cached S/2 and S feature maps along it before its "
+                        "convolutions")
+    p.add_argument("--image-flow", action="store_true",
+                   help="W also predicts a flow field, moves G's cached image along it and adds its own correction")
+    p.add_argument("--warp-widths", type=_two_widths, default=",".join(map(str, WarpConfig().widths)),
+                   metavar="S4,S2", help="W's channels after its S/4 and S/2 convolutions (default: %(default)s)")
+    p.add_argument("--w2-kernel", type=int, choices=(1, 3), default=WarpConfig().w2_kernel,
+                   help="kernel of W's last convolution, at S (default: %(default)s)")
+
+
+def warp_config(args: argparse.Namespace, **switches):
+    """The :class:`renderer.warp.WarpConfig` of :func:`add_warp_args`' options (plus ablation ``switches``)."""
+    from renderer.warp import WarpConfig
+
+    return WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
+                      widths=args.warp_widths, w2_kernel=args.w2_kernel)
+
+
+def renderer_data(dcfg, avatar: Path, data_dir: Path, test_clips: int) -> tuple[dict, dict]:
+    """(train, test) clips of ``dcfg`` (:class:`renderer.data.RendererDataConfig`) from the decoder in ``avatar``,
+    cached in ``data_dir`` (``train_data.npz``, ``test_data.npz``): the held-out clips have their own seed."""
+    from renderer.data import build_renderer_data
+
+    train = build_renderer_data(dcfg, decoder_dir=avatar, cache=data_dir / "train_data.npz")
+    return train, renderer_test_data(dcfg, avatar, data_dir, test_clips)
+
+
+def renderer_test_data(dcfg, avatar: Path, data_dir: Path, test_clips: int) -> dict:
+    """The held-out half of :func:`renderer_data`."""
+    from dataclasses import replace
+
+    from renderer.data import build_renderer_data
+
+    return build_renderer_data(replace(dcfg, clips=test_clips, seed=TEST_SEED), decoder_dir=avatar,
+                               cache=data_dir / "test_data.npz")
+
+
+def trained_g_run(run_dir: str | Path, option: str = "--teacher") -> dict:
+    """What a trained G's run directory says about itself (``renderer.json``), after checking it holds a G of its
+    own; one line naming ``option`` if not."""
+    from avcore.errors import UsageError
+
+    d = Path(run_dir)
+    if not (d / "checkpoint.pt").is_file() or not (d / "renderer.json").is_file():
+        raise UsageError(f"{option} {d}: no trained renderer there (checkpoint.pt and renderer.json needed; "
+                         "'avcall train renderer --out DIR' makes one)")
+    meta = json.loads((d / "renderer.json").read_text())
+    if meta.get("generator_from"):
+        raise UsageError(f"{option} {d} is a W-only run; give the run that trained its G ({meta['generator_from']})")
+    return meta
+
+
+TEST_SEED = 1_000_003
+"""Seed of the held-out renderer clips."""
+TEST_CLIPS = 48
+"""Held-out renderer clips unless told otherwise."""
 
 
 def _two_widths(text: str) -> tuple[int, int]:
@@ -89,9 +143,9 @@ def _train(args: argparse.Namespace) -> int:
     from avcore.errors import UsageError
     from capture.identity import check_identity
     from decoder.runtime import default_model_dir
-    from renderer.data import RendererDataConfig, build_renderer_data
+    from renderer.data import RendererDataConfig
     from renderer.train import RendererTrainConfig, install_renderer, train_renderer
-    from renderer.warp import ABLATIONS, WarpConfig
+    from renderer.warp import ABLATIONS
 
     check_identity(args.identity)
     if args.ablation == "explicit" and (args.feature_flow or args.image_flow):
@@ -108,18 +162,13 @@ def _train(args: argparse.Namespace) -> int:
     dcfg = RendererDataConfig(identity=args.identity, clips=args.clips, size=args.size,
                               max_view_speed_dps=args.max_view_speed)
     # ablations share the G run's data caches: same clips for every row
-    data_dir = Path(args.from_dir) if args.from_dir else out
-    train = build_renderer_data(dcfg, decoder_dir=avatar, cache=data_dir / "train_data.npz")
-    test = build_renderer_data(RendererDataConfig(identity=args.identity, clips=args.test_clips, size=args.size,
-                                                  max_view_speed_dps=args.max_view_speed, seed=1_000_003),
-                               decoder_dir=avatar, cache=data_dir / "test_data.npz")
+    train, test = renderer_data(dcfg, avatar, Path(args.from_dir) if args.from_dir else out, args.test_clips)
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed, code_every=args.code_every)
     switches = {"explicit": True} if args.ablation == "explicit" else ABLATIONS.get(args.ablation or "", {})
-    wcfg = WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
-                      widths=args.warp_widths, w2_kernel=args.w2_kernel)
+    wcfg = warp_config(args, **switches)
     meta = train_renderer(out, train, test, None, tcfg, wcfg=wcfg, frozen_g=args.from_dir, resume=not args.fresh,
-                          info={"data": dcfg.to_dict(), "ablation": args.ablation})  # W's switches: meta["warp"]
+                          info={"data": dcfg.to_dict(), "ablation": args.ablation, "test_clips": args.test_clips})  # W's switches: meta["warp"]
     installed = install_renderer(out, avatar) if args.install else []
     if args.json:
         print(json.dumps({**meta, "installed": [str(p) for p in installed]}))

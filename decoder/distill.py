@@ -51,18 +51,20 @@ def match_features(teacher_feats: dict, student_feats: dict) -> list[tuple[str, 
 
 
 class FeatureProjector(nn.Module):
-    """Learned projections from the student's matched features to the teacher's widths (trained with the student)."""
+    """Learned projections from the student's matched features to the teacher's widths (trained with the student).
+    ``pairs`` (part, teacher index, student index) default to the decoder's :func:`match_features`; 2-d features
+    (vectors) get a linear layer, maps a 1x1 convolution."""
 
-    def __init__(self, teacher_feats: dict, student_feats: dict):
+    def __init__(self, teacher_feats: dict, student_feats: dict, pairs: list[tuple[str, int, int]] | None = None):
         super().__init__()
-        self.pairs = match_features(teacher_feats, student_feats)
+        self.pairs = match_features(teacher_feats, student_feats) if pairs is None else list(pairs)
         layers = {}
         for part, ti, si in self.pairs:
             ct, cs = teacher_feats[part][ti].shape[1], student_feats[part][si].shape[1]
             key = f"{part}{ti}_{si}"
             if ct == cs:
                 layers[key] = nn.Identity()
-            elif part == "geometry":
+            elif student_feats[part][si].dim() == 2:
                 layers[key] = nn.Linear(cs, ct, bias=False)
             else:
                 layers[key] = nn.Conv2d(cs, ct, 1, bias=False)

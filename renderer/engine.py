@@ -78,6 +78,8 @@ class NeuralEngine:
             raise UsageError(f"the neural renderer in {rdir} takes {self.meta['latent_dim']}-d codes, the avatar "
                              f"{spec.avatar_dir} decodes {self.decoder.latent_dim}-d codes")
         self.g = inference_session(rdir / "renderer.onnx", spec.threads)
+        self._g_takes_code = "z" in {i.name for i in self.g.get_inputs()}
+        """A modulated G (the enhanced renderer) takes the code too."""
         self.neural_texture = np.load(rdir / "neural_texture.npy")
         self.w = inference_session(rdir / "warp.onnx", spec.threads)
         self._w_inputs = [i.name for i in self.w.get_inputs()]
@@ -122,9 +124,11 @@ class NeuralEngine:
         uv, feats = self._raster().render_uv_features(vertices, gaze, view, self.work)
         uv = np.ascontiguousarray(uv.transpose(2, 0, 1)[None])
         t2 = time.perf_counter()
-        image, f0, f1, f2 = self.g.run(["image", "f0", "f1", "f2"], {
-            "raster": _nchw(raster), "uv": uv, "view": view[None],
-            "features": np.ascontiguousarray(feats.transpose(2, 0, 1)[None])})
+        feed = {"raster": _nchw(raster), "uv": uv, "view": view[None],
+                "features": np.ascontiguousarray(feats.transpose(2, 0, 1)[None])}
+        if self._g_takes_code:
+            feed["z"] = z[None]
+        image, f0, f1, f2 = self.g.run(["image", "f0", "f1", "f2"], feed)
         self.cache = {"f0": f0, "f1": f1, "f2": f2, "image": image, "uv": uv, "view": view[None], "z": z[None],
                       "gaze": gaze.reshape(1, 4), "vertices": vertices}
         out = self._out(image)

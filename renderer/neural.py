@@ -19,6 +19,11 @@ image-plane position and the view direction go through a U-Net (``widths`` per l
 ``forward`` also returns G's last three feature maps (the decoder maps at S/4, S/2 and S): with the view
 direction, its SH, the code, the gaze and the UV map they are the *neural cache* a shallow warp network turns
 into the next display frames.
+
+``modulated`` makes it the avatar-compression paper's enhanced renderer: a mapping MLP turns the code ``z`` into a
+style vector ``w`` and every U-Net convolution is modulated and demodulated by an affine map of ``w`` (StyleGAN2's
+weight demodulation, :class:`ModulatedConv`); the last convolution to RGB is modulated without demodulation. The
+exported model then takes ``z`` as a fifth input.
 """
 from __future__ import annotations
 
@@ -46,6 +51,14 @@ class NeuralRendererConfig(ConfigDict):
     widths: tuple[int, ...] = (24, 48, 64, 96)
     """U-Net channels per level (full resolution first; the last three decoder maps, at S/4, S/2 and S, are the
     cache): about 0.7 GMAC per frame at 128 px."""
+    modulated: bool = False
+    """Convolutions modulated by the code through a mapping MLP (the enhanced renderer), else a plain U-Net."""
+    mapping_dim: int = 32
+    """``modulated``: width of the mapping MLP's layers and of the style vector ``w``."""
+    mapping_layers: int = 2
+    """``modulated``: linear layers of the mapping MLP (code -> w)."""
+    latent_dim: int = 256
+    """``modulated``: size of the code the mapping MLP takes."""
 
     def __post_init__(self) -> None:
         self.texture_levels = tuple(self.texture_levels)
@@ -93,18 +106,72 @@ def _conv(i: int, o: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(i, o, 3, stride, 1), nn.LeakyReLU(0.2))
 
 
+class ModulatedConv(nn.Module):
+    """A 3x3 convolution whose weights are scaled per input channel by a style ``s = A(w)`` (initialised to 1) and,
+    with ``demodulate``, renormalised per output channel to unit expected norm (StyleGAN2):
+    ``y = d * conv(x * s, W) + b`` with ``d_o = 1 / sqrt(sum_{i,k} (W_oik s_i)^2 + eps)``, the form that is the same
+    as convolving with the modulated weight and exports to ONNX as plain operators. LeakyReLU after unless
+    ``act=False``."""
+
+    def __init__(self, i: int, o: int, style_dim: int, stride: int = 1, *, demodulate: bool = True,
+                 act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(i, o, 3, stride, 1)
+        self.affine = nn.Linear(style_dim, i)
+        nn.init.zeros_(self.affine.weight)
+        nn.init.ones_(self.affine.bias)
+        self.demodulate, self.act = demodulate, act
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        s = self.affine(w)  # (B, I)
+        y = F.conv2d(x * s[:, :, None, None], self.conv.weight, None, self.conv.stride, self.conv.padding)
+        if self.demodulate:
+            wsq = self.conv.weight.pow(2).sum((2, 3))  # (O, I)
+            y = y * torch.rsqrt(s.pow(2) @ wsq.t() + 1e-8)[:, :, None, None]
+        y = y + self.conv.bias[None, :, None, None]
+        return F.leaky_relu(y, 0.2) if self.act else y
+
+
+class MappingNetwork(nn.Module):
+    """The code ``z`` -> style ``w``: ``layers`` linear layers with LeakyReLU, on the code normalised to unit RMS."""
+
+    def __init__(self, latent_dim: int, dim: int, layers: int) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        for k in range(layers):
+            mods += [nn.Linear(latent_dim if k == 0 else dim, dim), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z * torch.rsqrt(z.pow(2).mean(1, keepdim=True) + 1e-8))
+
+
 class NeuralRenderer(nn.Module):
-    """G: (raster, uv, view) -> {"image": (B, 3, H, W) in [0, 1], "features": [S/4, S/2, S maps]}."""
+    """G: (raster, uv, view[, z]) -> {"image": (B, 3, H, W) in [0, 1], "logits": the image before its sigmoid,
+    "features": [S/4, S/2, S maps]}; ``z`` (B, Z) is needed by a ``modulated`` G and ignored by a plain one."""
 
     def __init__(self, cfg: NeuralRendererConfig | None = None):
         super().__init__()
         self.cfg = cfg = cfg or NeuralRendererConfig()
         self.texture = NeuralTexture(cfg.channels, cfg.texture_levels)
         w = cfg.widths
-        self.down = nn.ModuleList([_conv(cfg.channels + EXTRA_INPUTS, w[0])]
-                                  + [_conv(w[i - 1], w[i], 2) for i in range(1, len(w))])
-        self.up = nn.ModuleList([_conv(w[i] + w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
-        self.out = nn.Conv2d(w[0], 3, 3, 1, 1)
+        if cfg.modulated:
+            sd = cfg.mapping_dim
+            self.mapping = MappingNetwork(cfg.latent_dim, sd, cfg.mapping_layers)
+            conv = lambda i, o, stride=1: ModulatedConv(i, o, sd, stride)  # noqa: E731
+            self.out = ModulatedConv(w[0], 3, sd, demodulate=False, act=False)
+        else:
+            self.mapping = None
+            conv = _conv
+            self.out = nn.Conv2d(w[0], 3, 3, 1, 1)
+        self.down = nn.ModuleList([conv(cfg.channels + EXTRA_INPUTS, w[0])]
+                                  + [conv(w[i - 1], w[i], 2) for i in range(1, len(w))])
+        self.up = nn.ModuleList([conv(w[i] + w[i - 1], w[i - 1]) for i in range(len(w) - 1, 0, -1)])
+
+    def network_params(self) -> int:
+        """Parameters of the network G runs per frame (the neural texture, sampled by the rasterizer, excluded)."""
+        texture = {id(p) for p in self.texture.parameters()}
+        return int(sum(p.numel() for p in self.parameters() if id(p) not in texture))
 
     def buffers_to_input(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor,
                          sampled: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,31 +190,40 @@ class NeuralRenderer(nn.Module):
         return torch.cat([feats, raster, mask, pos, view[:, :, None, None].expand(-1, -1, h, w)], 1)
 
     def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor,
-                sampled: torch.Tensor | None = None) -> dict:
+                sampled: torch.Tensor | None = None, z: torch.Tensor | None = None) -> dict:
         x = self.buffers_to_input(raster, uv, view, sampled)
+        if self.mapping is not None:
+            if z is None:
+                raise ValueError("a modulated neural renderer needs the code z")
+            style = self.mapping(z)
+            run = lambda layer, t: layer(t, style)  # noqa: E731
+        else:
+            run = lambda layer, t: layer(t)  # noqa: E731
         skips = []
         for layer in self.down:
-            x = layer(x)
+            x = run(layer, x)
             skips.append(x)
         features = [x]
         for layer, skip in zip(self.up, reversed(skips[:-1])):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
-            x = layer(torch.cat([x, skip], 1))
+            x = run(layer, torch.cat([x, skip], 1))
             features.append(x)
-        return {"image": torch.sigmoid(self.out(x)), "features": features[-3:]}
+        logits = run(self.out, x)
+        return {"image": torch.sigmoid(logits), "logits": logits, "features": features[-3:]}
 
 
 class FlatOutputs(nn.Module):
     """G as exported: the neural texture comes in already sampled at the UV map (``features``, (B, C, H, W), by the
-    receiver's rasterizer from :meth:`NeuralTexture.full`), and the outputs are a flat tuple (``image``, then the
-    cache features, coarsest first), as ONNX wants them."""
+    receiver's rasterizer from :meth:`NeuralTexture.full`), a modulated G also takes the code ``z`` (B, Z), and the
+    outputs are a flat tuple (``image``, then the cache features, coarsest first), as ONNX wants them."""
 
     def __init__(self, g: NeuralRenderer):
         super().__init__()
         self.g = g
 
-    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor, features: torch.Tensor) -> tuple:
-        o = self.g(raster, uv, view, features)
+    def forward(self, raster: torch.Tensor, uv: torch.Tensor, view: torch.Tensor, features: torch.Tensor,
+                z: torch.Tensor | None = None) -> tuple:
+        o = self.g(raster, uv, view, features, z)
         return (o["image"], *o["features"])
 
 

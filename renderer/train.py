@@ -8,6 +8,14 @@ t + 1 .. t + K from G's cache of frame t (gradients flow through the cache into 
 network, which cannot be downloaded here), over the whole frame; total = G's loss + ``warp_weight`` · mean of W's.
 With a frozen G (``--warp-only --from DIR``: the ablations and the explicit-warp baseline) only W learns.
 
+Distillation (``avcall distill renderer``, ``RendererTrainConfig.teacher``): a smaller G learns against a trained
+teacher G (frozen) with the decoder students' two extra terms (:mod:`decoder.distill`), added to G's loss:
+``distill_kl_weight`` · L_kl, the channel-wise KL between the teacher's and the student's output logits (per sample
+and colour channel, a softmax over the pixels at temperature ``distill_temperature``), and
+``distill_feature_weight`` · (1 − cosine) between the teacher's and the student's three cache maps (S/4, S/2, S),
+each through a learned 1x1 projection to the teacher's width. W trains with the student as usual, so a student's
+directory is a complete renderer.
+
 Adam with a cosine learning rate; checkpoints (``checkpoint.pt``) resume an interrupted run. Output:
 ``renderer.onnx`` (inputs ``raster``, ``uv``, ``view``; outputs ``image`` and the cache ``f0``, ``f1``, ``f2``,
 coarsest (S/4) first), ``warp.onnx`` (:mod:`renderer.warp`) and ``renderer.json`` (configs, the held-out comparison).
@@ -43,6 +51,14 @@ class RendererTrainConfig(ConfigDict):
     """Codes reach the receiver every ``code_every`` display ticks (a 30 fps sender, a 60 Hz display): W's code and
     gaze inputs for frame k are the newest code's by then, frame k − (k mod ``code_every``), as in the receiver
     (the UV maps keep each frame's own gaze). 1 gives W every frame's own code (runs made before this setting)."""
+    teacher: str = ""
+    """A trained G's run directory to distil from (empty: no distillation)."""
+    distill_kl_weight: float = 1.0
+    """Weight of L_kl (with a teacher)."""
+    distill_feature_weight: float = 1.0
+    """Weight of the feature-consistency loss (with a teacher)."""
+    distill_temperature: float = 1.0
+    """Temperature of L_kl's spatial softmax."""
 
 
 def image_loss(img, target, ssim_weight: float):
@@ -96,7 +112,7 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8, code_every: int = 1)
         for a in range(0, len(data["raster"]), batch):
             idx = np.arange(a, min(a + batch, len(data["raster"])))
             b = clip_tensors(data, idx)
-            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
             img = _to_uint8(out["image"])
             warped = ({k: _to_uint8(w(*warp_inputs(out, b, k, code_every))) for k in range(1, K + 1)}
                       if w is not None else {})
@@ -111,7 +127,8 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8, code_every: int = 1)
 
 def export_renderer(g, path: Path, size: int) -> None:
     """ONNX export of G (opset 17; the neural texture sampled outside, saved beside it as
-    ``neural_texture.npy`` (T, T, C) float32) with a parity check against torch's G (image and cache features)."""
+    ``neural_texture.npy`` (T, T, C) float32; a modulated G also takes ``z``) with a parity check against torch's G
+    (image and cache features)."""
     import onnxruntime as ort
     import torch
 
@@ -121,19 +138,19 @@ def export_renderer(g, path: Path, size: int) -> None:
     gen = torch.Generator().manual_seed(0)
     raster, uv = torch.rand(1, 3, size, size, generator=gen), torch.rand(1, 3, size, size, generator=gen)
     view = torch.tensor([[0.2, 0.1, 0.97]])
+    z = torch.randn(1, g.cfg.latent_dim, generator=gen) if g.cfg.modulated else None
     with torch.no_grad():
-        out = g(raster, uv, view)
+        out = g(raster, uv, view, z=z)
         sampled = g.texture(uv[:, :2])
         texture = g.texture.full()[0].permute(1, 2, 0).contiguous().numpy()
     refs = [out["image"].numpy()] + [f.numpy() for f in out["features"]]
     names = ["image"] + [f"f{i}" for i in range(len(out["features"]))]
-    torch.onnx.export(FlatOutputs(g), (raster, uv, view, sampled), str(path),
-                      input_names=["raster", "uv", "view", "features"], output_names=names, opset_version=17,
-                      dynamo=False)
+    inputs = {"raster": raster, "uv": uv, "view": view, "features": sampled} | ({"z": z} if z is not None else {})
+    torch.onnx.export(FlatOutputs(g), tuple(inputs.values()), str(path), input_names=list(inputs), output_names=names,
+                      opset_version=17, dynamo=False)
     np.save(Path(path).with_name("neural_texture.npy"), texture.astype(np.float32))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(names, {"raster": raster.numpy(), "uv": uv.numpy(), "view": view.numpy(),
-                           "features": sampled.numpy()})
+    got = sess.run(names, {k: v.numpy() for k, v in inputs.items()})
     for name, a, b in zip(names, got, refs):
         if not np.allclose(a, b, atol=1e-3 * max(1.0, float(np.abs(b).max()))):
             raise RuntimeError(f"renderer ONNX parity failed on {name}: max |diff| {np.abs(a - b).max():.2e}")
@@ -147,15 +164,61 @@ def _warp_example(g, data: dict) -> dict:
 
     b = clip_tensors(data, [0])
     with torch.no_grad():
-        out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+        out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
     return dict(zip(WARP_INPUTS, warp_inputs(out, b, 1)))
+
+
+def load_generator(run_dir: str | Path):
+    """The trained G of a renderer run directory (its ``checkpoint.pt``), in eval mode, frozen."""
+    from avcore.training import load_checkpoint
+
+    from .neural import NeuralRenderer, NeuralRendererConfig
+
+    src = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    if src is None:
+        raise FileNotFoundError(f"no trained renderer checkpoint in {run_dir}")
+    g = NeuralRenderer(NeuralRendererConfig.from_dict(src["renderer_config"]))
+    g.load_state_dict(src["model"])
+    return g.eval().requires_grad_(False)
+
+
+class RendererDistillation:
+    """The distillation terms of a student G against a frozen teacher G (module docstring): ``losses(batch, out)``
+    runs the teacher on the batch and returns ``{"kl", "feature"}``; the 1x1 projections are trained with the
+    student (``projector``)."""
+
+    def __init__(self, teacher, student, example: dict, tcfg: RendererTrainConfig) -> None:
+        import torch
+
+        from decoder.distill import FeatureProjector
+
+        self.teacher, self.tcfg = teacher, tcfg
+        with torch.no_grad():
+            t = self._teacher_out(example)
+            s = student(example["raster"], example["uv"][:, 0], example["view"][:, 0], z=example["z"][:, 0])
+        self.projector = FeatureProjector({"cache": t["features"]}, {"cache": s["features"]},
+                                          pairs=[("cache", k, k) for k in range(len(t["features"]))])
+
+    def _teacher_out(self, b: dict) -> dict:
+        return self.teacher(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
+
+    def losses(self, b: dict, out: dict) -> dict:
+        import torch
+
+        from decoder.distill import channel_kl
+
+        with torch.no_grad():
+            t = self._teacher_out(b)
+        return {"kl": channel_kl(t["logits"], out["logits"], self.tcfg.distill_temperature),
+                "feature": self.projector({"cache": t["features"]}, {"cache": out["features"]})}
 
 
 def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg: RendererTrainConfig | None = None,
                    *, wcfg=None, frozen_g: str | Path | None = None, resume: bool = True, progress: bool = True,
                    info: dict | None = None) -> dict:
-    """Train G and W on ``train`` clips (or W alone on a frozen G from the run directory ``frozen_g``), compare on
-    ``test`` clips, export both. Returns what ``renderer.json`` holds."""
+    """Train G and W on ``train`` clips (or W alone on a frozen G from the run directory ``frozen_g``; or G distilled
+    from the teacher G of ``tcfg.teacher``), compare on ``test`` clips, export both. Returns what ``renderer.json``
+    holds."""
     import torch
 
     from avcore.training import TrainingLoop, load_checkpoint, open_run, resumed_config
@@ -184,7 +247,13 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
     if g_state is not None:
         g.load_state_dict(g_state)
         g.requires_grad_(False)
+    if tcfg.teacher and frozen_g is not None:
+        raise ValueError("a frozen G is not distilled: train W alone or distil G, not both")
+    distill = (RendererDistillation(load_generator(tcfg.teacher), g, clip_tensors(train, [0, 1]), tcfg)
+               if tcfg.teacher else None)
     params = list(w.parameters()) + ([] if frozen_g is not None else list(g.parameters()))
+    if distill is not None:
+        params += list(distill.projector.parameters())
     opt = torch.optim.Adam(params, lr=tcfg.lr)
     step, elapsed = 0, 0.0
     last = {"G": None, "W": None}  # the latest step's losses (a rerun of a finished run keeps its own)
@@ -194,10 +263,13 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
         opt.load_state_dict(ckpt["opt"])
         step, elapsed = ckpt["step"], ckpt["elapsed_s"]
         last = ckpt.get("last_loss", last)
+        if distill is not None:
+            distill.projector.load_state_dict(ckpt["projector"])
     rng = np.random.default_rng(tcfg.seed * 7919 + step)
     loop = TrainingLoop(ckpt_path, lambda: {"model": g.state_dict(), "warp": w.state_dict(), "opt": opt.state_dict(),
                                             "train_config": tcfg.to_dict(), "renderer_config": gcfg.to_dict(),
-                                            "warp_config": wcfg.to_dict(), "last_loss": last},
+                                            "warp_config": wcfg.to_dict(), "last_loss": last,
+                                            **({"projector": distill.projector.state_dict()} if distill else {})},
                         steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s,
                         step=step, elapsed_s=elapsed, desc="train renderer" if frozen_g is None else "train warp",
                         progress=progress)
@@ -209,8 +281,11 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
             group["lr"] = tcfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
         b = clip_tensors(train, rng.choice(len(train["raster"]), tcfg.batch_size))
         with torch.set_grad_enabled(frozen_g is None):
-            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0])
+            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
             loss_g = image_loss(out["image"], b["target"][:, 0], tcfg.ssim_weight)
+            if distill is not None:
+                d = distill.losses(b, out)
+                loss_g = loss_g + tcfg.distill_kl_weight * d["kl"] + tcfg.distill_feature_weight * d["feature"]
         loss_w = sum(image_loss(w(*warp_inputs(out, b, k, tcfg.code_every)), b["target"][:, k], tcfg.ssim_weight)
                      for k in range(1, K + 1)) / max(K, 1)
         loss = tcfg.warp_weight * loss_w + (loss_g if frozen_g is None else 0.0)
