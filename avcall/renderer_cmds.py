@@ -26,7 +26,7 @@ exported to DIR/renderer.onnx and DIR/warp.onnx; --install copies them into the 
 def add_train(sub) -> None:
     from renderer.data import RendererDataConfig
     from renderer.train import RendererTrainConfig
-    from renderer.warp import ABLATIONS, WarpConfig
+    from renderer.warp import ABLATIONS
 
     d, t = RendererDataConfig(), RendererTrainConfig()
     p = sub.add_parser("renderer", help="train the neural renderer G (deferred neural rendering) of an identity",
