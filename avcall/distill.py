@@ -70,7 +70,7 @@ def _register_renderer(ds) -> None:
     from renderer.neural import NeuralRendererConfig
     from renderer.train import RendererTrainConfig
 
-    from .renderer_cmds import add_warp_args
+    from .renderer_cmds import add_warp_args, channel_counts
 
     g, t = NeuralRendererConfig(), RendererTrainConfig()
     r = ds.add_parser("renderer", help="distil a smaller neural renderer G (plain or modulated) from a trained G",
@@ -82,7 +82,7 @@ def _register_renderer(ds) -> None:
     r.add_argument("--teacher", required=True, metavar="DIR",
                    help="the teacher G's run directory ('avcall train renderer --out DIR': checkpoint.pt, clips)")
     r.add_argument("--out", type=Path, required=True, metavar="DIR", help="run directory (checkpoints, model)")
-    r.add_argument("--widths", type=_widths, default=",".join(map(str, g.widths)), metavar="W0,W1,...",
+    r.add_argument("--widths", type=channel_counts(3, 8, "8,16,24,32"), default=",".join(map(str, g.widths)), metavar="W0,W1,...",
                    help="the student's U-Net channels per level, full resolution first (default: %(default)s)")
     r.add_argument("--modulated", action="store_true",
                    help="the enhanced renderer: convolutions modulated/demodulated by the code via a mapping MLP")
@@ -105,19 +105,6 @@ def _register_renderer(ds) -> None:
     r.add_argument("--threads", type=positive_int, default=t.threads, help="torch threads (default: %(default)s)")
     r.add_argument("--fresh", action="store_true", help="ignore a checkpoint in --out")
     r.set_defaults(func=_distill_renderer)
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    """argparse type: three or more positive channel counts, ``8,16,24,32``."""
-    import argparse as ap
-
-    try:
-        w = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        w = ()
-    if len(w) < 3 or min(w) < 1:
-        raise ap.ArgumentTypeError(f"expected three or more channel counts like 8,16,24,32, got {text!r}")
-    return w
 
 
 def _distill_renderer(args: argparse.Namespace) -> int:

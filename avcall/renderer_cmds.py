@@ -74,7 +74,7 @@ def add_warp_args(p) -> None:
                         "convolutions")
     p.add_argument("--image-flow", action="store_true",
                    help="W also predicts a flow field, moves G's cached image along it and adds its own correction")
-    p.add_argument("--warp-widths", type=_two_widths, default=",".join(map(str, WarpConfig().widths)),
+    p.add_argument("--warp-widths", type=channel_counts(2), default=",".join(map(str, WarpConfig().widths)),
                    metavar="S4,S2", help="W's channels after its S/4 and S/2 convolutions (default: %(default)s)")
     p.add_argument("--w2-kernel", type=int, choices=(1, 3), default=WarpConfig().w2_kernel,
                    help="kernel of W's last convolution, at S (default: %(default)s)")
@@ -128,15 +128,21 @@ TEST_CLIPS = 48
 """Held-out renderer clips unless told otherwise."""
 
 
-def _two_widths(text: str) -> tuple[int, int]:
-    """argparse type: two positive channel counts, ``S4,S2``."""
-    try:
-        w = tuple(int(x) for x in text.split(","))
-    except ValueError:
-        w = ()
-    if len(w) != 2 or min(w) < 1:
-        raise argparse.ArgumentTypeError(f"expected two channel counts like 32,16, got {text!r}")
-    return w
+def channel_counts(least: int, most: int | None = None, example: str = "32,16"):
+    """argparse type: ``least`` to ``most`` (default: exactly ``least``) positive channel counts, comma-separated."""
+    most = least if most is None else most
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            w = tuple(int(x) for x in text.split(","))
+        except ValueError:
+            w = ()
+        if not least <= len(w) <= most or min(w) < 1:
+            n = f"{least}" if least == most else f"{least} to {most}"
+            raise argparse.ArgumentTypeError(f"expected {n} channel counts like {example}, got {text!r}")
+        return w
+
+    return parse
 
 
 def _train(args: argparse.Namespace) -> int:
