@@ -126,18 +126,31 @@ def _build_range(identity: str, n: int, seed: int, dcfg: DecoderConfig, tcfg: Tr
         st = studio.pose(expr[i], gaze[i])
         out["vertices"][i] = st.vertices
         tex, cov = code_studio.render_texture(expr[i], gaze[i], "front")
+        cov = _resized_texture(cov.astype(np.uint8), T, cv2.INTER_NEAREST).astype(bool)
         coverage = cov if coverage is None else coverage | cov
         out["enc_texture"][i] = to_uint8(cv2.resize(tex, (t, t), interpolation=cv2.INTER_AREA))
         for k in range(K):
             d = views[i, k]
             tex, _ = studio.render_texture(expr[i], gaze[i], d)
-            out["texture"][i, k] = to_uint8(tex)
+            out["texture"][i, k] = to_uint8(_resized_texture(tex, T))
             out["image"][i, k] = studio.render_view(expr[i], gaze[i], d, size=S)
             out["uv_map"][i, k] = rast.render_uv(st.vertices, gaze[i], d, S)
     out["coverage"] = coverage
     code_studio.release()
     studio.release()
     return out
+
+
+def _resized_texture(tex: np.ndarray, size: int, interpolation: int | None = None) -> np.ndarray:
+    """The studio's texture (or coverage) at the decoder's ``texture_size``: unchanged at the studio's own size,
+    area-averaged down for a smaller decoder texture, bilinear up for a larger one."""
+    import cv2
+
+    if tex.shape[0] == size:
+        return tex
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if size < tex.shape[0] else cv2.INTER_LINEAR
+    return cv2.resize(tex, (size, size), interpolation=interpolation)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from dataclasses import replace
 from .config import DecoderConfig
 
 PRESETS: dict[str, dict] = {
-    "teacher": dict(geometry_basis=192, geometry_hidden=512, texture_size=512, texture_seed=8,
+    "teacher": dict(geometry_basis=192, geometry_hidden=512, texture_size=256, texture_seed=8,
                     texture_channels=(128, 96, 64, 48, 32), view_inject=2),
     "current": {},
     "student-s": dict(geometry_basis=24, geometry_hidden=96, texture_size=256, texture_seed=4,

@@ -179,3 +179,19 @@ def test_distill_decoder_arguments_make_the_student_and_its_ablations():
     assert (t.distill_kl_weight, t.distill_feature_weight) == (0.0, 0.0)
     with pytest.raises(UsageError):
         distill_config(parse("--preset", "huge"))
+
+
+def test_the_studio_data_is_resampled_to_a_preset_s_texture_size():
+    """The studio's textures are 256²: a 128² student learns from them area-averaged (coverage resized with
+    them), the teacher from them unchanged."""
+    from decoder.config import TrainConfig
+    from decoder.data import build_dataset
+    from decoder.presets import preset_config
+
+    tcfg = TrainConfig(views_per_pose=1, image_size=32)
+    big = build_dataset("S1", 2, 5, preset_config("teacher"), tcfg, progress=False)
+    small = build_dataset("S1", 2, 5, preset_config("student-xs"), tcfg, progress=False)
+    assert big["texture"].shape[2:4] == (256, 256) and small["texture"].shape[2:4] == (128, 128)
+    assert small["coverage"].shape == (128, 128) and abs(small["coverage"].mean() - big["coverage"].mean()) < 0.02
+    pooled = big["texture"].astype(np.float32).reshape(2, 1, 128, 2, 128, 2, 3).mean((3, 5))
+    assert np.abs(pooled - small["texture"]).mean() < 1.0  # 2x2 averages of the same texels
