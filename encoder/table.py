@@ -199,32 +199,43 @@ def _avg(row: dict, key: str, idents) -> float | None:
 
 def plot_table(table: dict, path: Path) -> None:
     """Average face-pixel MSE (whole-frame MSE for tables without it) over the identities every plotted model
-    has, against latency and MFLOPs, one point per model, with the seed std as error bars."""
+    has, against latency and MFLOPs, one point per model; error bars: the std of that average from the seeds of the
+    identities trained with several (sqrt(sum std_i^2) / n; an identity with one seed adds nothing)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     models = {n: r for n, r in table["models"].items() if r.get("mse")}
     common = set.intersection(*(set(r["mse"]) for r in models.values())) if models else set()
     if not common and models:  # fall back to the identity most models have
         common = {Counter(i for r in models.values() for i in r["mse"]).most_common(1)[0][0]}
     key = "mse_face_mean" if all(r.get("mse_face_mean") for r in models.values()) else "mse_mean"
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for name, r in models.items():
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    seeded = sorted({i for r in models.values() for i in r.get(key + "_std", {}) if i in common})
+    for k, (name, r) in enumerate(sorted(models.items(), key=lambda kv: kv[1]["latency_ms"])):
         y = _avg(r, key, sorted(common))
         if y is None:
             continue
         std = [v for i, v in r.get(key + "_std", {}).items() if i in common]
+        err = [math.sqrt(sum(v * v for v in std)) / len(common)] if std else None
         for ax, x in zip(axes, (r["latency_ms"], r["mflops"])):
-            ax.errorbar([x], [y], yerr=[sum(std) / len(std)] if std else None, fmt="o", capsize=3)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.errorbar([x], [y], yerr=err, fmt="o", capsize=3)
+            # neighbours in latency alternate above / below their point, so close labels do not overlap
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 5 if k % 2 == 0 else -11), fontsize=8)
     axes[0].set_xlabel("latency, ms (onnxruntime, 1 thread, 3 views + fusion)")
     axes[1].set_xlabel("MFLOPs (3 views + fusion)")
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel(f"avg {'face-pixel ' if key == 'mse_face_mean' else ''}MSE, {','.join(sorted(common))} (0..255)")
         ax.grid(alpha=0.3)
+    if seeded:
+        fig.suptitle(f"error bars: ± std of the average over the training seeds of {', '.join(seeded)} "
+                     f"(the other identities: one seed)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -272,8 +283,12 @@ def render_markdown(table: dict) -> str:
         return (f"{i} {st} on {d['frames']} frames ({d['sessions']} sessions, {d['extreme_probability']:.0%} extreme "
                 f"segments{asym})")
 
-    steps = [f"{n}: " + ", ".join(trained(r, i, st) for i, st in r.get("train_steps", {}).items()) for n, r in models.items()
-             if r.get("train_steps")]
+    per_row = {n: [trained(r, i, st) for i, st in r.get("train_steps", {}).items()] for n, r in models.items()
+               if r.get("train_steps")}
+    if len({tuple(v) for v in per_row.values()}) == 1 and len(per_row) > 1:  # one schedule for every row: say it once
+        steps = [f"every row: {', '.join(next(iter(per_row.values())))}"]
+    else:
+        steps = [f"{n}: " + ", ".join(v) for n, v in per_row.items()]
     if len({tuple(sorted(r.get("mse", {}))) for r in models.values() if r.get("mse")}) > 1:
         lines += ["", "avg MSE / avg extreme average the identities each row has; where rows have different identities, "
                       "compare the per-identity columns (the plot uses only the identities every model has)."]

@@ -66,6 +66,16 @@ def test_table_markdown_and_plot_from_a_table_dict(tmp_path):
     md = render_markdown(table)
     assert "| EEM | 3069 | 15.00 | 16.80 | 1.0× | 40.00 ± 1.50 | 55.00 | 11.00 | 20.00 | 40.00 | 55.00 | 11.00 | 20.00 |" in md
     assert "| EEM-res50 | 768 | – | 4.50 | 3.7× | – | – | – | – | – | – | – | – |" in md
+    # One schedule for every row is said once; different schedules per row.
+    data = {"frames": 5863, "sessions": 16, "extreme_probability": 0.35, "asymmetric_probability": 0.2}
+    for r in table["models"].values():
+        r |= {"train_steps": {"S1": 1000}, "train_data": {"S1": data}}
+    md = render_markdown(table)
+    assert "every row: S1 1000 on 5863 frames (16 sessions, 35% extreme segments, 20% asymmetric)" in md
+    assert "EEM-res50: S1" not in md
+    table["models"]["EEM-res50"]["train_steps"] = {"S1": 500}
+    md = render_markdown(table)
+    assert "every row" not in md and "EEM: S1 1000 on" in md and "EEM-res50: S1 500 on" in md
 
 
 @pytest.mark.parametrize("argv, message", [
