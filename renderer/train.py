@@ -221,7 +221,7 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
     holds."""
     import torch
 
-    from avcore.training import TrainingLoop, load_checkpoint, open_run, resumed_config
+    from avcore.training import TrainingLoop, open_run, resumed_config
 
     from .data import clip_tensors
     from .neural import NeuralRenderer, NeuralRendererConfig
@@ -235,10 +235,8 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
         wcfg = WarpConfig.from_dict(ckpt["warp_config"])
     g_state = None
     if frozen_g is not None:
-        src = load_checkpoint(Path(frozen_g) / "checkpoint.pt")
-        if src is None:
-            raise FileNotFoundError(f"no trained renderer checkpoint in {frozen_g}")
-        gcfg, g_state = NeuralRendererConfig.from_dict(src["renderer_config"]), src["model"]
+        frozen = load_generator(frozen_g)
+        gcfg, g_state = frozen.cfg, frozen.state_dict()
     gcfg, wcfg = gcfg or NeuralRendererConfig(), wcfg or WarpConfig()
     torch.set_num_threads(tcfg.threads)
     torch.manual_seed(tcfg.seed)
