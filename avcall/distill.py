@@ -108,18 +108,13 @@ def _register_renderer(ds) -> None:
 
 
 def _distill_renderer(args: argparse.Namespace) -> int:
-    from decoder.runtime import default_model_dir
-    from renderer.data import RendererDataConfig
     from renderer.neural import NeuralRendererConfig
     from renderer.train import RendererTrainConfig, train_renderer
 
-    from .renderer_cmds import TEST_CLIPS, renderer_data, trained_g_run, warp_config
+    from .renderer_cmds import teacher_clips, warp_config
 
     teacher = Path(args.teacher)
-    tmeta = trained_g_run(teacher)
-    dcfg = RendererDataConfig.from_dict(tmeta["train"]["data"])
-    avatar = default_model_dir(dcfg.identity)
-    train, test = renderer_data(dcfg, avatar, teacher, int(tmeta["train"].get("test_clips", TEST_CLIPS)))
+    tmeta, dcfg, train, test = teacher_clips(teacher)
     distil = not (args.no_kl and args.no_feature)
     tcfg = RendererTrainConfig(steps=args.steps, batch_size=args.batch_size, time_budget_s=args.minutes * 60,
                                threads=args.threads, seed=args.seed, code_every=args.code_every,
@@ -183,12 +178,10 @@ def add_eval(sub) -> None:
 
 def _row(text: str) -> tuple[str, list[Path]]:
     """argparse type: ``NAME=DIR[,DIR]``."""
-    import argparse as ap
-
     name, sep, dirs = text.partition("=")
     paths = [Path(d) for d in dirs.split(",") if d.strip()]
     if not sep or not name.strip() or not paths:
-        raise ap.ArgumentTypeError(f"expected NAME=DIR[,DIR], got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=DIR[,DIR], got {text!r}")
     return name.strip(), paths
 
 
@@ -196,21 +189,14 @@ def _eval_distill_renderer(args: argparse.Namespace) -> int:
     import json
 
     from avcall.args import command_line
-    from decoder.runtime import default_model_dir
     from encoder.bench import machine_description
-    from renderer.compare import compare_renderers, render_markdown, write_results
-    from renderer.data import RendererDataConfig
+    from renderer.compare import check_runs, compare_renderers, render_markdown, write_results
 
-    from .renderer_cmds import TEST_CLIPS, renderer_test_data, trained_g_run
+    from .renderer_cmds import teacher_clips
 
     teacher = Path(args.teacher)
-    tmeta = trained_g_run(teacher)
-    for name, dirs in args.row:
-        for d in dirs:
-            trained_g_run(d, f"--row {name}")
-    dcfg = RendererDataConfig.from_dict(tmeta["train"]["data"])
-    test = renderer_test_data(dcfg, default_model_dir(dcfg.identity), teacher,
-                              int(tmeta["train"].get("test_clips", TEST_CLIPS)))
+    check_runs(args.row)  # before the teacher's clips are loaded
+    *_, test = teacher_clips(teacher, train=False)
     picture = Path(args.out_dir) / "distill_renderer.png" if args.out_dir else None
     table = compare_renderers([("teacher", [teacher])] + args.row, test, sheet=picture)
     table["test"]["from"] = str(teacher)

@@ -122,6 +122,20 @@ def trained_g_run(run_dir: str | Path, option: str = "--teacher") -> dict:
     return meta
 
 
+def teacher_clips(teacher: Path, *, train: bool = True) -> tuple:
+    """(``renderer.json``, its data config, train clips or None, held-out clips) of a trained G's run directory
+    (:func:`trained_g_run` checks it): the clips it was trained and compared on, from its caches."""
+    from decoder.runtime import default_model_dir
+    from renderer.data import RendererDataConfig
+
+    meta = trained_g_run(teacher)
+    dcfg = RendererDataConfig.from_dict(meta["train"]["data"])
+    avatar, n_test = default_model_dir(dcfg.identity), int(meta["train"].get("test_clips", TEST_CLIPS))
+    clips = (renderer_data(dcfg, avatar, teacher, n_test) if train
+             else (None, renderer_test_data(dcfg, avatar, teacher, n_test)))
+    return (meta, dcfg, *clips)
+
+
 TEST_SEED = 1_000_003
 """Seed of the held-out renderer clips."""
 TEST_CLIPS = 48

@@ -58,30 +58,37 @@ def g_images(g, test: dict, batch: int = 8) -> np.ndarray:
     import torch
 
     from .data import clip_tensors
+    from .train import _to_uint8, g_on_clips
 
     out = []
     with torch.no_grad():
         for a in range(0, len(test["raster"]), batch):
             b = clip_tensors(test, np.arange(a, min(a + batch, len(test["raster"]))))
-            img = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])["image"]
-            out.append((img.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8))
+            out.append(_to_uint8(g_on_clips(g, b)["image"]))
     return np.concatenate(out)
+
+
+def check_runs(rows: list[tuple[str, list[Path]]]) -> None:
+    """One line (:class:`UsageError`) naming the first row directory that is not a trained renderer run."""
+    from avcore.errors import UsageError
+
+    for name, dirs in rows:
+        for d in dirs:
+            if not all((Path(d) / f).is_file() for f in ("checkpoint.pt", "renderer.onnx", "renderer.json")):
+                raise UsageError(f"{name}: {d} is not a trained renderer run (checkpoint.pt, renderer.onnx and "
+                                 "renderer.json needed)")
 
 
 def compare_renderers(rows: list[tuple[str, list[Path]]], test: dict, *, sheet: Path | None = None,
                       sheet_clips: tuple[int, ...] = (0, 5, 11), progress: bool = True) -> dict:
     """``rows``: (name, run directories, one per seed); ``test``: the held-out clips (the teacher's). Returns the
     table (module docstring) without machine and command."""
-    from avcore.errors import UsageError
     from avcore.progress import progress as progress_bar
 
     from .evaluate import frame_metrics, summarise
     from .train import load_generator
 
-    for name, dirs in rows:
-        for d in dirs:
-            if not (Path(d) / "checkpoint.pt").is_file() or not (Path(d) / "renderer.onnx").is_file():
-                raise UsageError(f"{name}: {d} is not a trained renderer run (checkpoint.pt, renderer.onnx needed)")
+    check_runs(rows)
     truth = test["target"][:, 0]
     size = int(truth.shape[1])
     out, kept = [], {}

@@ -83,6 +83,12 @@ def warp_inputs(out: dict, b: dict, k: int, code_every: int = 1) -> tuple:
             b["uv"][:, k], b["view"][:, k], b["z"][:, c], b["gaze"][:, c])
 
 
+def g_on_clips(g, b: dict) -> dict:
+    """G's output for frame t of the clips ``b`` (:func:`renderer.data.clip_tensors`): its buffers, view and code (a
+    plain G ignores the code, a modulated one needs it)."""
+    return g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
+
+
 def _to_uint8(x) -> np.ndarray:
     return (x.permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype(np.uint8)
 
@@ -112,7 +118,7 @@ def heldout_comparison(g, w, data: dict, *, batch: int = 8, code_every: int = 1)
         for a in range(0, len(data["raster"]), batch):
             idx = np.arange(a, min(a + batch, len(data["raster"])))
             b = clip_tensors(data, idx)
-            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
+            out = g_on_clips(g, b)
             img = _to_uint8(out["image"])
             warped = ({k: _to_uint8(w(*warp_inputs(out, b, k, code_every))) for k in range(1, K + 1)}
                       if w is not None else {})
@@ -164,7 +170,7 @@ def _warp_example(g, data: dict) -> dict:
 
     b = clip_tensors(data, [0])
     with torch.no_grad():
-        out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
+        out = g_on_clips(g, b)
     return dict(zip(WARP_INPUTS, warp_inputs(out, b, 1)))
 
 
@@ -194,13 +200,9 @@ class RendererDistillation:
 
         self.teacher, self.tcfg = teacher, tcfg
         with torch.no_grad():
-            t = self._teacher_out(example)
-            s = student(example["raster"], example["uv"][:, 0], example["view"][:, 0], z=example["z"][:, 0])
+            t, s = g_on_clips(teacher, example), g_on_clips(student, example)
         self.projector = FeatureProjector({"cache": t["features"]}, {"cache": s["features"]},
                                           pairs=[("cache", k, k) for k in range(len(t["features"]))])
-
-    def _teacher_out(self, b: dict) -> dict:
-        return self.teacher(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
 
     def losses(self, b: dict, out: dict) -> dict:
         import torch
@@ -208,7 +210,7 @@ class RendererDistillation:
         from decoder.distill import channel_kl
 
         with torch.no_grad():
-            t = self._teacher_out(b)
+            t = g_on_clips(self.teacher, b)
         return {"kl": channel_kl(t["logits"], out["logits"], self.tcfg.distill_temperature),
                 "feature": self.projector({"cache": t["features"]}, {"cache": out["features"]})}
 
@@ -279,7 +281,7 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
             group["lr"] = tcfg.lr * 0.5 * (1 + math.cos(math.pi * frac))
         b = clip_tensors(train, rng.choice(len(train["raster"]), tcfg.batch_size))
         with torch.set_grad_enabled(frozen_g is None):
-            out = g(b["raster"], b["uv"][:, 0], b["view"][:, 0], z=b["z"][:, 0])
+            out = g_on_clips(g, b)
             loss_g = image_loss(out["image"], b["target"][:, 0], tcfg.ssim_weight)
             if distill is not None:
                 d = distill.losses(b, out)
