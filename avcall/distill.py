@@ -67,7 +67,7 @@ layout: renderer.onnx, warp.onnx, neural_texture.npy, renderer.json).
 
 
 def _register_renderer(ds) -> None:
-    from renderer.neural import NeuralRendererConfig
+    from renderer.config import NeuralRendererConfig
     from renderer.train import RendererTrainConfig
 
     from .renderer_cmds import add_warp_args, channel_counts
@@ -108,7 +108,7 @@ def _register_renderer(ds) -> None:
 
 
 def _distill_renderer(args: argparse.Namespace) -> int:
-    from renderer.neural import NeuralRendererConfig
+    from renderer.config import NeuralRendererConfig
     from renderer.train import RendererTrainConfig, train_renderer
 
     from .renderer_cmds import teacher_clips, warp_config

@@ -26,7 +26,7 @@ exported to DIR/renderer.onnx and DIR/warp.onnx; --install copies them into the 
 def add_train(sub) -> None:
     from renderer.data import RendererDataConfig
     from renderer.train import RendererTrainConfig
-    from renderer.warp import ABLATIONS
+    from renderer.config import ABLATIONS
 
     d, t = RendererDataConfig(), RendererTrainConfig()
     p = sub.add_parser("renderer", help="train the neural renderer G (deferred neural rendering) of an identity",
@@ -67,7 +67,7 @@ def add_train(sub) -> None:
 
 def add_warp_args(p) -> None:
     """W's shape options (``train renderer`` and ``distill renderer``); :func:`warp_config` reads them."""
-    from renderer.warp import WarpConfig
+    from renderer.config import WarpConfig
 
     p.add_argument("--feature-flow", action="store_true",
                    help="W also predicts a flow field and moves G's cached S/2 and S feature maps along it before its "
@@ -81,8 +81,8 @@ def add_warp_args(p) -> None:
 
 
 def warp_config(args: argparse.Namespace, **switches):
-    """The :class:`renderer.warp.WarpConfig` of :func:`add_warp_args`' options (plus ablation ``switches``)."""
-    from renderer.warp import WarpConfig
+    """The :class:`renderer.config.WarpConfig` of :func:`add_warp_args`' options (plus ablation ``switches``)."""
+    from renderer.config import WarpConfig
 
     return WarpConfig(**switches, feature_flow=args.feature_flow, image_flow=args.image_flow,
                       widths=args.warp_widths, w2_kernel=args.w2_kernel)
@@ -165,7 +165,7 @@ def _train(args: argparse.Namespace) -> int:
     from decoder.runtime import default_model_dir
     from renderer.data import RendererDataConfig
     from renderer.train import RendererTrainConfig, install_renderer, train_renderer
-    from renderer.warp import ABLATIONS
+    from renderer.config import ABLATIONS
 
     check_identity(args.identity)
     if args.ablation == "explicit" and (args.feature_flow or args.image_flow):

@@ -28,45 +28,15 @@ exported model then takes ``z`` as a fifth input.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avcore.config import ConfigDict
+from .config import SH_CHANNELS, NeuralRendererConfig
 
 EXTRA_INPUTS = 9
 """G's input channels besides the neural texture: raster colour (3), face mask (1), image-plane x, y (2), view (3)."""
-SH_CHANNELS = (3, 12)
-"""Feature channels [start, stop) multiplied by the view's 9 SH coefficients (the paper's channels 4-12)."""
-
-
-@dataclass
-class NeuralRendererConfig(ConfigDict):
-    channels: int = 16
-    """Neural texture feature channels (at least 12: channels 4-12 carry the SH modulation)."""
-    texture_levels: tuple[int, ...] = (256, 128, 64, 32)
-    """Side of each level of the neural texture pyramid."""
-    widths: tuple[int, ...] = (24, 48, 64, 96)
-    """U-Net channels per level (full resolution first; the last three decoder maps, at S/4, S/2 and S, are the
-    cache): about 0.7 GMAC per frame at 128 px."""
-    modulated: bool = False
-    """Convolutions modulated by the code through a mapping MLP (the enhanced renderer), else a plain U-Net."""
-    mapping_dim: int = 32
-    """``modulated``: width of the mapping MLP's layers and of the style vector ``w``."""
-    mapping_layers: int = 2
-    """``modulated``: linear layers of the mapping MLP (code -> w)."""
-    latent_dim: int = 256
-    """``modulated``: size of the code the mapping MLP takes."""
-
-    def __post_init__(self) -> None:
-        self.texture_levels = tuple(self.texture_levels)
-        self.widths = tuple(self.widths)
-        if self.channels < SH_CHANNELS[1]:
-            raise ValueError(f"neural renderer: channels must be >= {SH_CHANNELS[1]} (SH-modulated channels 4-12)")
-        if len(self.widths) < 3:
-            raise ValueError("neural renderer: at least three U-Net levels (the cache holds maps at S/4, S/2, S)")
 
 
 def sh_basis(d: torch.Tensor) -> torch.Tensor:

@@ -225,9 +225,10 @@ def train_renderer(out_dir: str | Path, train: dict, test: dict, gcfg=None, tcfg
 
     from avcore.training import TrainingLoop, open_run, resumed_config
 
+    from .config import WarpConfig
     from .data import clip_tensors
     from .neural import NeuralRenderer, NeuralRendererConfig
-    from .warp import ImplicitWarp, WarpConfig, export_warp
+    from .warp import ImplicitWarp, export_warp
 
     tcfg = tcfg or RendererTrainConfig()
     out_dir, ckpt_path, ckpt = open_run(out_dir, resume)

@@ -32,62 +32,12 @@ image_flow only],
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from avcore.config import ConfigDict
-
 from .neural import sh_basis
-
-ABLATIONS = {
-    "no-duv": {"duv": False},
-    "no-code-pose": {"code_pose": False},
-    "no-mlp": {"mlp": False},
-    "no-sh-modulation": {"sh_modulation": False},
-}
-"""The paper's Table 3 rows: :class:`WarpConfig` fields switched off. The explicit-warp baseline is
-``WarpConfig(explicit=True)``."""
-
-
-@dataclass
-class WarpConfig(ConfigDict):
-    hidden: int = 32
-    """Channels of the MLP's output broadcast over the S/4 features."""
-    widths: tuple[int, ...] = (32, 16)
-    """Channels after the S/4 and S/2 convolutions (W1), before W2 maps to RGB at S."""
-    duv: bool = True
-    """Give W the UV change ΔUV (ablation: without ΔUV)."""
-    code_pose: bool = True
-    """Give the MLP the view, code, gaze and their changes (ablation: only the SH of the new view)."""
-    mlp: bool = True
-    """Use the MLP at all (ablation: without the MLP)."""
-    sh_modulation: bool = True
-    """Modulate 9 cached channels by the SH change (ablation: without SH modulation)."""
-    explicit: bool = False
-    """Explicit-warp baseline: predict a flow field and resample the cached image."""
-    feature_flow: bool = False
-    """W also predicts a flow field at S/4 (from the same trunk) and resamples the cached S/2 and S maps along it
-    before its convolutions, so the cached features can move further than the convolutions reach; W still
-    synthesizes the image (view-dependent shading, disocclusions), unlike the explicit baseline."""
-    image_flow: bool = False
-    """W also predicts a flow field at S/4 (from the same trunk), resamples G's cached image along it (three channels:
-    cheap, unlike ``feature_flow``, which makes W about as slow as G) and adds its own synthesis to that: W2 sees the
-    moved image and outputs a correction (view-dependent shading, disocclusions, what the flow cannot move). Starts
-    as the naive reuse of the cached image (zero flow, zero correction)."""
-    w2_kernel: int = 3
-    """Kernel of W2, the last convolution (at S, to RGB): 3, or 1 (per pixel: about a tenth of the cost; the image
-    flow and W1's 3x3 convolution at S/2 do the moving)."""
-
-    def __post_init__(self) -> None:
-        self.widths = tuple(self.widths)
-        if self.w2_kernel not in (1, 3):
-            raise ValueError("warp: w2_kernel is 1 or 3")
-        if len(self.widths) != 2:
-            raise ValueError("warp: widths needs two entries (S/4 and S/2 convolutions)")
-
+from .config import WarpConfig
 
 def _c(i: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1), nn.LeakyReLU(0.2))

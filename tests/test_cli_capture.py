@@ -25,6 +25,16 @@ def test_help_lists_the_commands():
         assert cmd in r.stdout
 
 
+
+def test_building_the_parser_imports_neither_torch_nor_gl():
+    # every command's parser is built for any call (even --help): heavy imports belong in the handlers
+    code = ("import sys, avcall.cli as c; c.build_parser(); "
+            "print(' '.join(m for m in ('torch', 'moderngl', 'onnxruntime') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == ""
+
 def test_capture_sheet(tmp_path):
     out = tmp_path / "sheet.png"
     r = avcall("capture", "sheet", "--out", str(out), "--identities", "S1,S2", "--tile", "48")

@@ -128,10 +128,10 @@ def test_renderer_clips_training_export_and_the_engine_on_a_tiny_decoder(tmp_pat
     """Clips of the decoded avatar against the studio's truth; a short run of G and W exports both and compares them
     on held-out clips; a second run resumes; the receiver's engine runs the exported pair (generate, then warp)."""
     from avcore.errors import UsageError
+    from renderer.config import WarpConfig
     from renderer.data import RendererDataConfig, build_renderer_data
     from renderer.engine import EngineSpec, open_engine
     from renderer.train import RendererTrainConfig, install_renderer, train_renderer
-    from renderer.warp import WarpConfig
 
     dec = _tiny_decoder(tmp_path / "dec")
     dcfg = RendererDataConfig(clips=3, size=32, max_view_speed_dps=600.0)
@@ -221,7 +221,8 @@ def _cache(b: int = 2, s: int = 32, z: int = 5, seed: int = 0):
 @pytest.mark.parametrize("variant", ["full", "no-duv", "no-code-pose", "no-mlp", "no-sh-modulation", "explicit",
                                      "feature-flow", "image-flow", "image-flow-narrow"])
 def test_every_warp_variant_exports_to_onnx_with_parity(tmp_path, variant):
-    from renderer.warp import ABLATIONS, WARP_INPUTS, ImplicitWarp, WarpConfig, export_warp
+    from renderer.config import ABLATIONS, WarpConfig
+    from renderer.warp import WARP_INPUTS, ImplicitWarp, export_warp
 
     kw = {"explicit": {"explicit": True}, "feature-flow": {"feature_flow": True},
           "image-flow": {"image_flow": True}, "image-flow-narrow": {"image_flow": True, "widths": (4, 3), "w2_kernel": 1}}.get(variant, ABLATIONS.get(variant, {}))
@@ -375,10 +376,10 @@ def test_the_renderer_evaluation_on_tiny_models(tmp_path):
     """``avcall eval renderer``'s table on a tiny avatar: every row with quality, latency and measured fps (the
     schedulers for real, the parallel one with two worker processes), the online runs, an ablation row, and the
     picture; warp rows do warp and the naive row shows frames again."""
+    from renderer.config import WarpConfig
     from renderer.data import RendererDataConfig, SequenceDataConfig, build_renderer_data
     from renderer.evaluate import ROWS, evaluate_renderer, render_markdown, schedule, write_results
     from renderer.train import RendererTrainConfig, install_renderer, train_renderer
-    from renderer.warp import WarpConfig
 
     assert schedule("warp1x", 6) == ["generate", "warp"] * 3
     assert schedule("warp2x", 6) == ["generate", "warp", "warp"] * 2
@@ -472,10 +473,10 @@ def test_distilling_a_modulated_student_g_lowers_its_distillation_loss_and_the_r
     the student exports with the code as G's input, the receiver's engine feeds it the code, and the comparison
     reports both rows."""
     from renderer.compare import compare_renderers
+    from renderer.config import WarpConfig
     from renderer.data import RendererDataConfig, build_renderer_data, clip_tensors
     from renderer.engine import EngineSpec, open_engine
     from renderer.train import RendererDistillation, RendererTrainConfig, install_renderer, load_generator, train_renderer
-    from renderer.warp import WarpConfig
 
     dec = _tiny_decoder(tmp_path / "dec")
     train = build_renderer_data(RendererDataConfig(clips=6, size=24), decoder_dir=dec, progress=False)
