@@ -89,8 +89,8 @@ def save_model(decoder, out_dir: Path, *, studio_identity: str, train_info: dict
     cfg: DecoderConfig = dec.cfg
     torch.save({"decoder": {k: v.half() for k, v in dec.state_dict().items()}, "config": cfg.to_dict()}, out_dir / "weights.pt")
     if encoder is not None:
-        torch.save({"encoder": {k: v.half() for k, v in encoder.state_dict().items()}, "config": cfg.to_dict()},
-                   out_dir / "encoder.pt")
+        torch.save({"encoder": {k: v.half() for k, v in encoder.state_dict().items()}, "config": encoder.cfg.to_dict()},
+                   out_dir / "encoder.pt")  # its own sizes: a frozen encoder of another model may differ
     diffs = export_onnx(dec, out_dir / "decoder.onnx", float16_weights=True)
     np.savez_compressed(out_dir / "assets.npz", **identity_assets(studio_identity))
     meta = {
@@ -140,10 +140,20 @@ def save_from_checkpoint(checkpoint: Path, out_dir: Path) -> dict:
 
     ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = DecoderConfig.from_dict(ck["decoder_config"])
-    model = CodecAvatarVAE(cfg)
+    model = CodecAvatarVAE(cfg, checkpoint_encoder_config(ck))
     model.load_state_dict(ck["model"])
     return save_model(model.decoder, out_dir, studio_identity=cfg.identity, encoder=model.encoder,
                       train_info={"steps": ck["step"], "elapsed_s": ck["elapsed_s"], "train_config": ck["train_config"]})
+
+
+def checkpoint_encoder_config(ck: dict) -> DecoderConfig | None:
+    """The sizes of a training checkpoint's encoder when they are not its decoder's: a frozen encoder
+    (``latent_from``) keeps the sizes its own ``encoder.pt`` names. None: the decoder's."""
+    if "encoder_config" in ck:
+        return DecoderConfig.from_dict(ck["encoder_config"])
+    latent_from = ck.get("train_config", {}).get("latent_from") or ck.get("train_config", {}).get("teacher")
+    enc = load_torch_encoder(Path(latent_from)) if latent_from else None
+    return enc.cfg if enc is not None else None
 
 
 def load_vae(identity: str | None = None, model_dir: str | Path | None = None):
@@ -166,13 +176,13 @@ def load_vae(identity: str | None = None, model_dir: str | Path | None = None):
         if (d / "weights.pt").exists() and (d / "encoder.pt").exists():
             dec = torch.load(d / "weights.pt", map_location="cpu", weights_only=True)
             enc = torch.load(d / "encoder.pt", map_location="cpu", weights_only=True)
-            vae = CodecAvatarVAE(DecoderConfig.from_dict(dec["config"]))
+            vae = CodecAvatarVAE(DecoderConfig.from_dict(dec["config"]), DecoderConfig.from_dict(enc["config"]))
             vae.decoder.load_state_dict({k: v.float() for k, v in dec["decoder"].items()})
             vae.encoder.load_state_dict({k: v.float() for k, v in enc["encoder"].items()})
             break
         if (d / "checkpoint.pt").exists():
             ck = torch.load(d / "checkpoint.pt", map_location="cpu", weights_only=True)
-            vae = CodecAvatarVAE(DecoderConfig.from_dict(ck["decoder_config"]))
+            vae = CodecAvatarVAE(DecoderConfig.from_dict(ck["decoder_config"]), checkpoint_encoder_config(ck))
             vae.load_state_dict(ck["model"])
             break
     else:

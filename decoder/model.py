@@ -156,12 +156,15 @@ class AvatarEncoder(nn.Module):
 
 
 class CodecAvatarVAE(nn.Module):
-    """Encoder + decoder; ``forward`` samples z with the reparameterisation trick."""
+    """Encoder + decoder; ``forward`` samples z with the reparameterisation trick.
 
-    def __init__(self, cfg: DecoderConfig):
+    ``encoder_cfg``: the encoder's own sizes when they differ from the decoder's (a decoder trained into another
+    model's latent space keeps that model's encoder: ``--latent-from``, distilled students)."""
+
+    def __init__(self, cfg: DecoderConfig, encoder_cfg: DecoderConfig | None = None):
         super().__init__()
         self.cfg = cfg
-        self.encoder = AvatarEncoder(cfg)
+        self.encoder = AvatarEncoder(encoder_cfg or cfg)
         self.decoder = AvatarDecoder(cfg)
 
     def forward(self, vertices, enc_texture, view_direction, sample: bool = True):

@@ -251,6 +251,7 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     running: dict[str, float] = {}
     loop = TrainingLoop(
         ckpt_path, lambda: {"model": model.state_dict(), "optimizer": opt.state_dict(), "decoder_config": dcfg.to_dict(),
+                            "encoder_config": model.encoder.cfg.to_dict(),
                             "train_config": tcfg.to_dict(), "loss_history": history,
                             **({"projector": projector.state_dict()} if projector is not None else {})},
         steps=tcfg.steps, time_budget_s=tcfg.time_budget_s, checkpoint_every_s=tcfg.checkpoint_every_s, step=step,

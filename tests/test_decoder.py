@@ -222,13 +222,14 @@ def test_receiver_path_does_not_import_torch():
 
 def test_a_decoder_trained_into_another_models_latent_space_keeps_its_encoder(tmp_path, tiny_data):
     """``latent_from``: a larger decoder learns to decode the codes of an existing model's frozen encoder (the
-    teacher and students of the distillation), its loss falls, and its directory carries that same encoder."""
-    from decoder.export import load_torch_encoder
+    teacher and students of the distillation), its loss falls, and its directory carries that same encoder, with
+    the encoder's own sizes: the decoder's geometry basis differs, and every reader rebuilds the encoder."""
+    from decoder.export import load_torch_encoder, load_vae, save_from_checkpoint
     from decoder.train import train_decoder
 
     base = tmp_path / "base"
     train_decoder(base, tiny_config(), tiny_train_config(steps=5), progress=False, data=tiny_data)
-    bigger = tiny_config(geometry_hidden=64, texture_channels=(16, 8))
+    bigger = tiny_config(geometry_basis=12, geometry_hidden=64, texture_channels=(16, 8))
     r = train_decoder(tmp_path / "big", bigger, tiny_train_config(steps=40, latent_from=str(base)), progress=False,
                       data=tiny_data)
     hist = r.loss_history
@@ -236,6 +237,14 @@ def test_a_decoder_trained_into_another_models_latent_space_keeps_its_encoder(tm
     a, b = load_torch_encoder(base), load_torch_encoder(tmp_path / "big")
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)  # the latent space is the base model's, untouched
+    assert b.cfg.geometry_basis == 8
+    resaved = save_from_checkpoint(tmp_path / "big" / "checkpoint.pt", tmp_path / "resaved")
+    assert resaved["decoder"]["geometry_basis"] == 12
+    for source in (tmp_path / "big", tmp_path / "resaved"):
+        vae = load_vae(model_dir=source)
+        assert vae.decoder.cfg.geometry_basis == 12 and vae.encoder.cfg.geometry_basis == 8
+        for (ka, va), (kb, vb) in zip(a.state_dict().items(), vae.encoder.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
     with pytest.raises(Exception, match="latent_dim"):
         train_decoder(tmp_path / "bad", tiny_config(latent_dim=8), tiny_train_config(steps=1, latent_from=str(base)),
                       progress=False, data=tiny_data)
