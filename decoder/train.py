@@ -158,7 +158,8 @@ def _teacher(model_dir: str, model, dcfg: DecoderConfig):
 
 def _distillation_losses(model, teacher, projector, batch, coverage, tcfg: TrainConfig) -> dict:
     """:func:`vae_losses` of a student (its frozen encoder's means as codes) plus ``distill_kl`` and
-    ``distill_feature`` against the teacher, weighted into ``total``; the student decodes each batch once."""
+    ``distill_feature`` against the teacher, weighted into ``total``; the student decodes each batch once. With
+    both weights 0 (the student trained from scratch in the teacher's latent space) the teacher is not run."""
     import torch
 
     from .distill import distillation_losses
@@ -166,6 +167,10 @@ def _distillation_losses(model, teacher, projector, batch, coverage, tcfg: Train
     verts, enc, view = batch[:3]
     with torch.no_grad():
         mu, log_std = model.encoder(verts, enc)  # frozen: the latent space both decode
+    if tcfg.distill_kl_weight == 0 and tcfg.distill_feature_weight == 0:  # from scratch: no teacher pass to pay
+        s_out = model.decoder(mu, view)
+        return _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)
+    with torch.no_grad():
         t_out = teacher(mu, view, features=True)
     s_out = model.decoder(mu, view, features=True)
     out = _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)

@@ -164,6 +164,11 @@ def test_distilling_a_student_from_a_trained_teacher_lowers_the_distillation_los
     r3 = train_decoder(tmp_path / "scratch", student, tiny_train_config(steps=5, latent_from=str(tmp_path / "teacher")),
                        progress=False, data=data, export=False)
     assert "distill_kl" not in r3.loss_history[-1]
+    # the ablation "from scratch" (--no-kl --no-feature) is exactly that run: the teacher only names the latent space
+    r4 = train_decoder(tmp_path / "scratch-ablation", student,
+                       tiny_train_config(steps=5, teacher=str(tmp_path / "teacher"), distill_kl_weight=0.0,
+                                         distill_feature_weight=0.0), progress=False, data=data, export=False)
+    assert r4.loss_history == r3.loss_history
 
 
 def test_distill_decoder_arguments_make_the_student_and_its_ablations():
