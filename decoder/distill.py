@@ -16,6 +16,9 @@ shorter stack goes).
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -96,3 +99,87 @@ def distillation_losses(teacher_out: tuple, student_out: tuple, projector: Featu
     if projector is not None:
         out["feature"] = projector(tf, sf)
     return out
+
+
+class TeacherTargets:
+    """The teacher's outputs for every (pose, view) of a training set, computed once and read from disk.
+
+    A student distils in its teacher's latent space: its codes are the frozen encoder's means, so what the teacher
+    decodes for a training sample (vertices, texture, intermediate features) never changes during training.
+    Computing it once (:meth:`open`) instead of at every step makes a distillation step about as cheap as a plain
+    student step: the teacher's pass with features is most of the cost. The directory holds one ``.npy`` per output
+    (vertices float32; texture and features float16, which the losses do not notice), memory-mapped so that
+    students running side by side share the pages, and ``key.txt``: another teacher, encoder or training set
+    rebuilds it. It is written beside its final name and renamed into place.
+    """
+
+    def __init__(self, directory: Path, names: list[str]):
+        import numpy as np
+
+        self.directory = Path(directory)
+        self.arrays = {n: np.load(self.directory / f"{n}.npy", mmap_mode="r") for n in names}
+
+    @classmethod
+    def open(cls, directory, key: str, teacher: nn.Module, inputs, shape: tuple[int, int], *, batch: int = 16,
+             progress: bool = True) -> "TeacherTargets":
+        """The targets in ``directory`` if built with ``key``, else built there: ``inputs(pose_idx, view_idx)`` gives
+        the teacher's (codes, view directions) of those samples; ``shape`` = (poses, views per pose)."""
+        import os
+        import shutil
+
+        import numpy as np
+
+        from avcore.progress import progress as progress_bar
+
+        directory = Path(directory)
+        if (directory / "key.txt").is_file() and (directory / "key.txt").read_text() == key:
+            return cls(directory, json.loads((directory / "names.json").read_text()))
+        n_pose, n_view = shape
+        pose_idx, view_idx = np.divmod(np.arange(n_pose * n_view), n_view)
+        tmp = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        files: dict[str, np.ndarray] = {}
+        bar = progress_bar(total=len(pose_idx), desc="teacher targets", unit="sample", disable=not progress)
+        with torch.no_grad():
+            for s in range(0, len(pose_idx), batch):
+                pi, vi = pose_idx[s:s + batch], view_idx[s:s + batch]
+                z, view = inputs(pi, vi)
+                for name, value in _flat_outputs(teacher(z, view, features=True)).items():
+                    value = value.numpy()
+                    if name not in files:
+                        dtype = np.float32 if name == "vertices" else np.float16
+                        files[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+", dtype=dtype,
+                                                                shape=(n_pose, n_view, *value.shape[1:]))
+                    if name != "vertices" and np.abs(value).max() > 6e4:
+                        raise ValueError(f"teacher targets: {name} exceeds float16's range")
+                    files[name][pi, vi] = value
+                bar.update(len(pi))
+        bar.close()
+        for arr in files.values():
+            arr.flush()
+        (tmp / "names.json").write_text(json.dumps(list(files)))
+        (tmp / "key.txt").write_text(key)
+        shutil.rmtree(directory, ignore_errors=True)  # a stale set (another key)
+        try:
+            tmp.rename(directory)
+        except OSError:  # another student built it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cls(directory, list(files))
+
+    def lookup(self, pose_idx, view_idx) -> tuple:
+        """The teacher's ``forward(z, view, features=True)`` output for these samples (float32 tensors)."""
+        import numpy as np
+
+        got = {n: torch.from_numpy(np.asarray(a[pose_idx, view_idx], dtype=np.float32)) for n, a in self.arrays.items()}
+        feats = {part: [got[f"{part}_feature{i}"] for i in range(sum(n.startswith(f"{part}_feature") for n in got))]
+                 for part in ("geometry", "texture")}
+        return got["vertices"], got["texture"], feats
+
+
+def _flat_outputs(out: tuple) -> dict[str, torch.Tensor]:
+    verts, tex, feats = out
+    flat = {"vertices": verts, "texture": tex}
+    for part in ("geometry", "texture"):
+        flat |= {f"{part}_feature{i}": f for i, f in enumerate(feats[part])}
+    return flat

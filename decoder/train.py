@@ -156,10 +156,40 @@ def _teacher(model_dir: str, model, dcfg: DecoderConfig):
     return teacher, projector
 
 
-def _distillation_losses(model, teacher, projector, batch, coverage, tcfg: TrainConfig) -> dict:
+def _teacher_targets(teacher, encoder, data: dict, tcfg: TrainConfig, out_dir: Path, progress: bool):
+    """The teacher's outputs on every training sample (:class:`decoder.distill.TeacherTargets`), beside the data
+    cache (shared by the students of one teacher and data set) or in ``out_dir``."""
+    import hashlib
+
+    import torch
+
+    from .distill import TeacherTargets
+
+    def digest(*parts) -> str:
+        h = hashlib.sha1()
+        for part in parts:
+            h.update(part if isinstance(part, bytes) else np.ascontiguousarray(part).tobytes())
+        return h.hexdigest()[:16]
+
+    weights = digest(*(t.detach().numpy() for t in teacher.state_dict().values()),
+                     *(t.detach().numpy() for t in encoder.state_dict().values()))
+    key = f"{weights}|{digest(data['view_direction'], data['vertices'], data['enc_texture'])}"
+    where = (Path(tcfg.cache).with_name(f"{Path(tcfg.cache).stem}.teacher-{weights[:8]}") if tcfg.cache
+             else out_dir / "teacher_targets")
+
+    def inputs(pi, vi):
+        verts, enc, view = batch_tensors(data, pi, vi)[:3]
+        return encoder(verts, enc)[0], view
+
+    with torch.no_grad():
+        return TeacherTargets.open(where, key, teacher, inputs, data["view_direction"].shape[:2], progress=progress)
+
+
+def _distillation_losses(model, targets, index, projector, batch, coverage, tcfg: TrainConfig) -> dict:
     """:func:`vae_losses` of a student (its frozen encoder's means as codes) plus ``distill_kl`` and
-    ``distill_feature`` against the teacher, weighted into ``total``; the student decodes each batch once. With
-    both weights 0 (the student trained from scratch in the teacher's latent space) the teacher is not run."""
+    ``distill_feature`` against the teacher's outputs for the batch (``targets.lookup(*index)``, index = (poses,
+    views)), weighted into ``total``; the student decodes each batch once. With both weights 0 (the student trained
+    from scratch in the teacher's latent space) the teacher's outputs are not read."""
     import torch
 
     from .distill import distillation_losses
@@ -170,8 +200,7 @@ def _distillation_losses(model, teacher, projector, batch, coverage, tcfg: Train
     if tcfg.distill_kl_weight == 0 and tcfg.distill_feature_weight == 0:  # from scratch: no teacher pass to pay
         s_out = model.decoder(mu, view)
         return _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)
-    with torch.no_grad():
-        t_out = teacher(mu, view, features=True)
+    t_out = targets.lookup(*index)
     s_out = model.decoder(mu, view, features=True)
     out = _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)
     d = distillation_losses(t_out, s_out, projector if tcfg.distill_feature_weight > 0 else None,
@@ -236,6 +265,9 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     if frozen is not None:
         model.encoder = frozen
     teacher, projector = (_teacher(tcfg.teacher, model, dcfg) if tcfg.teacher else (None, None))
+    targets = None
+    if teacher is not None and (tcfg.distill_kl_weight > 0 or tcfg.distill_feature_weight > 0):
+        targets = _teacher_targets(teacher, model.encoder, data, tcfg, out_dir, progress)
     groups = param_groups(model)
     if projector is not None:
         groups[0]["params"] = [*groups[0]["params"], *projector.parameters()]
@@ -272,7 +304,7 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         vi = rng.integers(0, K, tcfg.batch_size)
         batch = batch_tensors(data, pi, vi)
         if teacher is not None:
-            losses = _distillation_losses(model, teacher, projector, batch, coverage, tcfg)
+            losses = _distillation_losses(model, targets, (pi, vi), projector, batch, coverage, tcfg)
         else:
             losses = vae_losses(model, batch, coverage, tcfg, sample=frozen is None)
         opt.zero_grad(set_to_none=True)

@@ -92,6 +92,38 @@ def test_a_tiny_distillation_run_lowers_the_distillation_loss():
     assert set(parts) == {"kl", "feature"} and all(np.isfinite(float(x.detach())) for x in parts.values())
 
 
+def test_teacher_targets_are_the_teacher_s_outputs_computed_once(tmp_path):
+    """What a student reads instead of running its teacher: the teacher's forward pass on every (pose, view), equal
+    to running it (float16 storage aside), reopened without recomputing while the key holds, rebuilt when not."""
+    from decoder.distill import TeacherTargets
+
+    torch.manual_seed(0)
+    teacher = AvatarDecoder(_tiny((16, 12, 8), 6)).eval().requires_grad_(False)
+    z = torch.randn(5, 3, 8)  # 5 poses x 3 views
+    v = torch.nn.functional.normalize(torch.randn(5, 3, 3) + torch.tensor([0.0, 0.0, 2.0]), dim=-1)
+    calls = []
+
+    def inputs(pi, vi):
+        calls.append(len(pi))
+        return z[pi, vi], v[pi, vi]
+
+    targets = TeacherTargets.open(tmp_path / "t", "k1", teacher, inputs, (5, 3), batch=4, progress=False)
+    assert sum(calls) == 15
+    pi, vi = np.array([4, 0, 2, 4]), np.array([0, 2, 1, 2])
+    with torch.no_grad():
+        verts, tex, feats = teacher(z[pi, vi], v[pi, vi], features=True)
+    tv, tt, tf = targets.lookup(pi, vi)
+    assert torch.equal(tv, verts)
+    torch.testing.assert_close(tt, tex, atol=2e-3, rtol=2e-3)
+    assert len(tf["texture"]) == len(feats["texture"]) == 3 and len(tf["geometry"]) == 1
+    for a, b in zip(tf["texture"] + tf["geometry"], feats["texture"] + feats["geometry"]):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)
+    TeacherTargets.open(tmp_path / "t", "k1", teacher, inputs, (5, 3), progress=False)
+    assert sum(calls) == 15  # the same key: read from disk
+    TeacherTargets.open(tmp_path / "t", "k2", teacher, inputs, (5, 3), progress=False)
+    assert sum(calls) == 30 and sorted(p.name for p in tmp_path.iterdir()) == ["t"]
+
+
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_exports_with_onnx_parity(name, tmp_path):
     from decoder.export import export_onnx
