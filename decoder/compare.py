@@ -4,13 +4,16 @@ Every row is a role (``teacher``, ``current``, ``student``, ``student-scratch``,
 ``student-no-feature``) with one model directory per training seed. Per row: parameters and MFLOPs of one decode
 (:func:`decoder.presets.decoder_cost`), the decode time (onnxruntime, one thread, median; every row in the same
 run), and on held-out poses (seed disjoint from training; each directory's own training encoder gives the codes,
-the students share their teacher's latent space) the PSNR and SSIM over the face pixels (the studio render's
-foreground) of the front, left and right dome views; with several seeds, their mean and std. A side-by-side
-picture shows a few held-out poses for every row with its error map.
+the students share their teacher's latent space) the PSNR over the face pixels, the studio's whole foreground and
+the whole frame, and the face SSIM, of the front, left and right dome views; with several seeds, their mean and
+std. The face pixels are those of the studio's own head mesh (:meth:`decoder.evaluate.HeldOutProbe.head_mask`),
+the face a decoder models: the studio's foreground also has hair volume, ears, neck and shoulders, which no decoder
+mesh has, and the error there, the same for every decoder, would hide the differences between them. A
+side-by-side picture shows a few held-out poses for every row with its error map.
 
 ``distill.json``: ``{"rows": [{"name", "role", "params", "mflops", "decode_ms", "psnr_face_mean", "psnr_face":
-{view}, "ssim_face": {view}, "ssim_face_mean", "psnr_face_mean_std", "seeds", "model_dirs"}], "machine",
-"command", "test"}``.
+{view}, "psnr_foreground_mean", "psnr_foreground": {view}, "psnr_mean", "psnr": {view}, "ssim_face": {view},
+"ssim_face_mean", "psnr_face_mean_std", "seeds", "model_dirs"}], "machine", "command", "test"}``.
 """
 from __future__ import annotations
 
@@ -42,14 +45,16 @@ def decode_ms(model_dir: Path, *, iters: int = 60, warmup: int = 10) -> float:
 
 
 def face_quality(model_dir: Path, identity: str | None, poses: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Face-pixel PSNR (of the mean face MSE, 0..255) and SSIM per view over the held-out ``poses``."""
-    from avcore.metrics import face_and_frame_mse, face_mask, psnr_from_mse, ssim
+    """PSNR (of the mean MSE, 0..255) per view over the face pixels (the studio's head mesh, which the decoder
+    models), the studio's whole foreground and the whole frame, and the face SSIM, over the held-out ``poses``."""
+    from avcore.metrics import psnr_from_mse, ssim
 
     from .evaluate import HeldOutProbe
 
     probe = HeldOutProbe(model_dir, identity, threads=1)
     expr, gaze = poses
-    mse = {v: [] for v in VIEWS}
+    parts = ("face", "foreground", "frame")
+    mse = {part: {v: [] for v in VIEWS} for part in parts}
     ss = {v: [] for v in VIEWS}
     try:
         for i in range(len(expr)):
@@ -57,14 +62,20 @@ def face_quality(model_dir: Path, identity: str | None, poses: tuple[np.ndarray,
             for v in VIEWS:
                 gt = probe.truth(expr[i], gaze[i], v)
                 pr = probe.render(z, gaze[i], v)
-                mse[v].append(face_and_frame_mse(pr, gt)[0])
-                ss[v].append(ssim(pr, gt, peak=255.0, mask=face_mask(gt)))
+                head = probe.head_mask(expr[i], gaze[i], v)
+                d = (pr.astype(np.float64) - gt.astype(np.float64)) ** 2
+                for part, mask in zip(parts, (head, gt.max(-1) > 0, np.ones(head.shape, bool))):
+                    mse[part][v].append(float(d[mask].mean()) if mask.any() else 0.0)
+                ss[v].append(ssim(pr, gt, peak=255.0, mask=head))
     finally:
         probe.close()
-    psnr = {v: psnr_from_mse(float(np.mean(mse[v]))) for v in VIEWS}
+    out = {}
+    for part in parts:
+        psnr = {v: psnr_from_mse(float(np.mean(mse[part][v]))) for v in VIEWS}
+        key = "psnr" if part == "frame" else f"psnr_{part}"
+        out |= {key: psnr, f"{key}_mean": float(np.mean(list(psnr.values())))}
     ssim_v = {v: float(np.mean(ss[v])) for v in VIEWS}
-    return {"psnr_face": psnr, "psnr_face_mean": float(np.mean(list(psnr.values()))), "ssim_face": ssim_v,
-            "ssim_face_mean": float(np.mean(list(ssim_v.values())))}
+    return out | {"ssim_face": ssim_v, "ssim_face_mean": float(np.mean(list(ssim_v.values())))}
 
 
 def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None = None, num_test: int = 24,
@@ -99,9 +110,10 @@ def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None
                **decoder_cost(cfg), "decode_ms": None, "seeds": len(dirs), "model_dirs": [str(d) for d in dirs],
                "psnr_face_mean": float(np.mean(psnrs)),
                "psnr_face_mean_std": float(np.std(psnrs, ddof=1)) if len(psnrs) > 1 else None,
-               "psnr_face": {v: float(np.mean([x["psnr_face"][v] for x in q])) for v in VIEWS},
-               "ssim_face": {v: float(np.mean([x["ssim_face"][v] for x in q])) for v in VIEWS},
-               "ssim_face_mean": float(np.mean([x["ssim_face_mean"] for x in q]))}
+               **{key: {v: float(np.mean([x[key][v] for x in q])) for v in VIEWS}
+                  for key in ("psnr_face", "psnr_foreground", "psnr", "ssim_face")},
+               **{key: float(np.mean([x[key] for x in q])) for key in ("psnr_foreground_mean", "psnr_mean",
+                                                                       "ssim_face_mean")}}
         out.append(row)
     bar.close()
     for row, (_, dirs) in zip(out, rows):  # all decode timings in one go, after the GL-heavy part
@@ -157,15 +169,19 @@ def render_markdown(table: dict) -> str:
     lines = ["# Decoder distillation (the compression paper's Table 3 shape)", "", f"Machine: {table['machine']}", "",
              f"Command: `{table['command']}`", "",
              f"Held-out poses: {table['test']['poses']} (seed {table['test']['seed']}), front/left/right dome views; "
-             "PSNR (dB, of the mean face-pixel MSE on 0..255) and SSIM over the face pixels (the studio render's "
-             "foreground); decode ms: onnxruntime, one thread, median, all rows in one run.", "",
-             "| row | params | MFLOPs | decode ms | face PSNR | ± seeds | front | left | right | face SSIM | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "PSNR in dB, of the mean MSE on 0..255. Face: the pixels of the studio's head mesh, the face a decoder "
+             "models; foreground: everything the studio renders (also hair volume, ears, neck and shoulders, which "
+             "no decoder mesh has: the same error for every row); frame: the whole image. Face SSIM over the face "
+             "pixels. Decode ms: onnxruntime, one thread, median, all rows in one run.", "",
+             "| row | params | MFLOPs | decode ms | face PSNR | ± seeds | front | left | right | face SSIM "
+             "| foreground PSNR | frame PSNR | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         p = r["psnr_face"]
         lines.append(f"| {r['name']} | {r['params']:,} | {f(r['mflops'], 1)} | {f(r['decode_ms'])} | "
                      f"{f(r['psnr_face_mean'])} | {f(r['psnr_face_mean_std'])} | {f(p['front'])} | {f(p['left'])} | "
-                     f"{f(p['right'])} | {f(r['ssim_face_mean'], 3)} | {r['seeds']} |")
+                     f"{f(p['right'])} | {f(r['ssim_face_mean'], 3)} | {f(r['psnr_foreground_mean'])} | "
+                     f"{f(r['psnr_mean'])} | {r['seeds']} |")
     return "\n".join(lines) + "\n"
 
 

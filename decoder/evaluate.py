@@ -109,6 +109,14 @@ class HeldOutProbe:
         v, t = self.decoder.decode(z, d)
         return self.rast.render(v, np.clip(t, 0, 1), gaze, d), self.rast.render_uv(v, gaze, d, self.size)
 
+    def head_mask(self, expr, gaze, view) -> np.ndarray:
+        """(S, S) bool at :attr:`size`: the pixels of the studio's own head mesh from ``view``, the face a decoder
+        models (the studio's foreground also has hair volume, ears, neck and shoulders, which no decoder mesh has)."""
+        from capture.rig import view_direction
+
+        st = self.studio.pose(expr, gaze)
+        return self.rast.render_uv(st.vertices, gaze, view_direction(view), self.size)[..., 2] > 0.5
+
     def truth(self, expr, gaze, view, size: int | None = None) -> np.ndarray:
         """The studio's render from ``view`` at ``size`` (default :attr:`size`)."""
         return self.studio.render_view(expr, gaze, view, size=size or self.size)

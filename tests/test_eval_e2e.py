@@ -236,6 +236,24 @@ def test_eval_ablation_writes_table2_with_every_row_found(tiny_models, capsys):
     assert rc != 0 and "fusion.onnx missing" in stderr
 
 
+def test_the_face_a_decoder_models_is_the_studio_head_mesh_inside_its_foreground(tiny_models):
+    from decoder.data import sample_poses
+    from decoder.evaluate import HeldOutProbe
+
+    probe = HeldOutProbe(tiny_models["decoders"] / "S1", "S1", threads=1, size=128)
+    try:
+        expr, gaze = sample_poses(2, 5)
+        for view in ("front", "left"):
+            head = probe.head_mask(expr[1], gaze[1], view)
+            fg = probe.truth(expr[1], gaze[1], view).max(-1) > 0
+            assert head.shape == fg.shape == (128, 128)
+            assert head.sum() > 0.1 * fg.sum()  # the face is a large part of the studio's foreground ...
+            assert head.sum() < 0.9 * fg.sum()  # ... but not hair, ears, neck and shoulders
+            assert (head & ~fg).sum() < 0.02 * head.sum()  # and it lies inside it
+    finally:
+        probe.close()
+
+
 def test_eval_distill_compares_decoders_per_role_with_seeds_and_a_picture(tiny_models, capsys):
     dec = str(tiny_models["decoders"] / "S1")
     out = tiny_models["root"] / "distill"
@@ -248,6 +266,9 @@ def test_eval_distill_compares_decoders_per_role_with_seeds_and_a_picture(tiny_m
         assert {"name", "role", "params", "mflops", "decode_ms", "psnr_face_mean", "seeds"} <= set(r)
         assert r["params"] > 0 and r["mflops"] > 0 and r["decode_ms"] > 0 and _finite(r["psnr_face_mean"])
         assert 0 < r["ssim_face_mean"] <= 1 and set(r["psnr_face"]) == {"front", "left", "right"}
+        assert _finite(r["psnr_foreground_mean"]) and _finite(r["psnr_mean"])
+        # the frame's black background is easy: the whole frame scores above the foreground
+        assert r["psnr_mean"] > r["psnr_foreground_mean"]
     student = t["rows"][2]
     assert student["seeds"] == 2 and student["psnr_face_mean_std"] == pytest.approx(0.0, abs=1e-9)
     assert student["psnr_face_mean"] == pytest.approx(t["rows"][0]["psnr_face_mean"])  # the same model
