@@ -22,6 +22,8 @@ PRESETS: dict[str, dict] = {
     "current": {},
     "student-s": dict(geometry_basis=24, geometry_hidden=96, texture_size=256, texture_seed=4,
                       texture_channels=(32, 24, 16, 12, 8, 8), view_inject=2),
+    "student-m": dict(geometry_basis=12, geometry_hidden=64, texture_size=256, texture_seed=4,
+                      texture_channels=(16, 12, 8, 8, 6, 4), view_inject=2),
     "student-xs": dict(geometry_basis=8, geometry_hidden=64, texture_size=128, texture_seed=4,
                        texture_channels=(16, 12, 8, 8, 4), view_inject=2),
 }

@@ -38,6 +38,9 @@ def test_every_preset_builds_and_is_sized_as_the_study_needs():
     assert costs["teacher"]["params"] > costs["current"]["params"] > costs["student-s"]["params"]
     xs, te = costs["student-xs"], costs["teacher"]
     assert xs["params"] <= 0.05 * te["params"] and xs["mflops"] <= 0.10 * te["mflops"]
+    m = costs["student-m"]  # the face's own detail (256² texture, 12 geometry modes) in under 8% of the teacher
+    assert xs["params"] < m["params"] <= 0.08 * te["params"] and m["mflops"] <= 0.05 * te["mflops"]
+    assert preset_config("student-m").texture_size == preset_config("teacher").texture_size
     assert preset_config("current").to_dict() == preset_config("current", identity="S1").to_dict()
     with pytest.raises(ValueError, match="presets"):
         preset_config("huge")
