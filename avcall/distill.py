@@ -148,9 +148,10 @@ def add_eval(sub) -> None:
     p.add_argument("--identity", default="S1", help="studio identity (default: %(default)s)")
     p.add_argument("--current", default=None, metavar="DIR",
                    help="today's decoder (default: the embedded decoder/models/IDENTITY)")
-    for role in ("teacher", "student", "student-scratch", "student-no-kl", "student-no-feature"):
-        p.add_argument(f"--{role}", default="", metavar="DIR[,DIR]", help=f"the {role.replace('-', ' ')} decoder(s), "
-                       "one per seed")
+    p.add_argument("--teacher", default="", metavar="DIR", help="the teacher decoder")
+    for role in ("student", "student-scratch", "student-no-kl", "student-no-feature"):
+        p.add_argument(f"--{role}", action="append", default=[], metavar="DIR[,DIR]",
+                       help=f"a {role.replace('-', ' ')} decoder, one directory per seed (repeat for another size)")
     p.add_argument("--poses", type=positive_int, default=24, help="held-out poses (default: %(default)s)")
     p.add_argument("--out-dir", default="", metavar="DIR", help="write distill.{md,json} and "
                    "distill_side_by_side.png here (default: print only)")
@@ -222,9 +223,10 @@ def _eval_distill(args: argparse.Namespace) -> int:
         value = getattr(args, role.replace("-", "_"))
         if role == "current":
             value = value or str(default_model_dir(args.identity))
-        dirs = [Path(d) for d in value.split(",") if d.strip()]
-        if dirs:
-            rows.append((role, dirs))
+        for text in [value] if isinstance(value, str) else value:
+            dirs = [Path(d) for d in text.split(",") if d.strip()]
+            if dirs:
+                rows.append((role, dirs))
     picture = Path(args.out_dir) / "distill_side_by_side.png" if args.out_dir else None
     table = compare_decoders(rows, identity=args.identity, num_test=args.poses, sheet=picture)
     table |= {"machine": machine_description(), "command": command_line("distill", "avcall eval distill")}

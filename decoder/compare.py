@@ -96,6 +96,7 @@ def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None
         for d in dirs:
             if not (Path(d) / "config.json").is_file():
                 raise UsageError(f"{d} is not a decoder directory (config.json missing)")
+    rows = _grouped(rows)
     poses = sample_poses(num_test, test_seed)
     out = []
     bar = progress_bar(total=sum(len(d) for _, d in rows), desc="eval distill", unit="model", disable=not progress)
@@ -125,40 +126,67 @@ def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None
     return result
 
 
+def _grouped(rows: list[tuple[str, list[Path]]]) -> list[tuple[str, list[Path]]]:
+    """Teacher and current first, then the students by size (in the order their sizes first appear), each size's
+    roles in :data:`ROLES` order."""
+    from .config import DecoderConfig
+    from .presets import preset_of
+
+    def size(d: Path) -> str:
+        cfg = DecoderConfig.from_dict(json.loads((Path(d) / "config.json").read_text())["decoder"])
+        return preset_of(cfg) or json.dumps(cfg.to_dict(), sort_keys=True)
+
+    sizes: list[str] = []
+    for role, dirs in rows:
+        if role.startswith("student") and size(dirs[0]) not in sizes:
+            sizes.append(size(dirs[0]))
+    key = lambda r: (-1 if not r[0].startswith("student") else sizes.index(size(r[1][0])), ROLES.index(r[0]))  # noqa: E731
+    return sorted(rows, key=key)
+
+
 def side_by_side(rows: list[tuple[str, list[Path]]], poses, path: Path, identity: str | None, n: int = 3,
                  size: int = 192) -> Path:
-    """Front view of ``n`` held-out poses: ground truth, then every row's render over its error map (|diff| x4)."""
+    """Front view of ``n`` held-out poses: ground truth, then every row's render over its error map (|diff| x4) on
+    the face pixels (the studio's head mesh; black elsewhere)."""
     import cv2
 
     from avcore.metrics import error_map
 
+    from .config import DecoderConfig
     from .evaluate import HeldOutProbe
+    from .presets import preset_of
 
     expr, gaze = poses
     n = min(n, len(expr))
     cols = []
-    labels = ["ground truth"]
-    truth = None
+    labels = [("ground truth", "")]
+    truth = heads = None
     for role, dirs in rows:
         probe = HeldOutProbe(Path(dirs[0]), identity, threads=1)
         try:
             if truth is None:
                 truth = [probe.truth(expr[i], gaze[i], "front") for i in range(n)]
+                heads = [probe.head_mask(expr[i], gaze[i], "front") for i in range(n)]
                 cols.append(np.concatenate([cv2.resize(t, (size, size), interpolation=cv2.INTER_AREA) for t in truth]
                                            + [np.zeros((size, size, 3), np.uint8)] * n, 0))
             imgs, errs = [], []
             for i in range(n):
                 pr = probe.render(probe.code(expr[i], gaze[i]), gaze[i], "front")
                 imgs.append(cv2.resize(pr, (size, size), interpolation=cv2.INTER_AREA))
-                errs.append(cv2.resize(error_map(pr, truth[i]), (size, size), interpolation=cv2.INTER_AREA))
+                err = error_map(pr, truth[i]) * heads[i][..., None]
+                errs.append(cv2.resize(err.astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA))
             cols.append(np.concatenate(imgs + errs, 0))
-            labels.append(role)
+            cfg = DecoderConfig.from_dict(json.loads((Path(dirs[0]) / "config.json").read_text())["decoder"])
+            labels.append((role, preset_of(cfg) or "custom size"))
         finally:
             probe.close()
     grid = np.ascontiguousarray(np.concatenate(cols, 1)[..., ::-1])
-    for j, lab in enumerate(labels):
-        cv2.putText(grid, lab, (j * size + 4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
-    cv2.putText(grid, "error x4", (4, n * size + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
+    for j, (role, preset) in enumerate(labels):
+        for k, text in enumerate((role, preset)):
+            cv2.putText(grid, text, (j * size + 4, 14 + 16 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
+                        cv2.LINE_AA)
+    cv2.putText(grid, "error x4, face pixels", (4, n * size + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
+                cv2.LINE_AA)
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), grid)
     return path

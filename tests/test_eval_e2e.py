@@ -258,10 +258,12 @@ def test_eval_distill_compares_decoders_per_role_with_seeds_and_a_picture(tiny_m
     dec = str(tiny_models["decoders"] / "S1")
     out = tiny_models["root"] / "distill"
     rc, stdout, stderr = _run(capsys, "eval", "distill", "--teacher", dec, "--current", dec, "--student", f"{dec},{dec}",
-                              "--poses", "2", "--out-dir", str(out), "--json")
+                              "--student-scratch", dec, "--student", dec, "--poses", "2", "--out-dir", str(out), "--json")
     assert rc == 0, stderr
     t = json.loads(stdout)
-    assert [r["role"] for r in t["rows"]] == ["teacher", "current", "student"]
+    # one row per --student given (students of several sizes), grouped by size, roles in the study's order
+    assert [(r["role"], r["seeds"]) for r in t["rows"]] == [("teacher", 1), ("current", 1), ("student", 2),
+                                                            ("student", 1), ("student-scratch", 1)]
     for r in t["rows"]:
         assert {"name", "role", "params", "mflops", "decode_ms", "psnr_face_mean", "seeds"} <= set(r)
         assert r["params"] > 0 and r["mflops"] > 0 and r["decode_ms"] > 0 and _finite(r["psnr_face_mean"])
