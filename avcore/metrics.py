@@ -29,20 +29,21 @@ def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def mse(a, b) -> float:
-    """Mean squared difference of two images."""
+def mse(a, b, mask=None) -> float:
+    """Mean squared difference of two images; with ``mask`` (H, W) bool, over those pixels only (0 if none)."""
     a, b = _pair(a, b)
-    return float(np.mean((a - b) ** 2))
+    d = (a - b) ** 2
+    if mask is None:
+        return float(d.mean())
+    mask = np.asarray(mask, bool)
+    return float(d[mask].mean()) if mask.any() else 0.0
 
 
 def face_and_frame_mse(img, gt) -> tuple[float, float]:
     """(MSE over the face pixels, MSE over the whole frame) of ``img`` against the ground-truth render ``gt``
     (H, W, 3), on the images' own scale. Face pixels are the ground truth's foreground: any channel > 0 (the
     studio renders on black). A ground truth with no foreground gives a face MSE of 0."""
-    a, b = _pair(img, gt)
-    d = (a - b) ** 2
-    mask = face_mask(gt)
-    return (float(d[mask].mean()) if mask.any() else 0.0), float(d.mean())
+    return mse(img, gt, face_mask(gt)), mse(img, gt)
 
 
 def psnr_from_mse(m: float, peak: float = 255.0) -> float:

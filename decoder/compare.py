@@ -47,7 +47,7 @@ def decode_ms(model_dir: Path, *, iters: int = 60, warmup: int = 10) -> float:
 def face_quality(model_dir: Path, identity: str | None, poses: tuple[np.ndarray, np.ndarray]) -> dict:
     """PSNR (of the mean MSE, 0..255) per view over the face pixels (the studio's head mesh, which the decoder
     models), the studio's whole foreground and the whole frame, and the face SSIM, over the held-out ``poses``."""
-    from avcore.metrics import psnr_from_mse, ssim
+    from avcore.metrics import face_and_frame_mse, mse as masked_mse, psnr_from_mse, ssim
 
     from .evaluate import HeldOutProbe
 
@@ -63,9 +63,8 @@ def face_quality(model_dir: Path, identity: str | None, poses: tuple[np.ndarray,
                 gt = probe.truth(expr[i], gaze[i], v)
                 pr = probe.render(z, gaze[i], v)
                 head = probe.head_mask(expr[i], gaze[i], v)
-                d = (pr.astype(np.float64) - gt.astype(np.float64)) ** 2
-                for part, mask in zip(parts, (head, gt.max(-1) > 0, np.ones(head.shape, bool))):
-                    mse[part][v].append(float(d[mask].mean()) if mask.any() else 0.0)
+                for part, m in zip(parts, (masked_mse(pr, gt, head), *face_and_frame_mse(pr, gt))):
+                    mse[part][v].append(m)
                 ss[v].append(ssim(pr, gt, peak=255.0, mask=head))
     finally:
         probe.close()
@@ -84,7 +83,6 @@ def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None
     from avcore.errors import UsageError
     from avcore.progress import progress as progress_bar
 
-    from .config import DecoderConfig
     from .data import sample_poses
     from .presets import decoder_cost, preset_of
 
@@ -101,7 +99,7 @@ def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None
     out = []
     bar = progress_bar(total=sum(len(d) for _, d in rows), desc="eval distill", unit="model", disable=not progress)
     for role, dirs in rows:
-        cfg = DecoderConfig.from_dict(json.loads((Path(dirs[0]) / "config.json").read_text())["decoder"])
+        cfg = _decoder_config(dirs[0])
         q = []
         for d in dirs:
             q.append(face_quality(Path(d), identity, poses))
@@ -126,14 +124,20 @@ def compare_decoders(rows: list[tuple[str, list[Path]]], *, identity: str | None
     return result
 
 
+def _decoder_config(model_dir: Path):
+    """The :class:`decoder.config.DecoderConfig` a model directory's ``config.json`` names."""
+    from .config import DecoderConfig
+
+    return DecoderConfig.from_dict(json.loads((Path(model_dir) / "config.json").read_text())["decoder"])
+
+
 def _grouped(rows: list[tuple[str, list[Path]]]) -> list[tuple[str, list[Path]]]:
     """Teacher and current first, then the students by size (in the order their sizes first appear), each size's
     roles in :data:`ROLES` order."""
-    from .config import DecoderConfig
     from .presets import preset_of
 
     def size(d: Path) -> str:
-        cfg = DecoderConfig.from_dict(json.loads((Path(d) / "config.json").read_text())["decoder"])
+        cfg = _decoder_config(d)
         return preset_of(cfg) or json.dumps(cfg.to_dict(), sort_keys=True)
 
     sizes: list[str] = []
@@ -152,7 +156,6 @@ def side_by_side(rows: list[tuple[str, list[Path]]], poses, path: Path, identity
 
     from avcore.metrics import error_map
 
-    from .config import DecoderConfig
     from .evaluate import HeldOutProbe
     from .presets import preset_of
 
@@ -176,8 +179,7 @@ def side_by_side(rows: list[tuple[str, list[Path]]], poses, path: Path, identity
                 err = error_map(pr, truth[i]) * heads[i][..., None]
                 errs.append(cv2.resize(err.astype(np.uint8), (size, size), interpolation=cv2.INTER_AREA))
             cols.append(np.concatenate(imgs + errs, 0))
-            cfg = DecoderConfig.from_dict(json.loads((Path(dirs[0]) / "config.json").read_text())["decoder"])
-            labels.append((role, preset_of(cfg) or "custom size"))
+            labels.append((role, preset_of(_decoder_config(dirs[0])) or "custom size"))
         finally:
             probe.close()
     grid = np.ascontiguousarray(np.concatenate(cols, 1)[..., ::-1])

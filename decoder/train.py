@@ -188,8 +188,7 @@ def _teacher_targets(teacher, encoder, data: dict, tcfg: TrainConfig, out_dir: P
 def _distillation_losses(model, targets, index, projector, batch, coverage, tcfg: TrainConfig) -> dict:
     """:func:`vae_losses` of a student (its frozen encoder's means as codes) plus ``distill_kl`` and
     ``distill_feature`` against the teacher's outputs for the batch (``targets.lookup(*index)``, index = (poses,
-    views)), weighted into ``total``; the student decodes each batch once. With both weights 0 (the student trained
-    from scratch in the teacher's latent space) the teacher's outputs are not read."""
+    views)), weighted into ``total``; the student decodes each batch once."""
     import torch
 
     from .distill import distillation_losses
@@ -197,9 +196,6 @@ def _distillation_losses(model, targets, index, projector, batch, coverage, tcfg
     verts, enc, view = batch[:3]
     with torch.no_grad():
         mu, log_std = model.encoder(verts, enc)  # frozen: the latent space both decode
-    if tcfg.distill_kl_weight == 0 and tcfg.distill_feature_weight == 0:  # from scratch: no teacher pass to pay
-        s_out = model.decoder(mu, view)
-        return _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)
     t_out = targets.lookup(*index)
     s_out = model.decoder(mu, view, features=True)
     out = _reconstruction_losses(s_out[0], s_out[1], mu, log_std, batch, coverage, tcfg)
@@ -265,7 +261,7 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
     if frozen is not None:
         model.encoder = frozen
     teacher, projector = (_teacher(tcfg.teacher, model, dcfg) if tcfg.teacher else (None, None))
-    targets = None
+    targets = None  # a student with both distillation weights 0 (from scratch) only takes the teacher's latent space
     if teacher is not None and (tcfg.distill_kl_weight > 0 or tcfg.distill_feature_weight > 0):
         targets = _teacher_targets(teacher, model.encoder, data, tcfg, out_dir, progress)
     groups = param_groups(model)
@@ -303,7 +299,7 @@ def train_decoder(out_dir: Path, dcfg: DecoderConfig, tcfg: TrainConfig, *, resu
         pi = rng.integers(0, N, tcfg.batch_size)
         vi = rng.integers(0, K, tcfg.batch_size)
         batch = batch_tensors(data, pi, vi)
-        if teacher is not None:
+        if targets is not None:
             losses = _distillation_losses(model, targets, (pi, vi), projector, batch, coverage, tcfg)
         else:
             losses = vae_losses(model, batch, coverage, tcfg, sample=frozen is None)

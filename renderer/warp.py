@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from .neural import sh_basis
 from .config import WarpConfig
 
+
 def _c(i: int, o: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(i, o, 3, 1, 1), nn.LeakyReLU(0.2))
 

@@ -25,7 +25,6 @@ def test_help_lists_the_commands():
         assert cmd in r.stdout
 
 
-
 def test_building_the_parser_imports_neither_torch_nor_gl():
     # every command's parser is built for any call (even --help): heavy imports belong in the handlers
     code = ("import sys, avcall.cli as c; c.build_parser(); "
@@ -34,6 +33,7 @@ def test_building_the_parser_imports_neither_torch_nor_gl():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == ""
+
 
 def test_capture_sheet(tmp_path):
     out = tmp_path / "sheet.png"
