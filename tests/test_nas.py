@@ -206,3 +206,39 @@ def test_predictor_evaluation_reports_every_ranking_and_the_search_comparison(tm
     assert "| 16 | 24 |" in render_markdown(res) and (tmp_path / "carl.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="portion"):
         ranking(bench, [39], splits=1, progress=False)
+
+
+def test_a_benchmark_started_without_a_supernet_gains_its_inherited_quality_later_but_never_a_second_one(bench_setup):
+    pytest.importorskip("ray")
+    from avcore.errors import UsageError
+    from encoder.nas.bench import BenchConfig, run_benchmark
+
+    root = bench_setup
+    cfg = BenchConfig(archs=3, trained=0, eval_frames=4, inherit_frames=4, calib_batches=1, render_size=32, chunk=3,
+                      supernet="", data_path=str(root / "data.npz"), decoder_dir=str(root / "decoder"),
+                      space=SMALL.to_dict(), latent_dim=8)
+    out = root / "late-supernet"
+    assert all("supernet" not in a for a in run_benchmark(cfg, out, workers=1, progress=False)["archs"])
+    with_net = BenchConfig(**{**cfg.to_dict(), "supernet": str(root / "supernet")})
+    bench = run_benchmark(with_net, out, workers=1, progress=False)
+    assert all(a["supernet"]["latent_mse"] > 0 for a in bench["archs"])
+    with pytest.raises(UsageError, match="other settings.*supernet"):
+        run_benchmark(BenchConfig(**{**cfg.to_dict(), "supernet": str(root / "elsewhere")}), out, workers=1,
+                      progress=False)
+
+
+def test_a_trial_run_on_another_machine_brings_its_encoder_back_for_the_latency_measurement(bench_setup, tmp_path):
+    from encoder.bench import bench_model_dir
+    from encoder.nas.bench import BenchConfig, _store_model, sample_pool, train_trial
+
+    root = bench_setup
+    cfg = BenchConfig(archs=1, trained=1, steps=2, batch_size=4, eval_frames=4, render_size=32, supernet="",
+                      data_path=str(root / "data.npz"), decoder_dir=str(root / "decoder"), space=SMALL.to_dict(),
+                      latent_dim=8)
+    entry = sample_pool(cfg)[0]
+    result = train_trial(entry, cfg.to_dict(), str(tmp_path / "worker-disk" / entry["id"]))
+    assert {"arch.json", "fusion.onnx"} <= set(result["files"])
+    driver_dir = tmp_path / "driver-disk" / entry["id"]
+    row = _store_model(result, driver_dir)
+    assert "files" not in row and row["mse_face_mean"] > 0
+    assert bench_model_dir(driver_dir, runs=2, warmup=1)["encode_ms_p50"]["total"] > 0

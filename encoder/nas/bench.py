@@ -35,6 +35,9 @@ from avcore.config import ConfigDict
 VERSION = 1
 """Version of the benchmark file's format."""
 
+MODEL_FILES = (".onnx", ".json")
+"""What of a trial's directory makes its exported encoder (the latency measurement loads it)."""
+
 
 @dataclass
 class BenchConfig(ConfigDict):
@@ -203,9 +206,24 @@ def train_trial(entry: dict, cfg_dict: dict, run_dir: str) -> dict:
                               time_budget_s=1e9, reweight=False, threads=1, seed=0)
     r = train_encoder(run_dir, arch, tcfg, data=train, vae=vae, resume=True, progress=False)
     ev = evaluate_model_dir(r.model_dir, cfg.identity, test, vae, size=cfg.render_size, max_frames=cfg.eval_frames)
+    # The exported encoder travels back with the result: on a cluster the trial ran on another machine, and the
+    # driver measures every trained encoder's latency itself, on one machine, in one sitting.
+    files = {f.name: f.read_bytes() for f in Path(r.model_dir).iterdir() if f.is_file() and f.suffix in MODEL_FILES}
     return {"id": entry["id"], "steps": r.steps, "train_s": round(time.time() - t0, 1),
             **{k: ev[k] for k in ("mse_face_mean", "mse_mean", "mse_face_asym_extreme", "mse_face_extreme",
-                                  "gaze_mae_deg")}}
+                                  "gaze_mae_deg")}, "files": files}
+
+
+def _store_model(result: dict, trial_dir: Path) -> dict:
+    """Write a finished trial's exported encoder into ``trial_dir`` (unless it is already there, as when the
+    trial ran on this machine); returns the result without the files."""
+    files = result.pop("files", {})
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        path = trial_dir / name
+        if not path.is_file() or path.read_bytes() != data:
+            path.write_bytes(data)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- driver side
@@ -240,7 +258,10 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path, *, address: str | None 
     cfg_path = out_dir / "bench_config.json"
     if cfg_path.is_file():
         old = BenchConfig.from_dict(json.loads(cfg_path.read_text()))
-        diff = [k for k in cfg.to_dict() if getattr(old, k) != getattr(cfg, k) and k not in ("archs", "trained")]
+        free = {"archs", "trained"}
+        if not _read_jsonl(out_dir / "inherited.jsonl"):
+            free.add("supernet")  # nothing inherited yet: a benchmark started without a supernet can gain one
+        diff = [k for k in cfg.to_dict() if getattr(old, k) != getattr(cfg, k) and k not in free]
         if diff:
             raise UsageError(f"{out_dir} holds a benchmark with other settings ({', '.join(diff)}); use another --out")
     cfg_path.write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -275,6 +296,8 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path, *, address: str | None 
                 done, pending = ray.wait(pending, num_returns=1)
                 kind, n = futures[done[0]]
                 result = ray.get(done[0])
+                if kind == "trial":
+                    result = _store_model(result, out_dir / "trials" / result["id"])
                 _append(inherited_path if kind == "inherited" else trials_path, result if kind == "inherited" else [result])
                 bar.update(n)
             bar.close()
@@ -322,7 +345,7 @@ def read_bench(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"benchmark file {path} missing: run 'avcall nas bench' first")
+        raise UsageError(f"benchmark file {path} missing: run 'avcall search bench' first")
     b = json.loads(path.read_text())
     if b.get("version") != VERSION:
         raise UsageError(f"{path}: benchmark format version {b.get('version')}, this avcall reads {VERSION}")
