@@ -285,10 +285,12 @@ def run_benchmark(cfg: BenchConfig, out_dir: str | Path, *, address: str | None 
             inh_task = ray.remote(num_cpus=1)(inherited_chunk)
             tr_task = ray.remote(num_cpus=1, max_retries=1)(train_trial)
             futures = {}
-            for a in range(0, len(todo_inh), cfg.chunk):
-                futures[inh_task.remote(todo_inh[a: a + cfg.chunk], cd)] = ("inherited", len(todo_inh[a: a + cfg.chunk]))
+            # The trainings (the ground truth) are queued first: a benchmark cut short has them, and the
+            # trained architectures are the first of the pool, whose inherited chunks come next.
             for e in todo_tr:
                 futures[tr_task.remote(e, cd, str(out_dir / "trials" / e["id"]))] = ("trial", 1)
+            for a in range(0, len(todo_inh), cfg.chunk):
+                futures[inh_task.remote(todo_inh[a: a + cfg.chunk], cd)] = ("inherited", len(todo_inh[a: a + cfg.chunk]))
             bar = progress_bar(total=len(todo_inh) + len(todo_tr), desc=f"benchmark {cfg.identity}", unit="arch",
                                disable=not progress)
             pending = list(futures)
