@@ -40,6 +40,22 @@ def test_an_architecture_graph_follows_the_data_through_views_and_fusion():
         assert arch_graph(a)[2] == layers + 3 * 4 - headless + 2  # input, stem, head, pool per view; fusion, output
 
 
+def test_an_architecture_graph_is_deterministic_and_survives_the_arch_json_round_trip():
+    from encoder.arch import EncoderArch
+
+    rng = np.random.default_rng(7)
+    space = SearchSpace()
+    for _ in range(10):
+        a = to_arch(space, sample_choice(space, rng), latent_dim=256)
+        x, adj, n = arch_graph(a)
+        again = EncoderArch.from_dict(json.loads(json.dumps(a.to_dict())))
+        x2, adj2, n2 = arch_graph(again)
+        assert n == n2 and np.array_equal(x, x2) and np.array_equal(adj, adj2)
+    # Different architectures give different graphs.
+    b = to_arch(space, sample_choice(space, rng), latent_dim=256)
+    assert not np.array_equal(arch_graph(b)[0], x) or not np.array_equal(arch_graph(b)[1], adj)
+
+
 def _synthetic(n: int, seed: int):
     """Architectures with a score the graph determines (deeper networks at higher input resolutions score
     higher), plus noise."""
@@ -94,6 +110,38 @@ def test_carl_losses_push_the_redundant_part_to_uniform_and_keep_intervened_rank
         assert u > 0 and float(model.loss(gt, yt, only_uniform, torch.Generator().manual_seed(0))) - off == pytest.approx(0, abs=1e-6)
     # Ranking loss: zero-ish for the true order, large for the reversed one.
     assert ranking_loss(yt * 10, yt) < 0.01 < ranking_loss(-yt, yt)
+
+
+def test_carl_critical_and_redundant_masks_sum_to_one_on_every_node_and_edge():
+    from encoder.nas.predictors import CARLPredictor, PredictorConfig
+
+    g, _ = _synthetic(6, 5)
+    gt = {k: torch.as_tensor(v) for k, v in g.items()}
+    with torch.no_grad():
+        p = CARLPredictor(PredictorConfig(kind="carl")).parts(gt)
+    assert torch.allclose(p["node_mask"] + p["node_mask_r"], gt["mask"])  # one on nodes, zero on padding
+    assert torch.allclose(p["edge_mask"] + p["edge_mask_r"], gt["adj"])
+    assert torch.all((p["node_mask"] > 0) & (p["node_mask"] < 1) | (gt["mask"] == 0))  # soft, not a hard cut
+
+
+def test_carl_intervention_loss_is_zero_when_the_swapped_parts_match_and_not_otherwise():
+    from encoder.nas.predictors import CARLPredictor, PredictorConfig
+
+    torch.manual_seed(0)
+    model = CARLPredictor(PredictorConfig(kind="carl"))
+    g, _ = _synthetic(4, 6)
+    gt = {k: torch.as_tensor(v) for k, v in g.items()}
+    same = {k: torch.cat([v[:1], v[:1]]) for k, v in gt.items()}  # one architecture twice
+    swap = torch.tensor([1, 0])
+    with torch.no_grad():
+        p = model.parts(gt)
+        assert float(model.intervention_loss(p, torch.arange(4))) == 0.0  # each keeps its own redundant part
+        assert float(model.intervention_loss(model.parts(same), swap)) == pytest.approx(0.0, abs=1e-12)
+        assert float(model.intervention_loss(p, torch.tensor([1, 2, 3, 0]))) > 1e-6  # other redundant parts
+        # With a redundant part that carries nothing (its convolution zeroed), any swap keeps the prediction.
+        model.conv_r.weight.zero_()
+        model.conv_r.bias.zero_()
+        assert float(model.intervention_loss(model.parts(gt), torch.tensor([1, 2, 3, 0]))) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_a_supernet_path_runs_exactly_the_chosen_architecture():

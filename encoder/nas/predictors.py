@@ -15,12 +15,17 @@ edges ``m_uv``, the *redundant* one its complement (``1 - m``); one more graph c
 - the causal regressor ``f_c(z_c)``: the prediction, trained with the ranking loss;
 - the redundant head ``f_r(z_r)``: logits over ``bins`` quantile bins of the score, pushed towards the uniform
   distribution (``KL(U || softmax)``): the redundant part must not tell good from bad;
-- the intervention head ``f_i(z_c[i] + z_r[π(i)])``: the critical part of one architecture with the redundant
-  part of another (a random permutation π of the batch) must keep the first one's rank (ranking loss).
+- the whole-graph head ``f_i(z_c + z_r)``, which sees both parts and is trained to rank as well; on an
+  *intervention* ``f_i(z_c[i] + z_r[π(i)])`` (the critical part of architecture i with the redundant part of
+  another, π a random permutation of the batch) it must keep the prediction of the architecture whose critical
+  part it carries: the intervention loss is ``mean_i (f_i(z_c[i] + z_r[π(i)]) − f_i(z_c[i] + z_r[i]))²``. It is
+  zero where the swapped redundant parts match, and it can only be zero across different architectures if what
+  ranks them lives in the critical part.
 
-Loss = ranking(f_c) + λ1 · uniform(f_r) + λ2 · ranking(f_i) + λ_ratio · (mean node mask − ratio)², the last
-keeping the critical part a real subset (without it all-critical masks satisfy everything). Defaults: λ1 = 0.5,
-λ2 = 0.5, ratio 0.5, λ_ratio = 1.
+Loss = ranking(f_c) + λ1 · uniform(f_r) + λ2 · (ranking(f_i) + intervention) + λ_ratio · (mean node mask −
+ratio)², the last keeping the critical part a real subset (without it all-critical masks satisfy everything).
+Defaults: λ1 = 0.5, λ2 = 0.5, ratio 0.5, λ_ratio = 1. The critical and redundant masks sum to one on every node
+and every edge.
 """
 from __future__ import annotations
 
@@ -132,8 +137,8 @@ class CARLPredictor(nn.Module):
         b, i, j = adj.nonzero(as_tuple=True)  # the existing edges only
         me = torch.zeros_like(adj)
         me[b, i, j] = torch.sigmoid(self.edge_mask(torch.cat([h[b, i], h[b, j]], -1))).squeeze(-1) * adj[b, i, j]
-        out = {"node_mask": mv, "edge_mask": me}
-        for name, m_n, m_e, conv in (("c", mv, me, self.conv_c), ("r", (1 - mv) * mask, adj - me, self.conv_r)):
+        out = {"node_mask": mv, "edge_mask": me, "node_mask_r": (1 - mv) * mask, "edge_mask_r": adj - me}
+        for name, m_n, m_e, conv in (("c", mv, me, self.conv_c), ("r", out["node_mask_r"], out["edge_mask_r"], self.conv_r)):
             a = normalized_adjacency(m_e, mask)
             z = F.relu(a @ conv(h * m_n[..., None])) * mask[..., None]
             out[f"z_{name}"] = readout(z, mask)
@@ -150,10 +155,18 @@ class CARLPredictor(nn.Module):
         uniform = F.kl_div(F.log_softmax(logits, -1), torch.full_like(logits, 1.0 / logits.shape[-1]),
                            reduction="batchmean")
         perm = torch.randperm(len(y), generator=generator)
-        inter = ranking_loss(self.f_i(p["z_c"] + p["z_r"][perm]).squeeze(-1), y)
+        whole = ranking_loss(self.f_i(p["z_c"] + p["z_r"]).squeeze(-1), y)
+        inter = self.intervention_loss(p, perm)
         share = p["node_mask"].sum(1) / g["mask"].sum(1)
         ratio = ((share - cfg.ratio) ** 2).mean()
-        return rank + cfg.lambda_uniform * uniform + cfg.lambda_intervention * inter + cfg.lambda_ratio * ratio
+        return (rank + cfg.lambda_uniform * uniform + cfg.lambda_intervention * (whole + inter)
+                + cfg.lambda_ratio * ratio)
+
+    def intervention_loss(self, parts: dict, perm: torch.Tensor) -> torch.Tensor:
+        """``mean_i (f_i(z_c[i] + z_r[perm[i]]) − f_i(z_c[i] + z_r[i]))²``: how far swapping in another
+        architecture's redundant part moves the prediction of the architecture whose critical part it keeps."""
+        z_c, z_r = parts["z_c"], parts["z_r"]
+        return ((self.f_i(z_c + z_r[perm]) - self.f_i(z_c + z_r)) ** 2).mean()
 
 
 PREDICTORS = {"carl": CARLPredictor, "gcn": GCNPredictor}
