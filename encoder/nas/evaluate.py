@@ -102,7 +102,7 @@ def _distance(a: dict, b: dict) -> int:
     return d
 
 
-def search_comparison(bench: dict, *, budget: int = 10, runs: int = 5, target_ms: float | None = None, init: int = 4,
+def search_comparison(bench: dict, *, budget: int = 10, runs: int = 10, target_ms: float | None = None, init: int = 4,
                       radius: int = 12, epochs: int = 200, progress: bool = True) -> dict:
     """Best face-pixel MSE found by random, supernet-guided and CARL-guided search at the same query budget."""
     from avcore.progress import progress as progress_bar
@@ -176,6 +176,7 @@ def plot_ranking(res: dict, path: Path) -> None:
         m = [p["ktau"][n]["mean"] for p in res["portions"]]
         sd = [p["ktau"][n]["std"] for p in res["portions"]]
         ax.errorbar(xs, m, yerr=sd, marker="o", capsize=3, label=n, lw=2.5 if n == "CARL" else 1.2)
+    ax.set_xticks(xs)
     ax.set_xlabel("trained architectures the predictor learns from")
     ax.set_ylabel("Kendall tau on the held-out architectures")
     ax.axhline(0, color="gray", lw=0.8)
