@@ -402,9 +402,12 @@ class Receiver:
                            tick=f.tick, view=f.view_ns)
 
     def _report_model_mismatch(self) -> None:
-        """Say once, in words, that a sender streams codes of another model (they are refused, counted)."""
+        """Say once, in words, that a sender streams codes of another model (they are refused, counted); once
+        more if the first refused frames were predicted ones, which do not name their model, and an intra frame
+        names it later (the first intra frame can be lost while a subscription starts)."""
         other = self.sub.stats.last_model_mismatch
-        if other is not None and self._mismatch is None:
+        unnamed = lambda m: m is not None and m.startswith("unknown ")  # noqa: E731
+        if other is not None and (self._mismatch is None or (unnamed(self._mismatch) and not unnamed(other))):
             self._mismatch = other
             msg = (f"receiver: refusing frames of model {other}: this receiver decodes {self.model} "
                    f"(avatar {self.avatar.model_dir}); start it with that sender's avatar (--avatar DIR)")

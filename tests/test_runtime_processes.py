@@ -45,7 +45,8 @@ def test_stream_end_to_end_with_telemetry_video_and_no_torch(tiny_models, patter
     assert abs(rep["clock"]["offset_ns"]) < 2_000_000 and rep["clock"]["samples"] > 0
     assert rep["dropped"]["bad_messages"] == {}
     kb = rep["streams"]["alice"]["kbit_per_s"]
-    assert 50 < kb <= 150, kb  # 256-d float16 code at 30 fps: within the 150 kbit/s budget
+    assert 0 < kb <= 150, kb  # 256-d code at up to 30 fps: within the 150 kbit/s budget
+    assert kb == pytest.approx(txr["kbit_per_s"], rel=0.35)  # what the sender sent, measured at the other end
     assert txr["frames_sent"] >= rep["presented"]
     assert (tmp_path / "h.png").stat().st_size > 1000
     assert len(rep["video"]["frame_seqs"]) >= 20 and (tmp_path / "rx.mp4").stat().st_size > 1000

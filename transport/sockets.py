@@ -665,7 +665,8 @@ class FrameSubscriber(SocketOwner):
             if isinstance(res, CodecError):
                 if res.kind != "model_mismatch":
                     self.needs_intra = True  # undecodable until the next intra frame: the receiver may ask for one
-                elif cf is not None:
+                elif cf is not None and (cf.model or self.stats.last_model_mismatch is None):
+                    # Only intra frames name their model: a predicted frame never hides a name already known.
                     self.stats.last_model_mismatch = (f"{cf.model or 'unknown'} coded with codec tables {cf.codec_id} "
                                                       "(not installed here; --codec DIR)")
                 self.stats.record_bad(res.kind, res.detail)
