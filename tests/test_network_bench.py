@@ -34,7 +34,8 @@ def test_concealment_flags_where_the_impaired_sender_dropped_frames(tiny_models,
     dropped = {k for k in range(txr["frames_sent"]) if model.next().dropped}
     assert txr["impairment"]["dropped"] == len(dropped) > 0  # the sender applied the seeded model
     assert concealed and concealed.isdisjoint(received)
-    after_end = set(range(txr["frames_sent"], txr["frames_sent"] + rep["playout"]["max_concealed"]))
+    # Past the last frame received, nothing arrived in time: sent after the receiver stopped, or in flight then.
+    after_end = set(range(max(received) + 1, txr["frames_sent"] + rep["playout"]["max_concealed"]))
     never_arrived = dropped | set(rep["playout"]["late_seqs"]) | after_end
     if not rep["dropped"]["bad_messages"]:
         # only where frames never arrived in time (dropped, late, or after the sender stopped)
