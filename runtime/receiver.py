@@ -28,6 +28,7 @@ import numpy as np
 from avcore.errors import UsageError
 from transport import ClockClient, CurveConfig, FrameSubscriber, WireLimits, now_ns
 from transport.clock import clock_request_gap_s
+from transport.sockets import UNNAMED_MODEL
 
 from renderer.scheduler import DISPLAY_MODES, Code, DisplayFrame, Scheduler, open_scheduler
 
@@ -406,7 +407,7 @@ class Receiver:
         more if the first refused frames were predicted ones, which do not name their model, and an intra frame
         names it later (the first intra frame can be lost while a subscription starts)."""
         other = self.sub.stats.last_model_mismatch
-        unnamed = lambda m: m is not None and m.startswith("unknown ")  # noqa: E731
+        unnamed = lambda m: m is not None and m.startswith(UNNAMED_MODEL + " ")  # noqa: E731
         if other is not None and (self._mismatch is None or (unnamed(self._mismatch) and not unnamed(other))):
             self._mismatch = other
             msg = (f"receiver: refusing frames of model {other}: this receiver decodes {self.model} "

@@ -118,6 +118,10 @@ class KeyPairError(UsageError):
     """A key pair that cannot be written (bad name, or it would replace existing keys)."""
 
 
+UNNAMED_MODEL = "unknown"
+"""How ``stats.last_model_mismatch`` starts when the refused coded frame was a predicted one, which carries no
+model id (only intra frames name their model)."""
+
 _KEY_NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 
 
@@ -667,7 +671,7 @@ class FrameSubscriber(SocketOwner):
                     self.needs_intra = True  # undecodable until the next intra frame: the receiver may ask for one
                 elif cf is not None and (cf.model or self.stats.last_model_mismatch is None):
                     # Only intra frames name their model: a predicted frame never hides a name already known.
-                    self.stats.last_model_mismatch = (f"{cf.model or 'unknown'} coded with codec tables {cf.codec_id} "
+                    self.stats.last_model_mismatch = (f"{cf.model or UNNAMED_MODEL} coded with codec tables {cf.codec_id} "
                                                       "(not installed here; --codec DIR)")
                 self.stats.record_bad(res.kind, res.detail)
             elif isinstance(res, WireError):
