@@ -29,8 +29,9 @@ per sequence number:
   missing frame holds the last one (nothing new is shown);
 * a frame that arrives after its slot was filled is never shown (out of order): it is counted
   ``late`` and replaces the concealed value in the history, correcting the next extrapolation;
-* a frame whose sequence number went backwards but whose capture time is newer than what was
-  shown means the sender restarted: the buffer starts over.
+* a frame whose sequence number went back behind a received frame's but whose capture time is newer
+  than that frame's means the sender restarted: the buffer starts over. (A sender that stalled sends
+  frames captured later than their concealed slots were estimated: those are late, not a restart.)
 
 Everything takes times as arguments (ns, receiver clock), so the tests drive it with an injected
 clock and the network bench drives it in-process over a recorded sequence.
@@ -282,14 +283,18 @@ class PlayoutBuffer:
         status = "queued"
         if self._next is not None:
             if seq < self._next:
-                period = self.period_ns or 0
-                if self._last_capture is not None and capture_ns > self._last_capture + period // 2:
-                    self.reset()  # seq went back but the capture time is new: the sender restarted
+                prev = self._prev_rx
+                if prev is not None and seq <= prev[0] and capture_ns > prev[1]:
+                    # seq went back behind a frame received, yet the capture time is newer: the sender restarted.
+                    # (Compared with received frames only: concealed slots' capture times are estimates, and a
+                    # sender that stalled sends frames captured later than its slots were estimated.)
+                    self.reset()
                     status = "restart"
                 else:
                     self._transit.append(arrival_ns - capture_ns)  # a late frame is jitter the target must learn
                     self._update_target()
                     self._correct(seq, z, gaze)
+                    self._note_received(seq, capture_ns)
                     self.counts["late"] += 1
                     self.late_seqs.append(seq)
                     return "late"
@@ -302,13 +307,17 @@ class PlayoutBuffer:
         if self._next is None:
             self._next = seq
         self._transit.append(arrival_ns - capture_ns)
+        self._note_received(seq, capture_ns)
+        self._update_target()
+        self._pending[seq] = _Entry(seq, capture_ns, arrival_ns, z, gaze, frame)
+        return status
+
+    def _note_received(self, seq: int, capture_ns: int) -> None:
+        """The newest received frame (and the capture interval per sequence number since the one before)."""
         if self._prev_rx is not None and seq > self._prev_rx[0] and capture_ns > self._prev_rx[1]:
             self._periods.append((capture_ns - self._prev_rx[1]) // (seq - self._prev_rx[0]))
         if self._prev_rx is None or seq > self._prev_rx[0]:
             self._prev_rx = (seq, capture_ns)
-        self._update_target()
-        self._pending[seq] = _Entry(seq, capture_ns, arrival_ns, z, gaze, frame)
-        return status
 
     def _correct(self, seq: int, z: np.ndarray, gaze: np.ndarray) -> None:
         """A late frame's true values replace the concealed ones in the history (better next extrapolation)."""

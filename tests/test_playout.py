@@ -140,6 +140,31 @@ def test_sender_restart_starts_over():
     assert [o.seq for o in outs][-20:] == list(range(20))
 
 
+def test_a_stalled_sender_is_late_not_restarted():
+    """The sender stalls 200 ms after frame 9: slots 10.. are concealed at the estimated period, then frames
+    10.. arrive captured later than those slots were estimated. They are late (never shown twice), not a
+    sender restart that would present a concealed sequence number again."""
+    stall = 200_000_000
+    capture = {s: s * P + (stall if s >= 10 else 0) for s in range(40)}
+    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=5, min_delay_ms=5, max_concealed=4))
+    events = sorted((c + BASE, s) for s, c in capture.items())
+    outs, k, now = [], 0, 0
+    while now <= capture[39] + 50_000_000:
+        while k < len(events) and events[k][0] <= now:
+            t, s = events[k]
+            pb.push(s, capture[s], t, *code(s))
+            k += 1
+        o = pb.pop(now)
+        if o is not None and o.seq <= 39:  # after the last frame the buffer goes on concealing the end
+            outs.append(o)
+        now += 1_000_000
+    seqs = [o.seq for o in outs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert pb.counts["resets"] == 0 and pb.counts["late"] == 4
+    assert [o.seq for o in outs if o.concealed] == [10, 11, 12, 13]
+    assert [o.seq for o in outs if not o.concealed] == [s for s in range(40) if not 10 <= s < 14]
+
+
 def test_impaired_stream_through_the_buffer_stays_in_order():
     """The sender's impairment model and the receiver's buffer together (the network bench's in-process path)."""
     model = ImpairmentModel(ImpairmentSpec(loss=0.05, jitter_ms=20, reorder=0.02, dup=0.02, seed=11))
