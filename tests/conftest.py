@@ -61,5 +61,7 @@ def workers():
     yield start
     for w in started:
         w.kill()
+        # captured: pytest shows it with a failing test's report (what the worker said before it failed)
+        print(f"--- {w.name} (exit {w.proc.returncode if w.proc else None}), end of {w.log_path} ---\n{w.log_tail(40)}")
 
 
