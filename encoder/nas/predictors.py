@@ -155,18 +155,22 @@ class CARLPredictor(nn.Module):
         uniform = F.kl_div(F.log_softmax(logits, -1), torch.full_like(logits, 1.0 / logits.shape[-1]),
                            reduction="batchmean")
         perm = torch.randperm(len(y), generator=generator)
-        whole = ranking_loss(self.f_i(p["z_c"] + p["z_r"]).squeeze(-1), y)
-        inter = self.intervention_loss(p, perm)
+        f_whole = self.f_i(p["z_c"] + p["z_r"]).squeeze(-1)
+        whole = ranking_loss(f_whole, y)
+        inter = self.intervention_loss(p, perm, f_whole)
         share = p["node_mask"].sum(1) / g["mask"].sum(1)
         ratio = ((share - cfg.ratio) ** 2).mean()
         return (rank + cfg.lambda_uniform * uniform + cfg.lambda_intervention * (whole + inter)
                 + cfg.lambda_ratio * ratio)
 
-    def intervention_loss(self, parts: dict, perm: torch.Tensor) -> torch.Tensor:
+    def intervention_loss(self, parts: dict, perm: torch.Tensor, f_whole: torch.Tensor | None = None) -> torch.Tensor:
         """``mean_i (f_i(z_c[i] + z_r[perm[i]]) − f_i(z_c[i] + z_r[i]))²``: how far swapping in another
-        architecture's redundant part moves the prediction of the architecture whose critical part it keeps."""
+        architecture's redundant part moves the prediction of the architecture whose critical part it keeps
+        (``f_whole``: the second term, ``f_i(z_c + z_r)`` of shape (B,), if the caller has it)."""
         z_c, z_r = parts["z_c"], parts["z_r"]
-        return ((self.f_i(z_c + z_r[perm]) - self.f_i(z_c + z_r)) ** 2).mean()
+        if f_whole is None:
+            f_whole = self.f_i(z_c + z_r).squeeze(-1)
+        return ((self.f_i(z_c + z_r[perm]).squeeze(-1) - f_whole) ** 2).mean()
 
 
 PREDICTORS = {"carl": CARLPredictor, "gcn": GCNPredictor}
