@@ -27,7 +27,7 @@ examples:
 
 BENCH_EPILOG = """\
 examples:
-  avcall search bench --identity S1                       # 300 archs, 40 trained, local Ray on this machine
+  avcall search bench --identity S1                       # 300 archs, 80 trained, local Ray on this machine
   avcall search bench --identity S1 --address auto        # the same trials on a running Ray cluster
   avcall search bench --archs 40 --trained 8 --steps 50 --out runs/nas/small --data-file /tmp/bench.json
 """
@@ -207,7 +207,7 @@ def add_eval(sub) -> None:
                     "search at the same number of standalone trainings. Writes carl.{json,md,png} with --out-dir.",
         epilog=PREDICTOR_EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--bench", default=str(DEFAULT_BENCH), metavar="PATH", help="benchmark file (default: %(default)s)")
-    p.add_argument("--portions", default="10,20,30", metavar="N,N",
+    p.add_argument("--portions", default="10,20,40", metavar="N,N",
                    help="training portions, trained architectures (default: %(default)s)")
     p.add_argument("--splits", type=positive_int, default=5, help="random splits per portion (default: %(default)s)")
     p.add_argument("--epochs", type=positive_int, default=300, help="predictor training epochs (default: %(default)s)")

@@ -264,6 +264,10 @@ def test_predictor_evaluation_reports_every_ranking_and_the_search_comparison(tm
         assert set(p["ktau"]) == {"CARL", "GCN", "mflops", "latency", "params", "supernet"}
         assert p["ktau"]["mflops"]["mean"] > 0.8 and p["ktau"]["CARL"]["mean"] > 0.1  # CARL learns from 8-16
         assert p["n_test"] == 40 - p["n_train"]
+        carl, gcn, d = p["ktau"]["CARL"]["values"], p["ktau"]["GCN"]["values"], p["carl_minus_gcn"]
+        assert len(carl) == len(gcn) == 2  # one per split, the same splits for both
+        assert d["mean"] == pytest.approx(np.mean(np.subtract(carl, gcn)))
+        assert d["carl_higher"] == sum(a > b for a, b in zip(carl, gcn))
     s = res["search"]
     assert s["budget"] == 6 and s["runs"] == 2
     assert all(s["best_possible_mse"] <= v for v in s["best_mse"].values())

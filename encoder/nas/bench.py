@@ -44,7 +44,7 @@ class BenchConfig(ConfigDict):
     identity: str = "S1"
     archs: int = 300
     """Architectures sampled from the space (all get proxies and the supernet-inherited quality)."""
-    trained: int = 40
+    trained: int = 80
     """How many of them are trained standalone (the first ones of the random sample)."""
     seed: int = 0
     steps: int = 150
