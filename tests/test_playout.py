@@ -20,9 +20,11 @@ def code(seq: int) -> tuple[np.ndarray, np.ndarray]:
     return z, np.array([[np.sin(t), np.cos(t)], [0.1 * t, -0.1 * t]], np.float32)
 
 
-def drive(arrivals: list[tuple[int, int]], cfg: PlayoutConfig, end_ns: int, step_ns: int = 1_000_000):
+def drive(arrivals: list[tuple[int, int]], cfg: PlayoutConfig, end_ns: int, step_ns: int = 1_000_000,
+          capture: dict[int, int] | None = None):
     """Feed (arrival_ns, seq) events into a buffer, popping every ``step_ns`` (the injected clock) -> outputs
-    up to the last sequence number sent (after it the buffer goes on concealing the stream's end)."""
+    up to the last sequence number sent (after it the buffer goes on concealing the stream's end). Frame
+    ``s`` was captured at ``s * P``, or at ``capture[s]``."""
     pb = PlayoutBuffer(cfg)
     events = sorted(arrivals)
     outs, k, now = [], 0, 0
@@ -30,7 +32,7 @@ def drive(arrivals: list[tuple[int, int]], cfg: PlayoutConfig, end_ns: int, step
         while k < len(events) and events[k][0] <= now:
             t, s = events[k]
             z, g = code(s)
-            pb.push(s, s * P, t, z, g)
+            pb.push(s, s * P if capture is None else capture[s], t, z, g)
             k += 1
         o = pb.pop(now)
         if o is not None:
@@ -146,18 +148,9 @@ def test_a_stalled_sender_is_late_not_restarted():
     sender restart that would present a concealed sequence number again."""
     stall = 200_000_000
     capture = {s: s * P + (stall if s >= 10 else 0) for s in range(40)}
-    pb = PlayoutBuffer(PlayoutConfig(max_delay_ms=5, min_delay_ms=5, max_concealed=4))
-    events = sorted((c + BASE, s) for s, c in capture.items())
-    outs, k, now = [], 0, 0
-    while now <= capture[39] + 50_000_000:
-        while k < len(events) and events[k][0] <= now:
-            t, s = events[k]
-            pb.push(s, capture[s], t, *code(s))
-            k += 1
-        o = pb.pop(now)
-        if o is not None and o.seq <= 39:  # after the last frame the buffer goes on concealing the end
-            outs.append(o)
-        now += 1_000_000
+    arrivals = [(c + BASE, s) for s, c in capture.items()]
+    pb, outs = drive(arrivals, PlayoutConfig(max_delay_ms=5, min_delay_ms=5, max_concealed=4), capture[39] + 50_000_000,
+                     capture=capture)
     seqs = [o.seq for o in outs]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert pb.counts["resets"] == 0 and pb.counts["late"] == 4
